@@ -1,0 +1,208 @@
+//! The Direct mapper: bus address = physical address, with a swiotlb-style fallback.
+
+use alloc::sync::Arc;
+
+use super::{BounceArea, BounceStats, CoherentRegion, DeviceLimits, DmaMapper, Mapped};
+use crate::direction::DmaDirection;
+use crate::error::{AllocError, MapError};
+use crate::phys::{frames_for, BusAddr, FrameRequest, PhysAddr, PhysMemory, PAGE_SIZE};
+
+/// Bus address equals physical address (a PC without an IOMMU, or with the IOMMU in
+/// pass-through). When a buffer lies beyond a device's mask, it is bounced through the optional
+/// [`BounceArea`], as Linux's dma-direct falls back to swiotlb.
+pub struct Direct {
+    memory: Arc<dyn PhysMemory>,
+    bounce: Option<Arc<BounceArea>>,
+}
+
+impl Direct {
+    /// A direct mapper without bounce area: buffers beyond a device's mask fail to map with
+    /// [`MapError::BeyondMask`].
+    pub fn new(memory: Arc<dyn PhysMemory>) -> Direct {
+        Direct {
+            memory,
+            bounce: None,
+        }
+    }
+
+    /// A direct mapper that bounces buffers beyond a device's mask through `area`.
+    pub fn with_bounce(memory: Arc<dyn PhysMemory>, area: Arc<BounceArea>) -> Direct {
+        Direct {
+            memory,
+            bounce: Some(area),
+        }
+    }
+
+    /// The bounce area, if any.
+    pub fn bounce_area(&self) -> Option<&Arc<BounceArea>> {
+        self.bounce.as_ref()
+    }
+}
+
+/// Whether `phys..phys+len` lies at or below `mask`.
+fn reachable(phys: PhysAddr, len: usize, mask: u64) -> bool {
+    match phys.0.checked_add(len as u64 - 1) {
+        Some(last) => last <= mask,
+        None => false,
+    }
+}
+
+/// Allocates zeroed frames at or below `mask`, aligned to their power-of-two size. Shared by
+/// the mappers whose bus address equals the physical one.
+pub(super) fn alloc_low_coherent(
+    memory: &dyn PhysMemory,
+    mask: u64,
+    bytes: usize,
+) -> Result<CoherentRegion, AllocError> {
+    let frames = frames_for(bytes);
+    let align_frames = frames
+        .checked_next_power_of_two()
+        .ok_or(AllocError::TooLarge { bytes })?;
+    let align = (align_frames as u64)
+        .checked_mul(PAGE_SIZE as u64)
+        .ok_or(AllocError::TooLarge { bytes })?;
+    let size = (frames as u64) * PAGE_SIZE as u64;
+    let req = FrameRequest {
+        count: frames,
+        max_addr: mask,
+        align,
+    };
+    let phys = memory.alloc_frames(req).ok_or(AllocError::OutOfMemory {
+        bytes,
+        limit: mask,
+    })?;
+    if !reachable(phys, size as usize, mask) || phys.0 % align != 0 {
+        // SAFETY: the run was just returned by `alloc_frames` with this count and nobody has
+        // seen it yet.
+        unsafe { memory.free_frames(phys, frames) };
+        return Err(AllocError::BadFrames { phys });
+    }
+    let va = memory.phys_to_virt(phys);
+    // SAFETY: `PhysMemory` promises the whole run is writable through `phys_to_virt` while it
+    // is allocated, and nothing else uses it yet. Coherent memory is handed out zeroed so no
+    // earlier user's data leaks to the new owner or its device.
+    unsafe { core::ptr::write_bytes(va, 0, frames * PAGE_SIZE) };
+    Ok(CoherentRegion {
+        phys,
+        bus: BusAddr(phys.0),
+        frames,
+    })
+}
+
+impl DmaMapper for Direct {
+    fn kind(&self) -> &'static str {
+        if self.bounce.is_some() {
+            "direct+bounce"
+        } else {
+            "direct"
+        }
+    }
+
+    fn check_mask(&self, mask: u64) -> Result<(), &'static str> {
+        if mask >= self.memory.max_phys_addr() {
+            return Ok(());
+        }
+        if let Some(area) = &self.bounce {
+            if area.last_addr() <= mask {
+                return Ok(());
+            }
+        }
+        // The kernel keeps a zone below 4 GiB, so coherent memory can still be found for a
+        // 32-bit device; its streaming buffers above 4 GiB fail with BeyondMask.
+        if mask >= 0xffff_ffff {
+            return Ok(());
+        }
+        Err("RAM extends above the mask and no bounce area lies below it")
+    }
+
+    fn map(
+        &self,
+        limits: &DeviceLimits,
+        phys: PhysAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<Mapped, MapError> {
+        if len == 0 {
+            return Err(MapError::ZeroLength);
+        }
+        if reachable(phys, len, limits.mask) {
+            return Ok(Mapped {
+                bus: BusAddr(phys.0),
+                phys,
+                len,
+                bounce: None,
+            });
+        }
+        match &self.bounce {
+            Some(area) if area.last_addr() <= limits.mask => {
+                let slot = area.bounce_in(phys, len, dir)?;
+                Ok(Mapped {
+                    bus: BusAddr(slot.0),
+                    phys,
+                    len,
+                    bounce: Some(slot),
+                })
+            }
+            _ => Err(MapError::BeyondMask {
+                phys,
+                len,
+                mask: limits.mask,
+            }),
+        }
+    }
+
+    unsafe fn unmap(&self, mapped: &Mapped, dir: DmaDirection) {
+        if let (Some(area), Some(_)) = (&self.bounce, mapped.bounce) {
+            // SAFETY: the caller guarantees `mapped` is live and came from this mapper, so its
+            // bounce slot came from `area`.
+            unsafe { area.bounce_out(mapped, dir) };
+        }
+    }
+
+    unsafe fn sync_for_cpu(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection) {
+        if let (Some(area), Some(_)) = (&self.bounce, mapped.bounce) {
+            // SAFETY: as in `unmap`; the caller checked the range.
+            unsafe { area.sync_for_cpu(mapped, offset, len, dir) };
+        }
+        // x86 DMA snoops the caches: only order the CPU's later reads after the device's
+        // completion was observed.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    }
+
+    unsafe fn sync_for_device(
+        &self,
+        mapped: &Mapped,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+    ) {
+        // Make the CPU's writes visible before the device is told to look.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        if let (Some(area), Some(_)) = (&self.bounce, mapped.bounce) {
+            // SAFETY: as in `unmap`; the caller checked the range.
+            unsafe { area.sync_for_device(mapped, offset, len, dir) };
+        }
+    }
+
+    fn alloc_coherent(
+        &self,
+        limits: &DeviceLimits,
+        bytes: usize,
+    ) -> Result<CoherentRegion, AllocError> {
+        alloc_low_coherent(&*self.memory, limits.mask, bytes)
+    }
+
+    unsafe fn free_coherent(&self, region: &CoherentRegion) {
+        // SAFETY: the caller guarantees the region came from `alloc_coherent`, which got it
+        // from `alloc_frames` with this count, and that nothing uses it any more.
+        unsafe { self.memory.free_frames(region.phys, region.frames) };
+    }
+
+    fn bus_to_phys(&self, bus: BusAddr) -> Option<PhysAddr> {
+        Some(PhysAddr(bus.0))
+    }
+
+    fn bounce_stats(&self) -> Option<BounceStats> {
+        self.bounce.as_ref().map(|a| a.stats())
+    }
+}

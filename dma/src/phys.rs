@@ -1,0 +1,160 @@
+//! The seam between the DMA service and the kernel: physical addresses and the memory they name.
+//!
+//! The DMA service never touches page tables or the frame allocator itself. The kernel (or, in host
+//! tests, a simulated physical memory) implements [`PhysMemory`], and every allocation the service
+//! makes goes through it.
+
+use core::fmt;
+
+/// Size of one page frame, the unit of physical allocation and of IOMMU protection.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A CPU physical address: what the memory controller sees.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PhysAddr(pub u64);
+
+/// A bus (device) address: what a device puts on the bus. Equal to the physical address only
+/// under the Direct mapper; under an IOMMU it is an IOVA.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct BusAddr(pub u64);
+
+impl fmt::Debug for PhysAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhysAddr({:#x})", self.0)
+    }
+}
+
+impl fmt::Debug for BusAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BusAddr({:#x})", self.0)
+    }
+}
+
+/// Constraints on a run of physical frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRequest {
+    /// Number of contiguous 4 KiB frames.
+    pub count: usize,
+    /// Every byte of the run must lie at or below this physical address (e.g. `0xffff_ffff` for
+    /// a 32-bit device). `u64::MAX` for no limit.
+    pub max_addr: u64,
+    /// Required alignment of the first frame in bytes (a power of two, at least `PAGE_SIZE`).
+    pub align: u64,
+}
+
+/// What the kernel lends the DMA service: frames and the CPU's view of them.
+///
+/// # Safety
+/// Implementors promise that a run returned by `alloc_frames` is not handed out again until
+/// `free_frames` is called for it, and that `phys_to_virt` returns a pointer through which the
+/// whole run can be read and written for as long as it is allocated.
+pub unsafe trait PhysMemory: Send + Sync {
+    /// Allocates a contiguous run of frames meeting `req`, or `None` when none is free.
+    fn alloc_frames(&self, req: FrameRequest) -> Option<PhysAddr>;
+
+    /// Returns a run to the allocator.
+    ///
+    /// # Safety
+    /// `base` and `count` must describe exactly a run returned by `alloc_frames`, and nothing
+    /// (CPU or device) may use it afterwards.
+    unsafe fn free_frames(&self, base: PhysAddr, count: usize);
+
+    /// The CPU virtual address at which physical address `pa` is mapped.
+    fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8;
+
+    /// The physical address behind a CPU virtual address, if it is in memory this trait knows
+    /// (the direct map, the heap). `None` for anything else.
+    fn virt_to_phys(&self, va: *const u8) -> Option<PhysAddr>;
+
+    /// The highest physical address of RAM, so a device mask can be checked against it.
+    fn max_phys_addr(&self) -> u64;
+}
+
+impl PhysAddr {
+    /// The raw address.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The address `bytes` further on, or `None` if that would wrap around the address space.
+    pub const fn checked_add(self, bytes: u64) -> Option<PhysAddr> {
+        match self.0.checked_add(bytes) {
+            Some(a) => Some(PhysAddr(a)),
+            None => None,
+        }
+    }
+}
+
+impl BusAddr {
+    /// The raw address, as a device would be programmed with it.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The address `bytes` further on, or `None` if that would wrap around the address space.
+    pub const fn checked_add(self, bytes: u64) -> Option<BusAddr> {
+        match self.0.checked_add(bytes) {
+            Some(a) => Some(BusAddr(a)),
+            None => None,
+        }
+    }
+}
+
+impl fmt::Display for PhysAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl fmt::Display for BusAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// The mask with the low `bits` bits set: the highest address a device with a `bits`-bit DMA
+/// engine can put on the bus. `bits` above 64 saturate at `u64::MAX`; 0 gives 0.
+pub const fn mask_from_bits(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+/// Number of frames needed to hold `bytes` (at least one, so a zero-sized object still has an
+/// address of its own).
+pub const fn frames_for(bytes: usize) -> usize {
+    if bytes == 0 {
+        1
+    } else {
+        bytes.div_ceil(PAGE_SIZE)
+    }
+}
+
+/// Translates a CPU virtual range to one physical range, checking page by page that the range is
+/// physically contiguous (a device sees physical memory; a buffer that is contiguous only in
+/// virtual memory would be scattered on the bus).
+///
+/// Returns `None` if some page is not memory `mem` knows, or `Some(Err(offset))` with the offset
+/// of the first byte where physical contiguity breaks.
+pub fn contiguous_phys(
+    mem: &dyn PhysMemory,
+    va: *const u8,
+    len: usize,
+) -> Option<Result<PhysAddr, usize>> {
+    let start = mem.virt_to_phys(va)?;
+    let va_u = va as usize;
+    let mut next_page = (va_u / PAGE_SIZE + 1) * PAGE_SIZE;
+    while next_page < va_u.saturating_add(len) {
+        let off = next_page - va_u;
+        let pa = mem.virt_to_phys(next_page as *const u8)?;
+        if Some(pa) != start.checked_add(off as u64) {
+            return Some(Err(off));
+        }
+        next_page += PAGE_SIZE;
+    }
+    Some(Ok(start))
+}

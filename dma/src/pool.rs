@@ -1,0 +1,866 @@
+//! DMA pools: many small blocks of coherent memory (Linux's `dma_pool`, `mm/dmapool.c`).
+//!
+//! Coherent allocations come in whole pages, but devices often want many small structures
+//! (command headers, 32-byte descriptors, status words). Carving them out of a kernel heap object
+//! is wrong twice over: the heap is not guaranteed to be below the device's mask, and a small
+//! DMA buffer sharing a cache line with unrelated CPU data can corrupt that data on platforms
+//! whose caches are not snooped. A pool carves fixed-size blocks out of coherent pages that
+//! belong to it alone.
+//!
+//! # Rules (`DmaPool::create(name, dev, size, align, boundary)`)
+//! - `size` is at least 1 and is rounded up to at least 8 bytes (the free-list link lives in
+//!   the free block) and to a multiple of `align`; blocks are never bigger than
+//!   [`MAX_POOL_BLOCK`].
+//! - `align` is a power of two (0 means 1, as in Linux); every block's bus address is a multiple.
+//! - `boundary` (0 for none) is a power of two, at least the block size; no block crosses a
+//!   multiple of it (for devices whose address counters do not carry into high bits).
+//! - Memory comes in *units*: one page, or the block size rounded up to a power of two for blocks
+//!   bigger than a page. Units are added lazily, when the free list is empty.
+//!
+//! # Data structure and invariants
+//! - `PoolState::pages[i]` describes unit `i`: its region, CPU address, an `allocated` bitmap and
+//!   a `raw` bitmap (blocks handed out through [`DmaPool::alloc_raw`]). Its index never changes.
+//! - The free list is intrusive, as in `dmapool.c`: the first 8 bytes of every free block hold
+//!   the (unit index, block index) of the next free block, `NIL` ending the list. `alloc` pops,
+//!   `free` pushes: O(1) however many blocks are live. A [`PoolBlock`] carries its unit and block
+//!   index, so freeing it finds its metadata in O(1); the raw API looks the unit up by bus address
+//!   (O(log units)).
+//! - A block is on the free list exactly when its `allocated` bit is clear. Links read from
+//!   memory are checked against that before use: a device writing into a free block can damage
+//!   the list, and that is reported (`PoolFreeListCorrupt`), never followed.
+//! - `in_use == Σ pages[i].in_use`, `free_blocks + in_use == units × blocks_per_unit` (until a
+//!   corrupt free list is abandoned).
+//!
+//! # Debugging
+//! With poisoning on ([`DmaPool::create_poisoned`], Linux's DMAPOOL_DEBUG) freed blocks are
+//! filled with [`POOL_POISON_FREED`] and checked at the next allocation; a damaged byte is
+//! reported as a write after free, naming the pool and the offset of the first bad byte.
+//!
+//! # Destroying
+//! [`DmaPool::destroy`] with blocks still allocated does not free their units: a device may
+//! still write into them. It returns [`PoolBusy`] listing them, records a report, and keeps
+//! those units quarantined for good. Dropping a `DmaPool` destroys it the same way.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::{Arc, Weak};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
+use core::mem::{size_of, MaybeUninit};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::coherent::DmaSafe;
+use crate::debug::{DebugReport, ReportKind};
+use crate::device::DmaDevice;
+use crate::error::{check_range, AllocError, OutOfBounds};
+use crate::mapper::CoherentRegion;
+use crate::phys::{BusAddr, PAGE_SIZE};
+
+/// Largest block a pool serves (bigger objects: use `alloc_coherent`).
+pub const MAX_POOL_BLOCK: usize = 128 * 1024;
+/// Byte written over freed blocks when poisoning (Linux's POOL_POISON_FREED).
+pub const POOL_POISON_FREED: u8 = 0xa7;
+/// Byte written over freshly allocated blocks when poisoning (Linux's POOL_POISON_ALLOCATED).
+pub const POOL_POISON_ALLOCATED: u8 = 0xa9;
+
+const LINK_BYTES: usize = 8;
+const NIL: u64 = u64::MAX;
+
+/// Why a pool could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolError {
+    /// Blocks of zero bytes are meaningless.
+    ZeroSize,
+    /// The alignment is not a power of two.
+    AlignNotPowerOfTwo {
+        /// The alignment asked for.
+        align: usize,
+    },
+    /// The boundary is not a power of two.
+    BoundaryNotPowerOfTwo {
+        /// The boundary asked for.
+        boundary: usize,
+    },
+    /// A block would not fit between two boundary lines.
+    BoundaryTooSmall {
+        /// The boundary asked for.
+        boundary: usize,
+        /// The block size after rounding.
+        size: usize,
+    },
+    /// The block (after rounding to the alignment) is bigger than a pool unit can be.
+    BlockTooLarge {
+        /// The block size after rounding.
+        size: usize,
+        /// [`MAX_POOL_BLOCK`].
+        max: usize,
+    },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PoolError::ZeroSize => f.write_str("DMA pool block size must be at least 1 byte"),
+            PoolError::AlignNotPowerOfTwo { align } => write!(
+                f,
+                "DMA pool alignment {align} is not a power of two (use 1, 2, 4, 8, ...)"
+            ),
+            PoolError::BoundaryNotPowerOfTwo { boundary } => write!(
+                f,
+                "DMA pool boundary {boundary:#x} is not a power of two (use 0 for none)"
+            ),
+            PoolError::BoundaryTooSmall { boundary, size } => write!(
+                f,
+                "DMA pool boundary {boundary:#x} is smaller than the {size}-byte block; a block could never fit between two boundaries"
+            ),
+            PoolError::BlockTooLarge { size, max } => write!(
+                f,
+                "DMA pool block of {size} bytes exceeds the {max}-byte maximum; use alloc_coherent for large buffers"
+            ),
+        }
+    }
+}
+
+/// A pool was destroyed while blocks were still allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolBusy {
+    /// The pool's name.
+    pub pool: String,
+    /// The device's name.
+    pub device: String,
+    /// Bus addresses of the blocks still allocated.
+    pub live: Vec<BusAddr>,
+}
+
+impl fmt::Display for PoolBusy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: dma_pool {} destroyed with {} blocks in use; their memory is quarantined:",
+            self.device,
+            self.pool,
+            self.live.len()
+        )?;
+        for b in &self.live {
+            write!(f, " {b}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one pool (the columns of Linux's `pools` file, and more).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Pool name.
+    pub name: String,
+    /// Blocks allocated now.
+    pub blocks_in_use: usize,
+    /// Blocks in all units.
+    pub total_blocks: usize,
+    /// Blocks on the free list.
+    pub free_blocks: usize,
+    /// Block size (after rounding).
+    pub block_size: usize,
+    /// Units ("pages") held.
+    pub pages: usize,
+    /// Size of one unit in bytes.
+    pub unit_size: usize,
+    /// Write-after-free detections (poisoning).
+    pub poison_failures: u64,
+}
+
+struct PoolPage {
+    region: CoherentRegion,
+    cpu: *mut u8,
+    in_use: u32,
+    allocated: Vec<u64>,
+    raw: Vec<u64>,
+    released: bool,
+    quarantined: bool,
+}
+
+fn bit(map: &[u64], i: u32) -> bool {
+    map[(i / 64) as usize] & (1 << (i % 64)) != 0
+}
+fn set_bit(map: &mut [u64], i: u32, on: bool) {
+    if on {
+        map[(i / 64) as usize] |= 1 << (i % 64);
+    } else {
+        map[(i / 64) as usize] &= !(1 << (i % 64));
+    }
+}
+
+struct PoolState {
+    pages: Vec<PoolPage>,
+    free_head: u64,
+    free_blocks: usize,
+    in_use: usize,
+    destroyed: bool,
+    by_bus: BTreeMap<u64, u32>,
+}
+
+// SAFETY: the raw CPU pointers name memory owned by the pool; all access is under the lock.
+unsafe impl Send for PoolState {}
+
+pub(crate) struct PoolInner {
+    name: String,
+    dev: DmaDevice,
+    block: usize,
+    boundary: usize,
+    unit: usize,
+    per_window: u32,
+    blocks_per_unit: u32,
+    poison: bool,
+    poison_failures: AtomicU64,
+    state: spin::Mutex<PoolState>,
+}
+
+static POOLS: spin::Mutex<Vec<Weak<PoolInner>>> = spin::Mutex::new(Vec::new());
+
+const fn encode(page: u32, block: u32) -> u64 {
+    ((page as u64) << 32) | block as u64
+}
+const fn decode(link: u64) -> (u32, u32) {
+    ((link >> 32) as u32, link as u32)
+}
+
+impl PoolInner {
+    fn offset_of(&self, block: u32) -> usize {
+        (block / self.per_window) as usize * self.boundary
+            + (block % self.per_window) as usize * self.block
+    }
+
+    fn block_at(&self, offset: usize) -> Option<u32> {
+        let window = offset / self.boundary;
+        let rest = offset % self.boundary;
+        if rest % self.block != 0 {
+            return None;
+        }
+        let idx = (rest / self.block) as u32;
+        if idx >= self.per_window {
+            return None;
+        }
+        let b = window as u32 * self.per_window + idx;
+        (b < self.blocks_per_unit).then_some(b)
+    }
+
+    fn grow(&self, st: &mut PoolState) -> Result<(), AllocError> {
+        if st.pages.len() >= u32::MAX as usize {
+            return Err(AllocError::TooLarge { bytes: self.unit });
+        }
+        let mapper = self.dev.mapper();
+        let region = mapper.alloc_coherent(&self.dev.limits(), self.unit)?;
+        let cpu = self.dev.memory().phys_to_virt(region.phys);
+        if cpu.is_null() || region.bus.0 % self.unit as u64 != 0 {
+            // SAFETY: just allocated from this mapper, never used.
+            unsafe { mapper.free_coherent(&region) };
+            return Err(AllocError::BadFrames { phys: region.phys });
+        }
+        if self.poison {
+            // SAFETY: the unit is ours and `unit` bytes long.
+            unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.unit) };
+        }
+        let p = st.pages.len() as u32;
+        let words = (self.blocks_per_unit as usize).div_ceil(64);
+        st.pages.push(PoolPage {
+            region,
+            cpu,
+            in_use: 0,
+            allocated: vec![0; words],
+            raw: vec![0; words],
+            released: false,
+            quarantined: false,
+        });
+        st.by_bus.insert(region.bus.0, p);
+        for b in (0..self.blocks_per_unit).rev() {
+            // SAFETY: block `b` lies inside the new unit and is free; the link may be
+            // unaligned when blocks are smaller than 8-aligned.
+            unsafe {
+                cpu.add(self.offset_of(b))
+                    .cast::<u64>()
+                    .write_unaligned(st.free_head)
+            };
+            st.free_head = encode(p, b);
+        }
+        st.free_blocks += self.blocks_per_unit as usize;
+        log::debug!(
+            "{}: dma_pool {} grew to {} units",
+            self.dev.name(),
+            self.name,
+            st.pages.len()
+        );
+        Ok(())
+    }
+
+    /// Pops a block. Returns (unit, block, cpu, bus) and a report to record after unlocking.
+    #[allow(clippy::type_complexity)]
+    fn pop(
+        &self,
+        raw: bool,
+        zero: bool,
+    ) -> Result<((u32, u32, NonNull<u8>, BusAddr), Option<ReportKind>), AllocError> {
+        let mut st = self.state.lock();
+        let mut report = None;
+        loop {
+            if st.free_head == NIL {
+                self.grow(&mut st)?;
+            }
+            let (p, b) = decode(st.free_head);
+            let valid = (p as usize) < st.pages.len()
+                && b < self.blocks_per_unit
+                && !bit(&st.pages[p as usize].allocated, b)
+                && !st.pages[p as usize].released;
+            if !valid {
+                st.free_head = NIL;
+                st.free_blocks = 0;
+                report = Some(ReportKind::PoolFreeListCorrupt {
+                    pool: self.name.clone(),
+                });
+                continue;
+            }
+            let off = self.offset_of(b);
+            let page = &mut st.pages[p as usize];
+            // SAFETY: `off` is a block inside unit `p`, which is live (not released).
+            let cpu = unsafe { page.cpu.add(off) };
+            let bus = BusAddr(page.region.bus.0 + off as u64);
+            // SAFETY: the block is free and ours; reading its first 8 bytes (any value is a
+            // valid u64; it is validated before use on the next pop).
+            let next = unsafe { cpu.cast::<u64>().read_unaligned() };
+            set_bit(&mut page.allocated, b, true);
+            set_bit(&mut page.raw, b, raw);
+            page.in_use += 1;
+            st.free_head = next;
+            st.free_blocks -= 1;
+            st.in_use += 1;
+            drop(st);
+            if self.poison {
+                // SAFETY: the block is `block` bytes of our memory, now allocated to us.
+                let bytes = unsafe { core::slice::from_raw_parts(cpu, self.block) };
+                if let Some(i) = bytes[LINK_BYTES..]
+                    .iter()
+                    .position(|&x| x != POOL_POISON_FREED)
+                {
+                    self.poison_failures.fetch_add(1, Ordering::Relaxed);
+                    report = Some(ReportKind::PoolWriteAfterFree {
+                        pool: self.name.clone(),
+                        bus,
+                        offset: LINK_BYTES + i,
+                        found: bytes[LINK_BYTES + i],
+                    });
+                }
+            }
+            let fill = if zero {
+                Some(0)
+            } else if self.poison {
+                Some(POOL_POISON_ALLOCATED)
+            } else {
+                None
+            };
+            if let Some(byte) = fill {
+                // SAFETY: as above.
+                unsafe { core::ptr::write_bytes(cpu, byte, self.block) };
+            }
+            // SAFETY: `cpu` is inside a unit whose pointer is non-null.
+            let cpu = unsafe { NonNull::new_unchecked(cpu) };
+            return Ok(((p, b, cpu, bus), report));
+        }
+    }
+
+    fn alloc(&self, raw: bool, zero: bool) -> Result<(u32, u32, NonNull<u8>, BusAddr), AllocError> {
+        match self.pop(raw, zero) {
+            Ok((blk, report)) => {
+                if let Some(kind) = report {
+                    self.dev.report(kind);
+                }
+                Ok(blk)
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: dma_pool {} cannot grow: {}",
+                    self.dev.name(),
+                    self.name,
+                    e
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Pushes block `b` of unit `p` (already validated as allocated) back on the free list.
+    fn push(&self, st: &mut PoolState, p: u32, b: u32) {
+        let off = self.offset_of(b);
+        let page = &mut st.pages[p as usize];
+        set_bit(&mut page.allocated, b, false);
+        set_bit(&mut page.raw, b, false);
+        page.in_use -= 1;
+        // SAFETY: the block lies in unit `p`, which is live while any block in it is allocated.
+        let cpu = unsafe { page.cpu.add(off) };
+        if self.poison {
+            // SAFETY: as above, `block` bytes.
+            unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.block) };
+        }
+        // SAFETY: as above; the link may be unaligned.
+        unsafe { cpu.cast::<u64>().write_unaligned(st.free_head) };
+        st.free_head = encode(p, b);
+        st.free_blocks += 1;
+        st.in_use -= 1;
+    }
+
+    fn free_handle(&self, p: u32, b: u32) {
+        let mut st = self.state.lock();
+        let ok = (p as usize) < st.pages.len()
+            && bit(&st.pages[p as usize].allocated, b)
+            && !bit(&st.pages[p as usize].raw, b);
+        if ok {
+            self.push(&mut st, p, b);
+        }
+    }
+
+    fn free_raw(&self, cpu: *mut u8, bus: BusAddr) -> Result<(), ReportKind> {
+        let bad = |reason| ReportKind::PoolBadFree {
+            pool: self.name.clone(),
+            bus,
+            reason,
+        };
+        let mut st = self.state.lock();
+        let Some((&base, &p)) = st.by_bus.range(..=bus.0).next_back() else {
+            return Err(bad("address is not in this pool"));
+        };
+        if bus.0 - base >= self.unit as u64 {
+            return Err(bad("address is not in this pool"));
+        }
+        let off = (bus.0 - base) as usize;
+        let Some(b) = self.block_at(off) else {
+            return Err(bad("address is not the start of a block"));
+        };
+        let page = &st.pages[p as usize];
+        if page.cpu.wrapping_add(off) != cpu {
+            return Err(bad("CPU and bus addresses name different blocks"));
+        }
+        if !bit(&page.allocated, b) {
+            return Err(ReportKind::PoolDoubleFree {
+                pool: self.name.clone(),
+                bus,
+            });
+        }
+        if !bit(&page.raw, b) {
+            return Err(bad("block belongs to a PoolBlock handle, which frees itself on drop"));
+        }
+        self.push(&mut st, p, b);
+        Ok(())
+    }
+
+    fn stats(&self) -> PoolStats {
+        let st = self.state.lock();
+        let pages = st.pages.iter().filter(|p| !p.released).count();
+        PoolStats {
+            name: self.name.clone(),
+            blocks_in_use: st.in_use,
+            total_blocks: pages * self.blocks_per_unit as usize,
+            free_blocks: st.free_blocks,
+            block_size: self.block,
+            pages,
+            unit_size: self.unit,
+            poison_failures: self.poison_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    fn shutdown(self: &Arc<Self>) -> Result<(), PoolBusy> {
+        let mut st = self.state.lock();
+        if st.destroyed {
+            return Ok(());
+        }
+        st.destroyed = true;
+        let mut live = Vec::new();
+        let mapper = self.dev.mapper().clone();
+        for page in st.pages.iter_mut() {
+            if page.in_use == 0 {
+                if !page.released {
+                    // SAFETY: the unit came from this mapper; no block in it is allocated, and
+                    // the pool is destroyed so none will be.
+                    unsafe { mapper.free_coherent(&page.region) };
+                    page.released = true;
+                }
+            } else {
+                page.quarantined = true;
+                for b in 0..self.blocks_per_unit {
+                    if bit(&page.allocated, b) {
+                        live.push(BusAddr(page.region.bus.0 + self.offset_of(b) as u64));
+                    }
+                }
+            }
+        }
+        st.by_bus.clear();
+        drop(st);
+        POOLS
+            .lock()
+            .retain(|w| w.strong_count() > 0 && !core::ptr::eq(w.as_ptr(), Arc::as_ptr(self)));
+        if live.is_empty() {
+            log::debug!("{}: dma_pool {} destroyed", self.dev.name(), self.name);
+            return Ok(());
+        }
+        self.dev.report(ReportKind::PoolDestroyedBusy {
+            pool: self.name.clone(),
+            live: live.len(),
+        });
+        Err(PoolBusy {
+            pool: self.name.clone(),
+            device: self.dev.name().into(),
+            live,
+        })
+    }
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        let mapper = self.dev.mapper().clone();
+        for page in self.state.get_mut().pages.iter_mut() {
+            if !page.released && !page.quarantined {
+                // SAFETY: the unit came from this mapper and no block handle or pool remains.
+                unsafe { mapper.free_coherent(&page.region) };
+                page.released = true;
+            }
+        }
+    }
+}
+
+/// A pool of equal-sized coherent blocks for one device. See the module documentation.
+pub struct DmaPool {
+    inner: Arc<PoolInner>,
+}
+
+impl fmt::Debug for DmaPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaPool")
+            .field("name", &self.inner.name)
+            .field("block", &self.inner.block)
+            .finish()
+    }
+}
+
+impl DmaPool {
+    /// Creates a pool of `size`-byte blocks aligned to `align` that never cross a multiple of
+    /// `boundary` (0: none), for `dev` (Linux's `dma_pool_create`). Memory is taken lazily.
+    pub fn create(
+        name: &str,
+        dev: &DmaDevice,
+        size: usize,
+        align: usize,
+        boundary: usize,
+    ) -> Result<DmaPool, PoolError> {
+        Self::build(name, dev, size, align, boundary, false)
+    }
+
+    /// As [`DmaPool::create`], with poisoning of free blocks (write-after-free detection).
+    pub fn create_poisoned(
+        name: &str,
+        dev: &DmaDevice,
+        size: usize,
+        align: usize,
+        boundary: usize,
+    ) -> Result<DmaPool, PoolError> {
+        Self::build(name, dev, size, align, boundary, true)
+    }
+
+    fn build(
+        name: &str,
+        dev: &DmaDevice,
+        size: usize,
+        align: usize,
+        boundary: usize,
+        poison: bool,
+    ) -> Result<DmaPool, PoolError> {
+        if size == 0 {
+            return Err(PoolError::ZeroSize);
+        }
+        let align = align.max(1);
+        if !align.is_power_of_two() {
+            return Err(PoolError::AlignNotPowerOfTwo { align });
+        }
+        let too_large = PoolError::BlockTooLarge {
+            size,
+            max: MAX_POOL_BLOCK,
+        };
+        if size > MAX_POOL_BLOCK || align > MAX_POOL_BLOCK {
+            return Err(too_large);
+        }
+        let block = size.max(LINK_BYTES).next_multiple_of(align);
+        if block > MAX_POOL_BLOCK {
+            return Err(PoolError::BlockTooLarge {
+                size: block,
+                max: MAX_POOL_BLOCK,
+            });
+        }
+        let unit = PAGE_SIZE.max(block.next_power_of_two());
+        let boundary = if boundary == 0 {
+            unit
+        } else if !boundary.is_power_of_two() {
+            return Err(PoolError::BoundaryNotPowerOfTwo { boundary });
+        } else if boundary < block {
+            return Err(PoolError::BoundaryTooSmall {
+                boundary,
+                size: block,
+            });
+        } else {
+            boundary.min(unit)
+        };
+        let per_window = (boundary / block) as u32;
+        let blocks_per_unit = (unit / boundary) as u32 * per_window;
+        let inner = Arc::new(PoolInner {
+            name: name.into(),
+            dev: dev.clone(),
+            block,
+            boundary,
+            unit,
+            per_window,
+            blocks_per_unit,
+            poison,
+            poison_failures: AtomicU64::new(0),
+            state: spin::Mutex::new(PoolState {
+                pages: Vec::new(),
+                free_head: NIL,
+                free_blocks: 0,
+                in_use: 0,
+                destroyed: false,
+                by_bus: BTreeMap::new(),
+            }),
+        });
+        let mut pools = POOLS.lock();
+        pools.retain(|w| w.strong_count() > 0);
+        pools.push(Arc::downgrade(&inner));
+        drop(pools);
+        log::info!(
+            "{}: dma_pool {} created: {} B blocks, {} per {} B unit",
+            dev.name(),
+            name,
+            block,
+            blocks_per_unit,
+            unit
+        );
+        Ok(DmaPool { inner })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Block size after rounding.
+    pub fn block_size(&self) -> usize {
+        self.inner.block
+    }
+
+    /// Bytes of one unit (the memory added when the pool grows).
+    pub fn unit_size(&self) -> usize {
+        self.inner.unit
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PoolStats {
+        self.inner.stats()
+    }
+
+    /// A block with unspecified contents (Linux's `dma_pool_alloc`). O(1), plus a unit
+    /// allocation when the pool is empty.
+    pub fn alloc(&self) -> Result<PoolBlock, AllocError> {
+        let (page, block, cpu, bus) = self.inner.alloc(false, false)?;
+        Ok(PoolBlock {
+            pool: self.inner.clone(),
+            page,
+            block,
+            cpu,
+            bus,
+        })
+    }
+
+    /// A zeroed block (Linux's `dma_pool_zalloc`).
+    pub fn zalloc(&self) -> Result<PoolBlock, AllocError> {
+        let (page, block, cpu, bus) = self.inner.alloc(false, true)?;
+        Ok(PoolBlock {
+            pool: self.inner.clone(),
+            page,
+            block,
+            cpu,
+            bus,
+        })
+    }
+
+    /// A block as bare CPU and bus addresses, to be given back with [`DmaPool::free_raw`]
+    /// (the C-shaped API). Nothing frees it automatically.
+    pub fn alloc_raw(&self) -> Result<(NonNull<u8>, BusAddr), AllocError> {
+        let (_, _, cpu, bus) = self.inner.alloc(true, false)?;
+        Ok((cpu, bus))
+    }
+
+    /// Returns a block obtained from [`DmaPool::alloc_raw`] (Linux's `dma_pool_free`).
+    /// An address that is not an allocated raw block of this pool (double free, wrong pool,
+    /// mismatched CPU/bus pair, a block owned by a handle) is reported and refused; the pool is
+    /// unchanged.
+    pub fn free_raw(&self, cpu: *mut u8, bus: BusAddr) -> Result<(), DebugReport> {
+        self.inner
+            .free_raw(cpu, bus)
+            .map_err(|kind| self.inner.dev.report(kind))
+    }
+
+    /// Destroys the pool (Linux's `dma_pool_destroy`). With blocks still allocated, their
+    /// memory is quarantined (never freed) and reported; see the module documentation.
+    pub fn destroy(self) -> Result<(), PoolBusy> {
+        self.inner.shutdown()
+    }
+}
+
+impl Drop for DmaPool {
+    fn drop(&mut self) {
+        let _ = self.inner.shutdown();
+    }
+}
+
+/// One block of a pool; returns to its pool when dropped.
+pub struct PoolBlock {
+    pool: Arc<PoolInner>,
+    page: u32,
+    block: u32,
+    cpu: NonNull<u8>,
+    bus: BusAddr,
+}
+
+// SAFETY: the block's memory belongs to this handle alone; the pool is Sync.
+unsafe impl Send for PoolBlock {}
+// SAFETY: shared access only reads (volatile).
+unsafe impl Sync for PoolBlock {}
+
+impl fmt::Debug for PoolBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBlock")
+            .field("pool", &self.pool.name)
+            .field("bus", &self.bus)
+            .finish()
+    }
+}
+
+impl PoolBlock {
+    /// The device's address of the block.
+    pub fn bus_addr(&self) -> BusAddr {
+        self.bus
+    }
+
+    /// CPU pointer to the block.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.cpu.as_ptr()
+    }
+
+    /// Usable bytes (the pool's block size).
+    pub fn len(&self) -> usize {
+        self.pool.block
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Volatile read of a `T` at byte `offset` (any alignment).
+    pub fn read<T: DmaSafe>(&self, offset: usize) -> Result<T, OutOfBounds> {
+        check_range(offset, size_of::<T>(), self.len())?;
+        let mut v = MaybeUninit::<T>::uninit();
+        let dst = v.as_mut_ptr().cast::<u8>();
+        for i in 0..size_of::<T>() {
+            // SAFETY: `offset + i` is inside the block (checked); `dst` has room for `T`.
+            unsafe { dst.add(i).write(self.cpu.as_ptr().add(offset + i).read_volatile()) };
+        }
+        // SAFETY: every byte was written, and every bit pattern is a valid `T` (`DmaSafe`).
+        Ok(unsafe { v.assume_init() })
+    }
+
+    /// Volatile write of a `T` at byte `offset` (any alignment).
+    pub fn write<T: DmaSafe>(&mut self, offset: usize, value: T) -> Result<(), OutOfBounds> {
+        check_range(offset, size_of::<T>(), self.len())?;
+        let src = (&raw const value).cast::<u8>();
+        for i in 0..size_of::<T>() {
+            // SAFETY: inside the block (checked); `src` points to a live `T`.
+            unsafe { self.cpu.as_ptr().add(offset + i).write_volatile(src.add(i).read()) };
+        }
+        Ok(())
+    }
+
+    /// Volatile copy out of the block.
+    pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+        check_range(offset, dst.len(), self.len())?;
+        for (i, d) in dst.iter_mut().enumerate() {
+            // SAFETY: inside the block (checked).
+            *d = unsafe { self.cpu.as_ptr().add(offset + i).read_volatile() };
+        }
+        Ok(())
+    }
+
+    /// Volatile copy into the block.
+    pub fn write_bytes(&mut self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
+        check_range(offset, src.len(), self.len())?;
+        for (i, s) in src.iter().enumerate() {
+            // SAFETY: inside the block (checked).
+            unsafe { self.cpu.as_ptr().add(offset + i).write_volatile(*s) };
+        }
+        Ok(())
+    }
+
+    /// The block as a byte slice.
+    ///
+    /// # Safety
+    /// The device must not access the block while the slice lives.
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the block is `len()` bytes we own; the caller excludes the device.
+        unsafe { core::slice::from_raw_parts_mut(self.cpu.as_ptr(), self.len()) }
+    }
+
+    /// Gives up the handle; the block must be returned with [`DmaPool::free_raw`].
+    pub fn into_raw(self) -> (NonNull<u8>, BusAddr) {
+        let (cpu, bus) = (self.cpu, self.bus);
+        {
+            let mut st = self.pool.state.lock();
+            if let Some(page) = st.pages.get_mut(self.page as usize) {
+                set_bit(&mut page.raw, self.block, true);
+            }
+        }
+        let pool = forget_handle(self);
+        drop(pool);
+        (cpu, bus)
+    }
+}
+
+/// Forgets a block handle without freeing the block, returning its pool reference.
+fn forget_handle(block: PoolBlock) -> Arc<PoolInner> {
+    let block = core::mem::ManuallyDrop::new(block);
+    // SAFETY: `block` is never dropped or used again; the Arc is moved out exactly once.
+    unsafe { core::ptr::read(&block.pool) }
+}
+
+impl Drop for PoolBlock {
+    fn drop(&mut self) {
+        self.pool.free_handle(self.page, self.block);
+    }
+}
+
+/// Statistics of every live pool.
+pub fn all_pool_stats() -> Vec<(String, PoolStats)> {
+    let pools: Vec<Arc<PoolInner>> = POOLS.lock().iter().filter_map(|w| w.upgrade()).collect();
+    pools
+        .iter()
+        .map(|p| (String::from(p.dev.name()), p.stats()))
+        .collect()
+}
+
+/// Renders the `dma:pools` view in the columns of Linux's `pools` file (name, blocks in use,
+/// total blocks, block size, pages), followed by the device.
+pub fn render_pools() -> String {
+    let mut out = String::from("poolinfo - 0.1\n");
+    for (device, s) in all_pool_stats() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>4} {:>4} {:>4} {:>2} {}",
+            s.name, s.blocks_in_use, s.total_blocks, s.block_size, s.pages, device
+        );
+    }
+    out
+}

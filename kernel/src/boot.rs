@@ -1,0 +1,71 @@
+//! From the bootloader's hand-off to the shell prompt.
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::info::BootInfo;
+
+/// What we ask of the bootloader: all physical memory mapped (at an offset it chooses), and a
+/// kernel stack big enough for the tests.
+pub static BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.kernel_stack_size = 512 * 1024;
+    config
+};
+
+/// The kernel's main function, called by the entry point in `main.rs`.
+pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    crate::serial::init();
+    crate::logger::init(log::LevelFilter::Info);
+    crate::println!();
+    log::info!("dma-kernel {} booting", env!("CARGO_PKG_VERSION"));
+
+    crate::gdt::init();
+    crate::interrupts::init();
+
+    let offset = boot_info.physical_memory_offset.into_option();
+    if let Err(e) = crate::memory::init(&boot_info.memory_regions, offset, crate::init_heap) {
+        crate::println!("cannot set up memory: {e:?}");
+        crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed);
+    }
+    let stats = crate::memory::frame_stats();
+    log::info!(
+        "memory: {} MiB usable in {} regions, heap {} MiB",
+        stats.total_frames / 256,
+        boot_info.memory_regions.len(),
+        crate::memory::HEAP_SIZE >> 20
+    );
+
+    // The direct map covers every region of the memory map (RAM, ACPI tables, reserved areas).
+    let limit = boot_info.memory_regions.iter().map(|r| r.end).max().unwrap_or(0);
+    let direct_map = crate::acpi::DirectMap { offset: offset.unwrap_or(0), limit };
+    crate::acpi::init(boot_info.rsdp_addr.into_option(), direct_map);
+
+    crate::pci::init();
+    crate::scheme::register("mem:info", "physical memory counters", || {
+        let s = crate::memory::frame_stats();
+        alloc::format!(
+            "total_frames {}\nfree_frames {}\nfree_frames_below_4g {}\nfree_ranges {}\nlargest_free_run {}\n",
+            s.total_frames,
+            s.free_frames,
+            s.free_frames_below_4g,
+            s.free_ranges,
+            s.largest_free_run
+        )
+    });
+    crate::scheme::register("acpi:tables", "ACPI tables found and their state", || {
+        let mut out = alloc::string::String::new();
+        for t in &crate::acpi::info().inventory.tables {
+            out += &alloc::format!(
+                "{} {:#x} {} {}\n",
+                t.name(),
+                t.address,
+                t.length,
+                if t.valid { "valid" } else { "INVALID" }
+            );
+        }
+        out
+    });
+
+    log::info!("boot complete; type `help`");
+    crate::shell::run()
+}

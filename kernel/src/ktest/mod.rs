@@ -1,0 +1,117 @@
+//! The in-kernel test runner.
+//!
+//! Some claims can only be checked on the machine: that the frame allocator's runs are really
+//! RAM, that ECAM reads return the devices QEMU attached, that a device's DMA lands where the
+//! driver said. Those tests live here and run inside the booted kernel when the shell gets
+//! `ktest`. Each prints one line, in a format `cargo xtask test` parses:
+//!
+//! ```text
+//! ktest: begin 12 tests
+//! ktest: [0] memory::frames_are_ram ... ok
+//! ktest: [1] pci::ahci_present ... FAILED: no device with class 01/06/01
+//! ktest: done passed=11 failed=1
+//! ```
+//!
+//! A test that panics (or faults) cannot be resumed: there is no unwinding in this kernel. The
+//! panic handler prints `FAILED` for the running test with the panic's message and location and
+//! exits QEMU; xtask then boots again with `ktest --from N+1`, so one panic costs one test, not
+//! the run.
+
+mod memory;
+mod platform;
+
+use alloc::string::String;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// What a test returns: `Err` carries the reason for failure.
+pub type TestResult = Result<(), String>;
+
+/// One in-kernel test.
+pub struct KernelTest {
+    /// `module::name`, as printed.
+    pub name: &'static str,
+    /// The test.
+    pub run: fn() -> TestResult,
+}
+
+/// Every in-kernel test, in the order they run.
+fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
+    memory::TESTS.iter().chain(platform::TESTS.iter())
+}
+
+/// Tests that fail on purpose, to prove the runner reports failures (`ktest --demo-failures`).
+static DEMO_FAILURES: &[KernelTest] = &[
+    KernelTest { name: "demo::returns_an_error", run: || Err("this test fails on purpose".into()) },
+    KernelTest { name: "demo::panics", run: || panic!("this test panics on purpose") },
+    KernelTest { name: "demo::passes", run: || Ok(()) },
+];
+
+const NO_TEST: usize = usize::MAX;
+static RUNNING: AtomicUsize = AtomicUsize::new(NO_TEST);
+static RUNNING_NAME: spin::Mutex<&'static str> = spin::Mutex::new("");
+
+/// Runs the tests from index `from` on whose name contains `filter`. Returns (passed, failed).
+pub fn run(from: usize, filter: &str, demo_failures: bool) -> (usize, usize) {
+    let tests: alloc::vec::Vec<&KernelTest> = if demo_failures {
+        DEMO_FAILURES.iter().collect()
+    } else {
+        all_tests().filter(|t| t.name.contains(filter)).collect()
+    };
+    crate::println!("ktest: begin {} tests", tests.len());
+    let (mut passed, mut failed) = (0, 0);
+    for (index, test) in tests.iter().enumerate().skip(from) {
+        *RUNNING_NAME.lock() = test.name;
+        RUNNING.store(index, Ordering::SeqCst);
+        let result = (test.run)();
+        RUNNING.store(NO_TEST, Ordering::SeqCst);
+        match result {
+            Ok(()) => {
+                passed += 1;
+                crate::println!("ktest: [{index}] {} ... ok", test.name);
+            }
+            Err(reason) => {
+                failed += 1;
+                crate::println!("ktest: [{index}] {} ... FAILED: {reason}", test.name);
+            }
+        }
+    }
+    crate::println!("ktest: done passed={passed} failed={failed}");
+    (passed, failed)
+}
+
+/// Called by the panic handler.
+pub fn panicked(info: &core::panic::PanicInfo) -> ! {
+    let location = info.location().map(|l| alloc::format!("{}:{}", l.file(), l.line()));
+    let location = location.as_deref().unwrap_or("unknown location");
+    let index = RUNNING.load(Ordering::SeqCst);
+    if index == NO_TEST {
+        crate::println!("KERNEL PANIC at {location}: {}", info.message());
+        crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
+    }
+    // Do not take RUNNING_NAME's lock if the panic happened while it was held.
+    let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
+    crate::println!("ktest: [{index}] {name} ... FAILED: panicked at {location}: {}", info.message());
+    crate::println!("ktest: aborted at {index}");
+    crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
+}
+
+/// Called by exception handlers: fail the running test, if any, and stop the machine.
+pub fn fail_running_test_and_stop(exception: &str) -> ! {
+    let index = RUNNING.load(Ordering::SeqCst);
+    if index != NO_TEST {
+        let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
+        crate::println!("ktest: [{index}] {name} ... FAILED: CPU exception: {exception}");
+        crate::println!("ktest: aborted at {index}");
+    }
+    crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
+}
+
+/// `check!(cond, "format", args)` returns `Err(message)` from the test when `cond` is false.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($msg:tt)*) => {
+        if !$cond {
+            return Err(alloc::format!($($msg)*));
+        }
+    };
+}

@@ -1,0 +1,81 @@
+//! In-kernel tests of what the firmware and the chipset told us: ACPI tables and PCI.
+
+use super::{KernelTest, TestResult};
+use crate::check;
+use alloc::format;
+use pci::ConfigRegionAccess;
+
+pub static TESTS: &[KernelTest] = &[
+    KernelTest { name: "acpi::tables_are_sound", run: tables_are_sound },
+    KernelTest { name: "acpi::mcfg_gives_ecam", run: mcfg_gives_ecam },
+    KernelTest { name: "pci::q35_devices_found", run: q35_devices_found },
+    KernelTest { name: "pci::ecam_agrees_with_port_io", run: ecam_agrees_with_port_io },
+    KernelTest { name: "pci::bars_are_sized", run: bars_are_sized },
+];
+
+fn tables_are_sound() -> TestResult {
+    let info = crate::acpi::info();
+    check!(info.inventory.problems.is_empty(), "ACPI problems: {:?}", info.inventory.problems);
+    for signature in [b"FACP", b"APIC", b"MCFG"] {
+        check!(info.inventory.find(signature).is_some(), "no valid {} table", core::str::from_utf8(signature).unwrap_or("?"));
+    }
+    check!(info.pm1a_control_port.is_some(), "FADT gave no PM1a control port");
+    if let Some(dmar) = &info.dmar {
+        check!(dmar.len() >= 48 && &dmar[..4] == b"DMAR", "DMAR copy is malformed ({} bytes)", dmar.len());
+    }
+    Ok(())
+}
+
+fn mcfg_gives_ecam() -> TestResult {
+    let ecam = &crate::acpi::info().ecam;
+    check!(!ecam.is_empty(), "no ECAM window from MCFG");
+    check!(ecam.iter().any(|w| w.segment == 0 && w.bus_start == 0), "no window for segment 0 bus 0: {ecam:?}");
+    check!(ecam.iter().all(|w| w.base % (1 << 20) == 0), "ECAM base not 1 MiB aligned: {ecam:?}");
+    Ok(())
+}
+
+fn q35_devices_found() -> TestResult {
+    let functions = crate::pci::functions();
+    let find = |vendor: u16, device: u16| functions.iter().find(|f| f.vendor_id == vendor && f.device_id == device);
+    check!(find(0x8086, 0x29c0).is_some(), "no q35 host bridge 8086:29c0");
+    check!(find(0x8086, 0x2918).is_some(), "no ICH9 ISA bridge 8086:2918");
+    let e1000 = find(0x8086, 0x100e).ok_or("no e1000 8086:100e")?;
+    let ahci = find(0x8086, 0x2922).ok_or("no AHCI controller 8086:2922")?;
+    check!(
+        (ahci.class.base, ahci.class.sub, ahci.class.prog_if) == (0x01, 0x06, 0x01),
+        "AHCI class {:?}",
+        ahci.class
+    );
+    check!(ahci.bar(5).is_some_and(|b| b.is_memory()), "AHCI has no memory BAR5: {:?}", ahci.bars);
+    check!(e1000.bar(0).is_some_and(|b| b.is_memory()), "e1000 has no memory BAR0: {:?}", e1000.bars);
+    Ok(())
+}
+
+fn ecam_agrees_with_port_io() -> TestResult {
+    check!(!crate::acpi::info().ecam.is_empty(), "ECAM not in use");
+    // SAFETY: with ECAM chosen, nothing else in the kernel uses ports 0xCF8/0xCFC, and tests
+    // run one at a time, so this temporary PortIoAccess is the only user.
+    let ports = unsafe { pci::PortIoAccess::new() };
+    let ecam = crate::pci::access();
+    for f in crate::pci::functions() {
+        for offset in (0..0x40u16).step_by(4) {
+            // SAFETY: reads of the standard header have no side effects.
+            let (a, b) = unsafe { (ecam.read(f.address, offset), ports.read(f.address, offset)) };
+            check!(a == b, "{:?} offset {offset:#x}: ECAM {a:#010x} vs port I/O {b:#010x}", f.address);
+        }
+    }
+    Ok(())
+}
+
+fn bars_are_sized() -> TestResult {
+    let functions = crate::pci::functions();
+    let e1000 = functions.iter().find(|f| f.device_id == 0x100e).ok_or("no e1000")?;
+    let bar0 = e1000.bar(0).ok_or("no BAR0")?;
+    // 82540EM SDM §4.1 (Table 4-2): the memory BAR is 128 KiB.
+    check!(bar0.size() == 128 * 1024, "e1000 BAR0 sized {} bytes, expected 128 KiB", bar0.size());
+    let ahci = functions.iter().find(|f| f.device_id == 0x2922).ok_or("no AHCI")?;
+    let abar = ahci.bar(5).ok_or("no BAR5")?;
+    check!(abar.size() >= 0x1100 / 2 && abar.size().is_power_of_two(), "ABAR size {}", abar.size());
+    let _ = format!("");
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The kernel as a library: every module the boot binary (`main.rs`) wires together.
+//!
+//! The library compiles for the host too, so the pure logic in it — the frame allocator, the ACPI
+//! table walk — is tested by `cargo test -p kernel --lib` with simulated memory. Code that only
+//! makes sense on the machine (the panic handler, the global allocator) is compiled only for
+//! `target_os = "none"`.
+#![cfg_attr(not(test), no_std)]
+#![feature(abi_x86_interrupt)]
+
+extern crate alloc;
+
+pub mod acpi;
+pub mod boot;
+pub mod exit;
+pub mod gdt;
+pub mod interrupts;
+pub mod ktest;
+pub mod logger;
+pub mod memory;
+pub mod pci;
+pub mod scheme;
+pub mod serial;
+pub mod shell;
+
+#[cfg(target_os = "none")]
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// Hands the heap its memory. Called once by [`memory::init`] during boot.
+#[cfg(target_os = "none")]
+fn init_heap(start: *mut u8, size: usize) {
+    // SAFETY: `start..start+size` is RAM reserved for the heap alone (memory::init removes it from
+    // the frame allocator) and mapped writable by the bootloader's direct map; init runs once.
+    unsafe { HEAP.lock().init(start, size) };
+}
+
+/// Host builds have the host allocator; the heap memory is left alone.
+#[cfg(not(target_os = "none"))]
+fn init_heap(_start: *mut u8, _size: usize) {}
+
+/// Bytes used and free in the heap.
+pub fn heap_usage() -> (usize, usize) {
+    #[cfg(target_os = "none")]
+    {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            let heap = HEAP.lock();
+            (heap.used(), heap.free())
+        })
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        (0, 0)
+    }
+}
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    ktest::panicked(info)
+}

@@ -1,0 +1,58 @@
+//! `cargo xtask`: the project's one entry point for building, booting and testing the kernel.
+//!
+//! ```text
+//! cargo xtask build [--release]          build the kernel and its BIOS/UEFI disk images
+//! cargo xtask image [--release]          build images for a USB stick and print how to write them
+//! cargo xtask run [options]              boot in QEMU with the serial console on this terminal
+//! cargo xtask test                       host tests, then the in-kernel tests in every QEMU setup
+//! cargo xtask bench                      benchmarks
+//! ```
+
+mod build;
+mod qemu;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build [--release]     build the kernel and its BIOS and UEFI disk images
+  image [--release]     build the images for a USB stick and print the command to write them
+  run [options]         boot the kernel in QEMU, serial console on this terminal
+      --release           optimised kernel
+      --uefi              boot through OVMF (UEFI) instead of BIOS
+      --no-iommu          no intel-iommu device (DMA uses the Direct mapper)
+      --kvm               use KVM instead of TCG (slow to boot under nested virtualisation)
+      --timeout SECONDS   stop QEMU after this long (default: none)
+  test                  host tests, then in-kernel tests in every QEMU configuration
+  bench                 benchmarks (criterion, host side)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "build" => build::parse_profile(rest).and_then(|p| build::build_images(p).map(|_| ExitCode::SUCCESS)),
+        "image" => build::parse_profile(rest).and_then(build::image),
+        "run" => qemu::RunOptions::parse(rest).and_then(qemu::run_interactive),
+        "test" => test::run_all(rest),
+        "bench" => test::bench(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Starting QEMU with the machine this kernel is written for, interactively or under a test.
+//!
+//! The machine: q35 (ICH9: AHCI at 00:1f.2, ISA bridge at 00:1f.0), 512 MiB, an Intel VT-d unit
+//! (unless `--no-iommu`), an e1000 on user networking, the boot disk and a scratch disk on the
+//! AHCI controller, COM1 on stdio and the `isa-debug-exit` device through which the kernel
+//! reports test results.
+
+use crate::build::{self, Profile};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// isa-debug-exit status for `QemuExitCode::Success` (0x10 << 1 | 1).
+pub const EXIT_SUCCESS: i32 = 33;
+/// isa-debug-exit status for `QemuExitCode::Failed` (0x11 << 1 | 1).
+pub const EXIT_FAILED: i32 = 35;
+
+/// Firmware a configuration boots through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// One QEMU machine configuration.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// Short name for logs, e.g. "bios-vtd".
+    pub name: String,
+    pub firmware: Firmware,
+    pub iommu: bool,
+    pub kvm: bool,
+    pub memory_mib: u32,
+}
+
+impl MachineConfig {
+    /// The default machine with VT-d, BIOS boot.
+    pub fn standard() -> Self {
+        MachineConfig { name: "bios-vtd".into(), firmware: Firmware::Bios, iommu: true, kvm: false, memory_mib: 512 }
+    }
+}
+
+/// Options of `cargo xtask run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub profile: Profile,
+    pub machine: MachineConfig,
+    pub timeout: Option<Duration>,
+}
+
+impl RunOptions {
+    /// Parses `run`'s flags.
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let mut opts = RunOptions { profile: Profile::Debug, machine: MachineConfig::standard(), timeout: None };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--release" => opts.profile = Profile::Release,
+                "--uefi" => opts.machine.firmware = Firmware::Uefi,
+                "--no-iommu" => opts.machine.iommu = false,
+                "--kvm" => opts.machine.kvm = true,
+                "--timeout" => {
+                    let secs = it.next().and_then(|s| s.parse().ok()).ok_or("--timeout needs a number of seconds")?;
+                    opts.timeout = Some(Duration::from_secs(secs));
+                }
+                other => return Err(format!("unknown option `{other}` for run (see `cargo xtask help`)")),
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// Checks that QEMU is installed, with a one-line hint when it is not.
+pub fn check_qemu() -> Result<(), String> {
+    match Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("qemu-system-x86_64 not found: install it with `sudo apt-get install qemu-system-x86 ovmf`".into()),
+    }
+}
+
+/// OVMF firmware code and a writable copy of its variable store.
+fn ovmf(work: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let candidates = [
+        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ];
+    let (code, vars) = candidates
+        .iter()
+        .find(|(c, v)| Path::new(c).exists() && Path::new(v).exists())
+        .ok_or("OVMF (UEFI firmware) not found: install it with `sudo apt-get install ovmf`")?;
+    let vars_copy = work.join("ovmf-vars.fd");
+    std::fs::copy(vars, &vars_copy).map_err(|e| format!("cannot copy {vars}: {e}"))?;
+    Ok((PathBuf::from(code), vars_copy))
+}
+
+/// A raw disk image of `size` bytes, created if missing.
+pub fn scratch_disk(path: &Path, size: u64) -> Result<(), String> {
+    if std::fs::metadata(path).map(|m| m.len() == size).unwrap_or(false) {
+        return Ok(());
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.set_len(size).map_err(|e| format!("cannot size {}: {e}", path.display()))
+}
+
+/// The QEMU command line for `machine` booting `images`.
+pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) -> Result<Command, String> {
+    check_qemu()?;
+    std::fs::create_dir_all(work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let disk = work.join("scratch-disk.img");
+    scratch_disk(&disk, 64 << 20)?;
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    let accel = if machine.kvm { "kvm" } else { "tcg" };
+    // Interrupt remapping (intremap=on) needs the IOAPIC emulated in QEMU, not in KVM.
+    let machine_arg = if machine.iommu {
+        format!("q35,accel={accel},kernel-irqchip=split")
+    } else {
+        format!("q35,accel={accel}")
+    };
+    cmd.args(["-machine", &machine_arg, "-m", &format!("{}M", machine.memory_mib), "-smp", "1"]);
+    if machine.iommu {
+        // caching-mode=on: the unit may cache not-present entries, so the driver must invalidate
+        // after making entries present, as on real hardware with CAP.CM=1.
+        cmd.args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+    }
+    let boot_image = match machine.firmware {
+        Firmware::Bios => &images.bios,
+        Firmware::Uefi => {
+            let (code, vars) = ovmf(work)?;
+            cmd.args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", code.display())]);
+            cmd.args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())]);
+            &images.uefi
+        }
+    };
+    // Boot disk on AHCI port 0, scratch disk on port 1. `snapshot=on` keeps the boot image pristine.
+    cmd.args(["-drive", &format!("format=raw,file={},if=none,id=boot,snapshot=on", boot_image.display())]);
+    cmd.args(["-device", "ide-hd,drive=boot,bus=ide.0,bootindex=0"]);
+    cmd.args(["-drive", &format!("format=raw,file={},if=none,id=d0", disk.display())]);
+    cmd.args(["-device", "ide-hd,drive=d0,bus=ide.1"]);
+    cmd.args(["-netdev", "user,id=n0", "-device", "e1000,netdev=n0"]);
+    cmd.args(["-display", "none", "-serial", "stdio", "-no-reboot"]);
+    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    Ok(cmd)
+}
+
+/// Maps QEMU's exit status to ours: 0 (ACPI power-off) and 33 (isa-debug-exit success) are
+/// success; 35 is a reported failure; anything else is passed on.
+pub fn exit_code(status: Option<i32>) -> ExitCode {
+    match status {
+        Some(0) | Some(EXIT_SUCCESS) => ExitCode::SUCCESS,
+        Some(EXIT_FAILED) => ExitCode::from(1),
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(1),
+    }
+}
+
+/// `cargo xtask run`.
+///
+/// On a terminal, QEMU gets the terminal. When input is piped (`printf 'lspci\nexit\n' |
+/// cargo xtask run`), xtask holds the input back until the kernel prints its first prompt and
+/// then relays it: bytes that reach the UART while the firmware and bootloader run are lost.
+pub fn run_interactive(opts: RunOptions) -> Result<ExitCode, String> {
+    use std::io::IsTerminal;
+    check_qemu()?;
+    let images = build::build_images(opts.profile)?;
+    let work = build::target_dir().join("qemu");
+    let mut cmd = command(&opts.machine, &images, &work)?;
+    let relay = !std::io::stdin().is_terminal();
+    if relay {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    if relay {
+        relay_after_prompt(&mut child);
+    }
+    let status = match opts.timeout {
+        None => child.wait().map_err(|e| e.to_string())?,
+        Some(limit) => {
+            let start = Instant::now();
+            loop {
+                if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                    break status;
+                }
+                if start.elapsed() > limit {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("QEMU still running after {}s: stopped it", limit.as_secs()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    Ok(exit_code(status.code()))
+}
+
+/// Copies QEMU's output to ours, and our input to QEMU once the shell prompt has appeared.
+fn relay_after_prompt(child: &mut Child) {
+    let (Some(mut qemu_out), Some(mut qemu_in)) = (child.stdout.take(), child.stdin.take()) else { return };
+    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut stdout = std::io::stdout();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut signalled = false;
+        while let Ok(n) = qemu_out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = stdout.write_all(&buf[..n]).and_then(|_| stdout.flush());
+            if !signalled {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(8).any(|w| w == b"kernel> ") {
+                    signalled = true;
+                    let _ = prompt_tx.send(());
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        if prompt_rx.recv().is_err() {
+            return;
+        }
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut qemu_in);
+    });
+}
+
+/// A QEMU whose serial console a test reads and types into.
+pub struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    output: Arc<Mutex<Vec<u8>>>,
+    /// How much of `output` earlier `expect` calls consumed.
+    cursor: usize,
+    log_path: PathBuf,
+}
+
+/// How a wait for output ended without the awaited text.
+#[derive(Debug)]
+pub enum WaitError {
+    /// QEMU exited, with this status.
+    Exited(Option<i32>),
+    /// The deadline passed.
+    TimedOut,
+}
+
+impl Session {
+    /// Boots `machine`; serial output is captured (and saved to `log_path` on drop).
+    pub fn start(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, log_path: PathBuf) -> Result<Self, String> {
+        let mut child = command(machine, images, work)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for mut stream in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let sink = Arc::clone(&output);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().expect("output lock").extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Ok(Session { child, stdin, output, cursor: 0, log_path })
+    }
+
+    /// Everything QEMU printed so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().expect("output lock")).into_owned()
+    }
+
+    /// Waits until `needle` appears after the cursor; returns the text up to and including it
+    /// and moves the cursor past it.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String, WaitError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let out = self.output.lock().expect("output lock");
+                let text = String::from_utf8_lossy(&out[self.cursor.min(out.len())..]).into_owned();
+                if let Some(pos) = text.find(needle) {
+                    let upto = &text[..pos + needle.len()];
+                    self.cursor += upto.len();
+                    return Ok(upto.to_string());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the reader threads a moment to drain the pipe, then look once more.
+                std::thread::sleep(Duration::from_millis(200));
+                let out = self.output.lock().expect("output lock");
+                let text = String::from_utf8_lossy(&out[self.cursor.min(out.len())..]).into_owned();
+                if let Some(pos) = text.find(needle) {
+                    let upto = text[..pos + needle.len()].to_string();
+                    self.cursor += upto.len();
+                    return Ok(upto);
+                }
+                return Err(WaitError::Exited(status.code()));
+            }
+            if Instant::now() > deadline {
+                return Err(WaitError::TimedOut);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Text printed after the cursor so far (does not move the cursor).
+    pub fn pending(&self) -> String {
+        let out = self.output.lock().expect("output lock");
+        String::from_utf8_lossy(&out[self.cursor.min(out.len())..]).into_owned()
+    }
+
+    /// Types a line into the serial console.
+    pub fn send_line(&mut self, line: &str) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("QEMU's stdin is closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).and_then(|_| stdin.flush()).map_err(|e| format!("cannot type into QEMU: {e}"))
+    }
+
+    /// Waits for QEMU to exit; kills it after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>, WaitError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(WaitError::TimedOut);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops QEMU.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::write(&self.log_path, self.output());
+    }
+}

@@ -1,0 +1,392 @@
+//! `cargo xtask test`: every test the project has, ending in one `N passed, N failed` line.
+//!
+//! 1. Host tests: `cargo test --workspace` (the `dma`, `pci` and `kernel` libraries against
+//!    simulated memory, config space and ACPI tables). Their counts are added to the total.
+//! 2. For every QEMU configuration: boot the kernel, run the in-kernel tests through the serial
+//!    shell (`ktest`), and check from the host what only the host can see (the shell's output,
+//!    QEMU's exit status). A test that panics aborts its boot; the runner boots again from the
+//!    next test, so every test gets a verdict.
+//! 3. The runner checks itself: `ktest --demo-failures` must report a failing and a panicking
+//!    test as failed and still run the test after them.
+
+use crate::build::{self, Profile};
+use crate::qemu::{Firmware, MachineConfig, Session, WaitError};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+/// How long a boot may take to reach the shell prompt (UEFI under TCG takes ~10 s).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one `ktest` run may take before it is declared hung.
+const KTEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a shell command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The QEMU configurations every test run covers.
+pub fn configurations() -> Vec<MachineConfig> {
+    vec![
+        MachineConfig::standard(),
+        MachineConfig { name: "bios-novtd".into(), iommu: false, ..MachineConfig::standard() },
+        MachineConfig { name: "uefi-vtd".into(), firmware: Firmware::Uefi, ..MachineConfig::standard() },
+    ]
+}
+
+/// Running totals.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.passed += 1;
+                println!("host: {name} ... ok");
+            }
+            Err(why) => {
+                self.failed += 1;
+                println!("host: {name} ... FAILED: {why}");
+                self.failures.push(format!("{name}: {why}"));
+            }
+        }
+    }
+}
+
+pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
+    let mut only_qemu = false;
+    let mut only_host = false;
+    for a in args {
+        match a.as_str() {
+            "--qemu-only" => only_qemu = true,
+            "--host-only" => only_host = true,
+            other => return Err(format!("unknown option `{other}` for test (--host-only, --qemu-only)")),
+        }
+    }
+    let mut tally = Tally::default();
+    if !only_qemu {
+        host_tests(&mut tally)?;
+    }
+    if !only_host {
+        crate::qemu::check_qemu()?;
+        let images = build::build_images(Profile::Debug)?;
+        let work = build::target_dir().join("xtask-test");
+        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        for (i, machine) in configurations().iter().enumerate() {
+            println!("\n== QEMU configuration {} ==", machine.name);
+            qemu_suite(machine, &images, &work, &mut tally);
+            if i == 0 {
+                runner_self_check(machine, &images, &work, &mut tally);
+            }
+        }
+    }
+    println!();
+    for f in &tally.failures {
+        println!("FAILED: {f}");
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `cargo test --workspace`, counting its results.
+fn host_tests(tally: &mut Tally) -> Result<(), String> {
+    println!("== host tests: cargo test --workspace ==");
+    let output = build::cargo()
+        .args(["test", "--workspace"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    let (mut passed, mut failed) = (0, 0);
+    for line in stdout.lines() {
+        // "test result: ok. 12 passed; 0 failed; 0 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    println!("host: cargo test totals: passed={passed} failed={failed}");
+    tally.passed += passed;
+    tally.failed += failed;
+    if !output.status.success() && failed == 0 {
+        tally.record("cargo test --workspace (build)", Err("cargo test failed before running tests".into()));
+    }
+    Ok(())
+}
+
+/// Parses one `ktest: [i] name ... ok|FAILED: why` line.
+fn parse_ktest_line(line: &str) -> Option<(usize, String, Result<(), String>)> {
+    let rest = line.trim().strip_prefix("ktest: [")?;
+    let (index, rest) = rest.split_once("] ")?;
+    let (name, verdict) = rest.split_once(" ... ")?;
+    let result = if verdict.trim() == "ok" {
+        Ok(())
+    } else {
+        Err(verdict.trim().strip_prefix("FAILED: ").unwrap_or(verdict).to_string())
+    };
+    Some((index.parse().ok()?, name.to_string(), result))
+}
+
+/// Boots, waits for the prompt, and returns the session.
+fn boot(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tag: &str) -> Result<Session, String> {
+    let log = work.join(format!("{}-{tag}.log", machine.name));
+    let mut session = Session::start(machine, images, work, log.clone())?;
+    match session.expect(kernel_prompt(), BOOT_TIMEOUT) {
+        Ok(_) => Ok(session),
+        Err(WaitError::TimedOut) => Err(format!(
+            "no shell prompt within {}s (QEMU hung? serial log: {})",
+            BOOT_TIMEOUT.as_secs(),
+            log.display()
+        )),
+        Err(WaitError::Exited(code)) => {
+            Err(format!("QEMU exited with {code:?} before the shell prompt (serial log: {})", log.display()))
+        }
+    }
+}
+
+fn kernel_prompt() -> &'static str {
+    "kernel> "
+}
+
+/// Runs `ktest` args in as many boots as panics require; records every test's verdict.
+/// Returns the number of tests seen.
+fn run_ktests(
+    machine: &MachineConfig,
+    images: &boot::DiskImages,
+    work: &Path,
+    args: &str,
+    tally: &mut Tally,
+) -> Vec<(String, Result<(), String>)> {
+    let mut verdicts = Vec::new();
+    let mut from = 0;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut session = match boot(machine, images, work, &format!("ktest{attempt}")) {
+            Ok(s) => s,
+            Err(why) => {
+                tally.record(&format!("{}::boot", machine.name), Err(why));
+                return verdicts;
+            }
+        };
+        if let Err(why) = session.send_line(&format!("ktest --from {from} {args}")) {
+            tally.record(&format!("{}::ktest", machine.name), Err(why));
+            return verdicts;
+        }
+        let result = session.expect("ktest: done", KTEST_TIMEOUT);
+        let text = session.output();
+        let mut last_index = None;
+        let mut total = None;
+        for line in text.lines() {
+            if let Some(n) = line.trim().strip_prefix("ktest: begin ").and_then(|r| r.split_whitespace().next()) {
+                total = n.parse::<usize>().ok();
+            }
+            if let Some((index, name, result)) = parse_ktest_line(line) {
+                let full = format!("{}::{name}", machine.name);
+                println!("kernel: [{}] {name} ... {}", machine.name, match &result {
+                    Ok(()) => "ok".to_string(),
+                    Err(why) => format!("FAILED: {why}"),
+                });
+                verdicts.push((name, result.clone()));
+                match result {
+                    Ok(()) => tally.passed += 1,
+                    Err(why) => {
+                        tally.failed += 1;
+                        tally.failures.push(format!("{full}: {why}"));
+                    }
+                }
+                last_index = Some(index);
+            }
+        }
+        match result {
+            Ok(_) => {
+                // Let the shell print its prompt, then power off; `exit` must give status 0.
+                let _ = session.expect(kernel_prompt(), COMMAND_TIMEOUT);
+                let _ = session.send_line("exit");
+                match session.wait_exit(COMMAND_TIMEOUT) {
+                    Ok(Some(0)) => {}
+                    other => tally.record(
+                        &format!("{}::exit_powers_off", machine.name),
+                        Err(format!("`exit` ended QEMU with {other:?}, expected status 0")),
+                    ),
+                }
+                return verdicts;
+            }
+            Err(WaitError::Exited(_)) => {
+                // A test panicked or faulted: it has been reported; go on after it.
+                let next = last_index.map_or(from + 1, |i| i + 1);
+                if total.is_some_and(|t| next >= t) {
+                    return verdicts;
+                }
+                if last_index.is_none() {
+                    tally.record(
+                        &format!("{}::ktest", machine.name),
+                        Err("QEMU exited before any test reported (see the serial log)".into()),
+                    );
+                    return verdicts;
+                }
+                from = next;
+            }
+            Err(WaitError::TimedOut) => {
+                let hung = last_index.map_or(from, |i| i + 1);
+                tally.record(
+                    &format!("{}::ktest[{hung}]", machine.name),
+                    Err(format!("hung: no result within {}s; QEMU stopped", KTEST_TIMEOUT.as_secs())),
+                );
+                if total.is_some_and(|t| hung + 1 >= t) {
+                    return verdicts;
+                }
+                from = hung + 1;
+            }
+        }
+    }
+}
+
+/// One configuration: host-side checks of the shell, then the in-kernel tests.
+fn qemu_suite(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
+    match boot(machine, images, work, "shell") {
+        Ok(mut session) => shell_checks(machine, &mut session, tally),
+        Err(why) => tally.record(&format!("{}::boot", machine.name), Err(why)),
+    }
+    let verdicts = run_ktests(machine, images, work, "", tally);
+    if verdicts.is_empty() {
+        tally.record(&format!("{}::ktest_ran", machine.name), Err("no in-kernel test reported".into()));
+    }
+}
+
+/// Types a command and returns what it printed up to the next prompt.
+fn command(session: &mut Session, line: &str) -> Result<String, String> {
+    session.send_line(line)?;
+    session.expect(kernel_prompt(), COMMAND_TIMEOUT).map_err(|e| format!("`{line}` did not finish: {e:?}"))
+}
+
+/// Checks, from the host, what the shell shows.
+fn shell_checks(machine: &MachineConfig, session: &mut Session, tally: &mut Tally) {
+    let name = |check: &str| format!("{}::{check}", machine.name);
+    let lspci = command(session, "lspci");
+    tally.record(&name("lspci_lists_q35_devices"), lspci.and_then(|text| check_lspci(&text)));
+
+    let devices = command(session, "cat pci:devices");
+    tally.record(
+        &name("pci_devices_view"),
+        devices.and_then(|t| {
+            if t.contains("8086:100e") && t.contains("8086:2922") { Ok(()) } else { Err(format!("view lacks e1000/AHCI:\n{t}")) }
+        }),
+    );
+
+    let meminfo = command(session, "meminfo");
+    tally.record(
+        &name("meminfo"),
+        meminfo.and_then(|t| if t.contains("MiB free") { Ok(()) } else { Err(format!("unexpected meminfo:\n{t}")) }),
+    );
+
+    let unknown = command(session, "frobnicate");
+    tally.record(
+        &name("unknown_command_is_reported"),
+        unknown.and_then(|t| if t.contains("unknown command") { Ok(()) } else { Err(t) }),
+    );
+
+    let _ = session.send_line("exit");
+    tally.record(
+        &name("exit_powers_off_with_status_0"),
+        match session.wait_exit(COMMAND_TIMEOUT) {
+            Ok(Some(0)) => Ok(()),
+            other => Err(format!("QEMU ended with {other:?}")),
+        },
+    );
+    let log = session.output();
+    tally.record(
+        &name("boot_log_is_clean"),
+        match log.lines().find(|l| l.contains("[ERROR") || l.contains("EXCEPTION") || l.contains("PANIC")) {
+            None => Ok(()),
+            Some(line) => Err(format!("boot printed: {line}")),
+        },
+    );
+}
+
+/// The devices q35 always has, as `lspci` should show them.
+fn check_lspci(text: &str) -> Result<(), String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let find = |id: &str| lines.iter().find(|l| l.contains(id)).copied();
+    let host_bridge = find("8086:29c0").ok_or("no q35 host bridge 8086:29c0")?;
+    let _ = host_bridge;
+    let e1000 = find("8086:100e").ok_or("no e1000 8086:100e")?;
+    let ahci = find("8086:2922").ok_or("no AHCI controller 8086:2922")?;
+    let isa = find("8086:2918").ok_or("no ISA bridge 8086:2918")?;
+    if !ahci.contains("01/06/01") {
+        return Err(format!("AHCI line lacks class 01/06/01: {ahci}"));
+    }
+    if !ahci.contains("BAR5") {
+        return Err(format!("AHCI line lacks BAR5: {ahci}"));
+    }
+    if !e1000.contains("BAR0") {
+        return Err(format!("e1000 line lacks BAR0: {e1000}"));
+    }
+    if !isa.contains("06/01/00") {
+        return Err(format!("ISA bridge line lacks class 06/01/00: {isa}"));
+    }
+    Ok(())
+}
+
+/// The runner must report failures: run three demo tests (fails, panics, passes) and check.
+fn runner_self_check(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
+    let mut scratch = Tally::default();
+    let verdicts = run_ktests(machine, images, work, "--demo-failures", &mut scratch);
+    let summary: Vec<(&str, bool)> = verdicts.iter().map(|(n, r)| (n.as_str(), r.is_ok())).collect();
+    let expected = [("demo::returns_an_error", false), ("demo::panics", false), ("demo::passes", true)];
+    let panic_reported = verdicts.iter().any(|(n, r)| n == "demo::panics" && r.as_ref().err().is_some_and(|w| w.contains("panicked at")));
+    tally.record(
+        "runner::reports_errors_and_panics_and_goes_on",
+        if summary == expected && panic_reported {
+            Ok(())
+        } else {
+            Err(format!("demo verdicts were {verdicts:?}"))
+        },
+    );
+}
+
+/// `cargo xtask bench`.
+pub fn bench(args: &[String]) -> Result<ExitCode, String> {
+    let status = build::cargo()
+        .args(["bench", "-p", "dma"])
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo bench: {e}"))?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ktest_lines_parse() {
+        assert_eq!(parse_ktest_line("ktest: [3] memory::x ... ok"), Some((3, "memory::x".into(), Ok(()))));
+        assert_eq!(
+            parse_ktest_line("ktest: [4] a::b ... FAILED: panicked at x.rs:3: boom"),
+            Some((4, "a::b".into(), Err("panicked at x.rs:3: boom".into())))
+        );
+        assert_eq!(parse_ktest_line("ktest: begin 4 tests"), None);
+        assert_eq!(parse_ktest_line("kernel> ktest --from 0"), None);
+    }
+
+    #[test]
+    fn lspci_check_needs_every_q35_device() {
+        let good = "00:00.0 8086:29c0 class 06/00/00 Host bridge\n\
+                    00:02.0 8086:100e class 02/00/00 Ethernet controller BAR0 mem32 0xfeb80000 [128K]\n\
+                    00:1f.0 8086:2918 class 06/01/00 ISA bridge\n\
+                    00:1f.2 8086:2922 class 01/06/01 SATA controller (AHCI) BAR5 mem32 0xfebd1000 [4K]\n";
+        assert_eq!(check_lspci(good), Ok(()));
+        assert!(check_lspci(&good.replace("BAR5", "BAR4")).is_err());
+        assert!(check_lspci(&good.replace("8086:2918", "8086:0000")).is_err());
+    }
+}
