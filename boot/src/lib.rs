@@ -50,10 +50,8 @@ pub fn create_images(kernel: &Path, out_dir: &Path, stem: &str) -> Result<DiskIm
     if !kernel.is_file() {
         return Err(ImageError::MissingKernel(kernel.to_path_buf()));
     }
-    let images = DiskImages {
-        bios: out_dir.join(format!("{stem}-bios.img")),
-        uefi: out_dir.join(format!("{stem}-uefi.img")),
-    };
+    let images =
+        DiskImages { bios: out_dir.join(format!("{stem}-bios.img")), uefi: out_dir.join(format!("{stem}-uefi.img")) };
     bootloader::BiosBoot::new(kernel)
         .create_disk_image(&images.bios)
         .map_err(|e| ImageError::Create { which: "BIOS", reason: format!("{e:#}") })?;

@@ -381,3 +381,32 @@ impl<T: DmaSafe, D: CpuWritable> NonCoherentView<'_, T, D> {
         unsafe { self.ptr.as_ptr().write_volatile(value) }
     }
 }
+
+impl<T: DmaSafe> core::fmt::Debug for Coherent<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Coherent")
+            .field("device", &self.dev.name())
+            .field("bus", &self.region.bus)
+            .finish()
+    }
+}
+
+impl<T: DmaSafe> core::fmt::Debug for CoherentSlice<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CoherentSlice")
+            .field("device", &self.dev.name())
+            .field("bus", &self.region.bus)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<T: DmaSafe, D: Direction> core::fmt::Debug for NonCoherent<T, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NonCoherent")
+            .field("device", &self.dev.name())
+            .field("bus", &self.region.bus)
+            .field("device_owns", &self.device_owns)
+            .finish()
+    }
+}

@@ -432,10 +432,8 @@ impl Tracker {
     ) -> Result<(u64, Mapped), ReportKind> {
         let mut first_mismatch = None;
         for (m, raw) in self.raw_at(bus) {
-            if m.len == len && m.dir == dir {
-                if let Some(raw) = raw {
-                    return Ok((m.id, *raw));
-                }
+            if let (true, Some(raw)) = (m.len == len && m.dir == dir, raw) {
+                return Ok((m.id, *raw));
             }
             if first_mismatch.is_none() {
                 first_mismatch = Some(if m.len != len {

@@ -235,7 +235,7 @@ impl PoolInner {
     fn block_at(&self, offset: usize) -> Option<u32> {
         let window = offset / self.boundary;
         let rest = offset % self.boundary;
-        if rest % self.block != 0 {
+        if !rest.is_multiple_of(self.block) {
             return None;
         }
         let idx = (rest / self.block) as u32;

@@ -240,3 +240,13 @@ impl<B: DmaBuf, D: Direction> SgCpuAccess<'_, B, D> {
         Some(CpuAccess::new(bytes))
     }
 }
+
+impl<B: DmaBuf, D: Direction> core::fmt::Debug for SgMapping<B, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SgMapping")
+            .field("device", &self.dev.name())
+            .field("segments", &self.segments)
+            .field("dir", &D::DIRECTION)
+            .finish()
+    }
+}

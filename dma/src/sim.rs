@@ -103,7 +103,7 @@ impl SimMemory {
                 }),
             });
         }
-        out.sort_by(|a, b| b.base.cmp(&a.base));
+        out.sort_by_key(|r| core::cmp::Reverse(r.base));
         for w in out.windows(2) {
             assert!(w[1].end() <= w[0].base, "sim regions overlap");
         }

@@ -337,3 +337,15 @@ impl<D: CpuReadable + CpuWritable> CpuAccess<'_, D> {
         self.bytes
     }
 }
+
+impl<B: DmaBuf, D: Direction> core::fmt::Debug for Mapping<B, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("device", &self.dev.name())
+            .field("bus", &self.mapped.bus)
+            .field("len", &self.mapped.len)
+            .field("dir", &D::DIRECTION)
+            .field("bounced", &self.mapped.bounce.is_some())
+            .finish()
+    }
+}

@@ -42,16 +42,13 @@ pub fn init() {
 
 /// Reports an exception the kernel cannot continue from and stops.
 fn fatal(name: &str, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
-    crate::println!(
-        "EXCEPTION: {name} at rip {:#x} (rsp {:#x}){}",
-        frame.instruction_pointer.as_u64(),
-        frame.stack_pointer.as_u64(),
-        match error_code {
-            Some(code) => alloc::format!(", error code {code:#x}"),
-            None => alloc::string::String::new(),
-        }
-    );
-    crate::ktest::fail_running_test_and_stop(name)
+    let mut report = alloc::format!("{name} at rip {:#x}", frame.instruction_pointer.as_u64());
+    if let Some(code) = error_code {
+        report += &alloc::format!(", error code {code:#x}");
+    }
+    report += &alloc::format!(", rsp {:#x}", frame.stack_pointer.as_u64());
+    crate::println!("EXCEPTION: {report}");
+    crate::ktest::fail_running_test_and_stop(&report)
 }
 
 macro_rules! fatal_handler {
@@ -101,8 +98,8 @@ extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFault
     } else {
         "page not present"
     };
-    crate::println!("EXCEPTION: page fault (#PF): {access} of {address:#x}, {cause}");
-    fatal("page fault (#PF)", &frame, Some(code.bits()))
+    let name = alloc::format!("page fault (#PF): {access} of {address:#x}, {cause}");
+    fatal(&name, &frame, Some(code.bits()))
 }
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {

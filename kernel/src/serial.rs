@@ -53,9 +53,7 @@ pub fn try_read_byte() -> Option<u8> {
     let mut data: Port<u8> = Port::new(COM1);
     // SAFETY: reading the LSR and RBR of COM1 has no side effect beyond consuming the received
     // byte, which is exactly what we want; the port lock is not needed for reads of the receiver.
-    unsafe {
-        if line_status.read() & 1 != 0 { Some(data.read()) } else { None }
-    }
+    unsafe { if line_status.read() & 1 != 0 { Some(data.read()) } else { None } }
 }
 
 /// Like `print!`, to the console.

@@ -30,6 +30,12 @@ static COMMANDS: &[Command] = &[
         about: "run the in-kernel tests",
         run: ktest,
     },
+    Command {
+        name: "dump",
+        usage: "dump acpi | dump pci",
+        about: "hex dump of ACPI tables or PCI config spaces (test fixtures)",
+        run: dump,
+    },
     Command { name: "exit", usage: "exit", about: "power off (QEMU exits with status 0)", run: exit },
 ];
 
@@ -55,11 +61,9 @@ pub fn run() -> ! {
                     print!("\x08 \x08");
                 }
             }
-            b if b.is_ascii_graphic() || b == b' ' => {
-                if line.len() < 256 {
-                    line.push(b as char);
-                    print!("{}", b as char);
-                }
+            b if (b.is_ascii_graphic() || b == b' ') && line.len() < 256 => {
+                line.push(b as char);
+                print!("{}", b as char);
             }
             _ => {} // ignore other control bytes (escape sequences, NUL)
         }
@@ -140,4 +144,61 @@ fn exit(_: &[&str]) {
     println!("powering off");
     let acpi = crate::acpi::info();
     crate::exit::power_off(acpi.pm1a_control_port, acpi.pm_timer_port)
+}
+
+/// Prints `bytes` as a fixture block: a `== kind name address length` header, 32 bytes of hex
+/// per line, then `== end`. `cargo xtask fixtures` turns these into the host tests' fixtures.
+fn hex_block(kind: &str, name: &str, address: u64, bytes: &[u8]) {
+    println!("== {kind} {name} {address:#x} {}", bytes.len());
+    for chunk in bytes.chunks(32) {
+        let mut line = String::with_capacity(96);
+        for b in chunk {
+            line.push_str(&alloc::format!("{b:02x}"));
+        }
+        println!("{line}");
+    }
+    println!("== end");
+}
+
+fn dump(args: &[&str]) {
+    use crate::acpi::tables::PhysBytes;
+    match args {
+        ["acpi"] => {
+            let info = crate::acpi::info();
+            let Some(mem) = crate::acpi::direct_map() else { return };
+            let inv = &info.inventory;
+            let rsdp_len = if inv.revision >= 2 { 36 } else { 20 };
+            if let Some(bytes) = mem.read(inv.rsdp, rsdp_len) {
+                hex_block("acpi", "RSDP", inv.rsdp, bytes);
+            }
+            if let Some(root) = inv.root
+                && let Some(header) = mem.read(root, 8)
+            {
+                let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+                if let Some(bytes) = mem.read(root, len) {
+                    hex_block("acpi", if inv.revision >= 2 { "XSDT" } else { "RSDT" }, root, bytes);
+                }
+            }
+            for t in &inv.tables {
+                if let Some(bytes) = mem.read(t.address, t.length as usize) {
+                    hex_block("acpi", t.name(), t.address, bytes);
+                }
+            }
+        }
+        ["pci"] => {
+            let access = crate::pci::access();
+            for f in crate::pci::functions() {
+                let mut bytes = Vec::with_capacity(4096);
+                for offset in (0..4096u16).step_by(4) {
+                    // SAFETY: reads of configuration space have no side effects on these devices.
+                    bytes.extend_from_slice(&unsafe { access.read(f.address, offset) }.to_le_bytes());
+                }
+                let sizes: Vec<String> =
+                    f.bars.iter().map(|b| alloc::format!("bar{}={:#x}", b.slot, b.bar.size())).collect();
+                let name = alloc::format!("{}[{}]", pci::Bdf(f.address), sizes.join(","));
+                hex_block("pci", &name, 0, &bytes);
+            }
+        }
+        _ => println!("usage: dump acpi | dump pci"),
+    }
 }

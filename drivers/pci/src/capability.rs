@@ -362,10 +362,9 @@ impl fmt::Display for CapabilityError {
                 "capability list loops back to {pointer:#04x}; capabilities after the loop \
                  are ignored"
             ),
-            Self::TooMany => write!(
-                f,
-                "capability list has more than {MAX_CAPABILITIES} entries; the rest are ignored"
-            ),
+            Self::TooMany => {
+                write!(f, "capability list has more than {MAX_CAPABILITIES} entries; the rest are ignored")
+            }
             Self::ReadsAllOnes { pointer } => write!(
                 f,
                 "capability at {pointer:#04x} reads as all-ones; the function may have been \
@@ -505,9 +504,7 @@ pub enum MsiError {
 impl fmt::Display for MsiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::NoMsiCapability => {
-                f.write_str("function has no MSI capability; use MSI-X or legacy INTx instead")
-            }
+            Self::NoMsiCapability => f.write_str("function has no MSI capability; use MSI-X or legacy INTx instead"),
             Self::AddressNotDwordAligned { address } => write!(
                 f,
                 "MSI message address {address:#x} is not 4-byte aligned; on x86 use \
@@ -518,9 +515,9 @@ impl fmt::Display for MsiError {
                 "MSI message address {address:#x} is above 4 GiB but the function only \
                  supports 32-bit message addresses"
             ),
-            Self::EnableDidNotStick => f.write_str(
-                "MSI enable bit did not stay set; the function may be broken or gone",
-            ),
+            Self::EnableDidNotStick => {
+                f.write_str("MSI enable bit did not stay set; the function may be broken or gone")
+            }
         }
     }
 }
@@ -633,10 +630,7 @@ mod tests {
         let CapabilityKind::Msi(msi) = list.capabilities[0].kind else { panic!("not MSI") };
         assert_eq!(msi.multiple_message_capable, 3);
         assert_eq!(msi.vectors_capable(), 8);
-        assert_eq!(
-            (msi.address_offset, msi.upper_address_offset, msi.data_offset),
-            (0x54, None, 0x58)
-        );
+        assert_eq!((msi.address_offset, msi.upper_address_offset, msi.data_offset), (0x54, None, 0x58));
         assert_eq!((msi.mask_offset, msi.pending_offset), (Some(0x5C), Some(0x60)));
 
         let list = walk(SimFunction::endpoint(0x8086, 0x1234, NIC).msi(0x50, true, true, 0));
@@ -784,9 +778,8 @@ mod tests {
 
     #[test]
     fn enable_msi_unmasks_vector_zero_and_writes_upper_address() {
-        let function = SimFunction::endpoint(0x8086, 0x1234, NIC)
-            .msi(0x50, true, true, 2)
-            .poke(0x60, &[0xFF, 0xFF, 0xFF, 0xFF]);
+        let function =
+            SimFunction::endpoint(0x8086, 0x1234, NIC).msi(0x50, true, true, 2).poke(0x60, &[0xFF, 0xFF, 0xFF, 0xFF]);
         let sim = SimConfigSpace::new().with(bdf(0, 3, 0), function);
         let config = FunctionConfig::new(&sim, bdf(0, 3, 0));
         msi_of(&sim).enable(&config, 0x1_FEE0_0000, 0x30).unwrap();
@@ -802,22 +795,14 @@ mod tests {
             .with(bdf(0, 3, 0), SimFunction::endpoint(0x8086, 0x1234, NIC).msi(0x50, false, false, 0));
         let config = FunctionConfig::new(&sim, bdf(0, 3, 0));
         let msi = msi_of(&sim);
-        assert_eq!(
-            msi.enable(&config, 0x1_0000_0000, 0),
-            Err(MsiError::AddressNeeds64Bit { address: 0x1_0000_0000 })
-        );
-        assert_eq!(
-            msi.enable(&config, 0xFEE0_0002, 0),
-            Err(MsiError::AddressNotDwordAligned { address: 0xFEE0_0002 })
-        );
+        assert_eq!(msi.enable(&config, 0x1_0000_0000, 0), Err(MsiError::AddressNeeds64Bit { address: 0x1_0000_0000 }));
+        assert_eq!(msi.enable(&config, 0xFEE0_0002, 0), Err(MsiError::AddressNotDwordAligned { address: 0xFEE0_0002 }));
         assert!(sim.writes().is_empty(), "nothing written for a refused request");
     }
 
     #[test]
     fn enable_msi_reports_an_enable_bit_that_does_not_stick() {
-        let function = SimFunction::endpoint(0x8086, 0x1234, NIC)
-            .msi(0x50, false, false, 0)
-            .writable(0x50, 0);
+        let function = SimFunction::endpoint(0x8086, 0x1234, NIC).msi(0x50, false, false, 0).writable(0x50, 0);
         let sim = SimConfigSpace::new().with(bdf(0, 3, 0), function);
         let config = FunctionConfig::new(&sim, bdf(0, 3, 0));
         assert_eq!(msi_of(&sim).enable(&config, 0xFEE0_0000, 0x40), Err(MsiError::EnableDidNotStick));

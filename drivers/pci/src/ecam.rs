@@ -33,32 +33,17 @@ pub const CONFIG_SPACE_SIZE: u16 = 4096;
 ///
 /// Returns `None` for anything the window cannot hold: `bus < bus_start`, `device > 31`,
 /// `function > 7`, `offset >= 4096`. The caller still checks `bus <= bus_end`.
-pub const fn ecam_offset(
-    bus_start: u8,
-    bus: u8,
-    device: u8,
-    function: u8,
-    offset: u16,
-) -> Option<usize> {
+pub const fn ecam_offset(bus_start: u8, bus: u8, device: u8, function: u8, offset: u16) -> Option<usize> {
     if bus < bus_start || device > 31 || function > 7 || offset >= CONFIG_SPACE_SIZE {
         return None;
     }
-    Some(
-        ((bus - bus_start) as usize) << 20
-            | (device as usize) << 15
-            | (function as usize) << 12
-            | offset as usize,
-    )
+    Some(((bus - bus_start) as usize) << 20 | (device as usize) << 15 | (function as usize) << 12 | offset as usize)
 }
 
 /// The size in bytes of the ECAM window for buses `bus_start..=bus_end`, or 0 if the range is
 /// empty. The kernel maps this many bytes.
 pub const fn ecam_window_size(bus_start: u8, bus_end: u8) -> usize {
-    if bus_end < bus_start {
-        0
-    } else {
-        (bus_end as usize - bus_start as usize + 1) * ECAM_BYTES_PER_BUS
-    }
+    if bus_end < bus_start { 0 } else { (bus_end as usize - bus_start as usize + 1) * ECAM_BYTES_PER_BUS }
 }
 
 /// One ECAM window as ACPI MCFG describes it (PCI Firmware Spec 3.0, §4.1.2, Table 4-3).
@@ -82,9 +67,7 @@ impl EcamRegion {
 
     /// Whether this window decodes `address`'s segment and bus.
     pub fn covers(&self, address: PciAddress) -> bool {
-        address.segment() == self.segment
-            && address.bus() >= self.bus_start
-            && address.bus() <= self.bus_end
+        address.segment() == self.segment && address.bus() >= self.bus_start && address.bus() <= self.bus_end
     }
 }
 
@@ -164,25 +147,15 @@ impl EcamAccess {
                 });
             }
             if mapped.virt_base % 4096 != 0 {
-                return Err(EcamError::MisalignedVirtualBase {
-                    segment: r.segment,
-                    virt_base: mapped.virt_base,
-                });
+                return Err(EcamError::MisalignedVirtualBase { segment: r.segment, virt_base: mapped.virt_base });
             }
             if mapped.virt_base.checked_add(r.size()).is_none() {
-                return Err(EcamError::VirtualRangeOverflows {
-                    segment: r.segment,
-                    virt_base: mapped.virt_base,
-                });
+                return Err(EcamError::VirtualRangeOverflows { segment: r.segment, virt_base: mapped.virt_base });
             }
             for other in &regions[..i] {
                 let o = other.region;
-                if o.segment == r.segment && o.bus_start <= r.bus_end && r.bus_start <= o.bus_end
-                {
-                    return Err(EcamError::OverlappingBuses {
-                        segment: r.segment,
-                        bus: r.bus_start.max(o.bus_start),
-                    });
+                if o.segment == r.segment && o.bus_start <= r.bus_end && r.bus_start <= o.bus_end {
+                    return Err(EcamError::OverlappingBuses { segment: r.segment, bus: r.bus_start.max(o.bus_start) });
                 }
             }
         }
@@ -205,13 +178,8 @@ impl EcamAccess {
     /// The virtual address of the dword holding `offset` of `address`, if a window covers it.
     fn register(&self, address: PciAddress, offset: u16) -> Option<*mut u32> {
         let mapped = self.regions.iter().find(|m| m.region.covers(address))?;
-        let byte = ecam_offset(
-            mapped.region.bus_start,
-            address.bus(),
-            address.device(),
-            address.function(),
-            offset & !3,
-        )?;
+        let byte =
+            ecam_offset(mapped.region.bus_start, address.bus(), address.device(), address.function(), offset & !3)?;
         // `byte < region.size()` because the bus is within `bus_start..=bus_end`, and
         // `virt_base + size` does not overflow (checked in `new`).
         Some((mapped.virt_base + byte) as *mut u32)
@@ -359,18 +327,12 @@ mod tests {
         // SAFETY: `new` returns errors before any access; none of these is ever dereferenced.
         unsafe {
             assert!(matches!(EcamAccess::new(vec![empty]), Err(EcamError::EmptyBusRange { .. })));
-            assert!(matches!(
-                EcamAccess::new(vec![misaligned]),
-                Err(EcamError::MisalignedVirtualBase { .. })
-            ));
+            assert!(matches!(EcamAccess::new(vec![misaligned]), Err(EcamError::MisalignedVirtualBase { .. })));
             assert_eq!(
                 EcamAccess::new(vec![ok, overlap]).unwrap_err(),
                 EcamError::OverlappingBuses { segment: 0, bus: 0x80 }
             );
-            assert!(matches!(
-                EcamAccess::new(vec![overflow]),
-                Err(EcamError::VirtualRangeOverflows { .. })
-            ));
+            assert!(matches!(EcamAccess::new(vec![overflow]), Err(EcamError::VirtualRangeOverflows { .. })));
         }
         let text = alloc::format!("{}", EcamError::OverlappingBuses { segment: 0, bus: 0x80 });
         assert!(text.contains("bus 80"), "{text}");

@@ -33,8 +33,8 @@ use pci_types::{HeaderType, PciAddress};
 use crate::access::{CheckedConfigAccess, FunctionConfig, reg};
 use crate::bar::{Bar, BarError, DecodedBar, bar_slots, probe_bars};
 use crate::capability::{
-    Capability, CapabilityError, CapabilityKind, MsiCapability, MsiError, MsixCapability,
-    PcieCapability, PciePortType, PowerManagementCapability, walk_capabilities,
+    Capability, CapabilityError, CapabilityKind, MsiCapability, MsiError, MsixCapability, PcieCapability, PciePortType,
+    PowerManagementCapability, walk_capabilities,
 };
 use crate::view::Bdf;
 
@@ -107,10 +107,9 @@ pub enum FunctionError {
 impl fmt::Display for FunctionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::InvalidVendorId { vendor_id } => write!(
-                f,
-                "vendor id {vendor_id:04x} is not a valid vendor; function skipped"
-            ),
+            Self::InvalidVendorId { vendor_id } => {
+                write!(f, "vendor id {vendor_id:04x} is not a valid vendor; function skipped")
+            }
             Self::HeaderReadsAllOnes { vendor_id, device_id } => write!(
                 f,
                 "{vendor_id:04x}:{device_id:04x} answers its id but the rest of its header reads \
@@ -165,10 +164,7 @@ pub struct PciFunction {
 
 impl PciFunction {
     /// This function's configuration space through `access`.
-    pub fn config<'a, A: CheckedConfigAccess + ?Sized>(
-        &self,
-        access: &'a A,
-    ) -> FunctionConfig<'a, A> {
+    pub fn config<'a, A: CheckedConfigAccess + ?Sized>(&self, access: &'a A) -> FunctionConfig<'a, A> {
         FunctionConfig::new(access, self.address)
     }
 
@@ -227,10 +223,7 @@ impl PciFunction {
     /// therefore cannot tell those devices apart: they must share one translation domain,
     /// keyed by this bridge.
     pub fn pcie_to_pci_bridge(&self) -> Option<PciAddress> {
-        self.bridge_path
-            .iter()
-            .find(|hop| hop.port_type == Some(PciePortType::PcieToPciBridge))
-            .map(|hop| hop.address)
+        self.bridge_path.iter().find(|hop| hop.port_type == Some(PciePortType::PcieToPciBridge)).map(|hop| hop.address)
     }
 
     /// Programs one MSI vector and enables it; see [`MsiCapability::enable`].
@@ -345,10 +338,7 @@ pub fn enumerate<A: CheckedConfigAccess + ?Sized>(access: &A, segment: u16) -> V
                      bridges claim it); not scanned again",
                     Bdf(bridge)
                 ),
-                None => warn!(
-                    "pci {:04x}: root bus {bus:02x} was already scanned; not scanned again",
-                    segment
-                ),
+                None => warn!("pci {:04x}: root bus {bus:02x} was already scanned; not scanned again", segment),
             }
             continue;
         }
@@ -375,10 +365,7 @@ fn root_buses<A: CheckedConfigAccess + ?Sized>(access: &A, segment: u16) -> Vec<
         let config = FunctionConfig::new(access, PciAddress::new(segment, 0, 0, function));
         let vendor = config.read_u16(reg::VENDOR_ID);
         if vendor != 0xFFFF && vendor != 0x0000 {
-            debug!(
-                "pci {}: host bridge function {function} roots bus {function:02x}",
-                Bdf(config.address())
-            );
+            debug!("pci {}: host bridge function {function} roots bus {function:02x}", Bdf(config.address()));
             roots.push(PendingBus { bus: function, path: Vec::new(), via: None });
         }
     }
@@ -458,10 +445,7 @@ fn record(
                 );
             }
             let mut hops = path.to_vec();
-            hops.push(BridgeHop {
-                address: function.address,
-                port_type: function.pcie().map(|p| p.port_type),
-            });
+            hops.push(BridgeHop { address: function.address, port_type: function.pcie().map(|p| p.port_type) });
             below.push(PendingBus { bus: buses.secondary, path: hops, via: Some(function.address) });
         }
     }

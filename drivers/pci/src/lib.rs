@@ -23,8 +23,10 @@
 //!   make no sense is logged (the log line names its BDF) and skipped; the walk goes on.
 //! - [`enumerate::enumerate`] sizes BARs, which briefly turns off a function's memory and I/O
 //!   decoding. Run it once at boot, before drivers use the devices.
-//! - Config accesses take a lock in [`port_io::PortIoAccess`]; do not enumerate or program
-//!   devices from interrupt handlers.
+//! - Reading config space is cheap and may happen anywhere; enumeration and MSI programming
+//!   write to devices and belong in boot or driver-probe code, not in interrupt handlers.
+//!   (`PortIoAccess` holds its lock with interrupts off, so a stray access from a handler
+//!   cannot deadlock, but it would still interleave with a driver's read-modify-write.)
 //!
 //! # Map of the crate
 //! | module | concept |
@@ -34,7 +36,7 @@
 //! | [`port_io`] | legacy port `0xCF8`/`0xCFC` access |
 //! | [`bar`] | decoding and sizing Base Address Registers |
 //! | [`capability`] | walking and decoding the capability list; programming MSI |
-//! | [`enumerate`] | the bus walk that produces [`enumerate::PciFunction`]s |
+//! | [`mod@enumerate`] | the bus walk that produces [`enumerate::PciFunction`]s |
 //! | [`view`] | `lspci`-style lines and the `pci:devices` scheme view |
 //! | [`sim`] | a simulated configuration space and named machine fixtures for tests |
 #![no_std]
@@ -53,13 +55,11 @@ pub mod view;
 pub use access::{CheckedConfigAccess, FunctionConfig};
 pub use bar::{Bar, BarError, DecodedBar};
 pub use capability::{
-    Capability, CapabilityError, CapabilityKind, MsiCapability, MsiError, MsixCapability,
-    PcieCapability, PciePortType, PowerManagementCapability,
+    Capability, CapabilityError, CapabilityKind, MsiCapability, MsiError, MsixCapability, PcieCapability, PciePortType,
+    PowerManagementCapability,
 };
 pub use ecam::{EcamAccess, EcamError, EcamRegion, MappedEcamRegion};
-pub use enumerate::{
-    BridgeBuses, BridgeHop, ClassCode, FunctionError, PciFunction, Subsystem, enumerate,
-};
+pub use enumerate::{BridgeBuses, BridgeHop, ClassCode, FunctionError, PciFunction, Subsystem, enumerate};
 #[cfg(target_arch = "x86_64")]
 pub use port_io::PortIoAccess;
 pub use view::{Bdf, DeviceBlock, LspciLine, devices_view, lspci};

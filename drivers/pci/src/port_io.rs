@@ -72,10 +72,7 @@ mod imp {
         /// only one `PortIoAccess`).
         pub const unsafe fn new() -> Self {
             Self {
-                ports: Mutex::new(Ports {
-                    address: Port::new(CONFIG_ADDRESS_PORT),
-                    data: Port::new(CONFIG_DATA_PORT),
-                }),
+                ports: Mutex::new(Ports { address: Port::new(CONFIG_ADDRESS_PORT), data: Port::new(CONFIG_DATA_PORT) }),
             }
         }
 
@@ -84,12 +81,7 @@ mod imp {
             if address.segment() != 0 || offset >= 256 {
                 return None;
             }
-            Some(config_address(
-                address.bus(),
-                address.device(),
-                address.function(),
-                offset as u8,
-            ))
+            Some(config_address(address.bus(), address.device(), address.function(), offset as u8))
         }
     }
 

@@ -7,17 +7,11 @@ use pci::{BridgeBuses, BridgeHop, ClassCode, PciAddress, PciePortType, devices_v
 fn e1000_behind_a_pcie_to_pci_bridge_records_the_path() {
     let functions = enumerate(&fixtures::pcie_to_pci_bridge_topology(), 0);
     let addresses: Vec<_> = functions.iter().map(|f| f.address).collect();
-    assert_eq!(
-        addresses,
-        [bdf(0, 0x00, 0), bdf(0, 0x1C, 0), bdf(0, 0x1F, 0), bdf(1, 0x00, 0), bdf(2, 0x01, 0)]
-    );
+    assert_eq!(addresses, [bdf(0, 0x00, 0), bdf(0, 0x1C, 0), bdf(0, 0x1F, 0), bdf(1, 0x00, 0), bdf(2, 0x01, 0)]);
 
     let root_port = &functions[1];
     assert!(root_port.is_bridge());
-    assert_eq!(
-        root_port.bridge_buses,
-        Some(BridgeBuses { primary: 0, secondary: 1, subordinate: 2 })
-    );
+    assert_eq!(root_port.bridge_buses, Some(BridgeBuses { primary: 0, secondary: 1, subordinate: 2 }));
     assert_eq!(root_port.pcie().unwrap().port_type, PciePortType::RootPort);
     assert_eq!(root_port.bars.len(), 1);
     assert!(root_port.msix().is_some());
@@ -26,10 +20,7 @@ fn e1000_behind_a_pcie_to_pci_bridge_records_the_path() {
     let bridge = &functions[3];
     assert_eq!(bridge.pcie().unwrap().port_type, PciePortType::PcieToPciBridge);
     assert_eq!(bridge.bar(0).unwrap().size(), 256, "64-bit BAR in a type 1 header");
-    assert_eq!(
-        bridge.bridge_path,
-        [BridgeHop { address: bdf(0, 0x1C, 0), port_type: Some(PciePortType::RootPort) }]
-    );
+    assert_eq!(bridge.bridge_path, [BridgeHop { address: bdf(0, 0x1C, 0), port_type: Some(PciePortType::RootPort) }]);
     assert_eq!(bridge.pcie_to_pci_bridge(), None, "the bridge is not behind itself");
 
     let e1000 = &functions[4];
@@ -89,9 +80,7 @@ fn bridge_loops_terminate_and_every_function_is_found_once() {
 #[test]
 fn bridge_to_an_unconfigured_secondary_bus_is_not_followed() {
     let unconfigured = SimFunction::bridge(0x8086, 0x244E, BridgeBuses { primary: 0, secondary: 0, subordinate: 0 });
-    let sim = SimConfigSpace::new()
-        .with(bdf(0, 0, 0), fixtures::q35_host_bridge())
-        .with(bdf(0, 3, 0), unconfigured);
+    let sim = SimConfigSpace::new().with(bdf(0, 0, 0), fixtures::q35_host_bridge()).with(bdf(0, 3, 0), unconfigured);
     let functions = enumerate(&sim, 0);
     assert_eq!(functions.len(), 2);
 }

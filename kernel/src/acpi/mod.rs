@@ -13,6 +13,9 @@
 
 pub mod tables;
 
+#[cfg(test)]
+mod fixture_tests;
+
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use spin::Once;
@@ -47,6 +50,12 @@ pub struct AcpiInfo {
 }
 
 static INFO: Once<AcpiInfo> = Once::new();
+static DIRECT_MAP: Once<DirectMap> = Once::new();
+
+/// The bounded direct-map reader ACPI was walked with.
+pub fn direct_map() -> Option<DirectMap> {
+    DIRECT_MAP.get().copied()
+}
 
 /// The ACPI facts, or empty ones before [`init`].
 pub fn info() -> &'static AcpiInfo {
@@ -84,9 +93,7 @@ impl acpi::AcpiHandler for DirectMapHandler {
         // SAFETY: the inventory walk checked that every table the crate will follow lies inside
         // the direct map (we only hand the crate a root table whose pointers all did), and the
         // direct map needs no set-up or tear-down.
-        unsafe {
-            acpi::PhysicalMapping::new(physical_address, NonNull::new_unchecked(virt), size, size, *self)
-        }
+        unsafe { acpi::PhysicalMapping::new(physical_address, NonNull::new_unchecked(virt), size, size, *self) }
     }
 
     fn unmap_physical_region<T>(_region: &acpi::PhysicalMapping<Self, T>) {}
@@ -94,6 +101,7 @@ impl acpi::AcpiHandler for DirectMapHandler {
 
 /// Walks, checks and parses the tables. Logs every problem; never fails.
 pub fn init(rsdp: Option<u64>, direct_map: DirectMap) -> &'static AcpiInfo {
+    DIRECT_MAP.call_once(|| direct_map);
     let inventory = AcpiInventory::walk(&direct_map, rsdp);
     for problem in &inventory.problems {
         log::error!("ACPI: {problem}");
@@ -132,7 +140,8 @@ pub fn init(rsdp: Option<u64>, direct_map: DirectMap) -> &'static AcpiInfo {
                         }
                     }
                     if inventory.find(b"FACP").is_some() {
-                        if let Ok(Some(timer)) = tables.find_table::<acpi::fadt::Fadt>().and_then(|f| f.pm_timer_block())
+                        if let Ok(Some(timer)) =
+                            tables.find_table::<acpi::fadt::Fadt>().and_then(|f| f.pm_timer_block())
                             && timer.address_space == acpi::address::AddressSpace::SystemIo
                         {
                             info.pm_timer_port = u16::try_from(timer.address).ok();
@@ -156,13 +165,7 @@ pub fn init(rsdp: Option<u64>, direct_map: DirectMap) -> &'static AcpiInfo {
         log::warn!("ACPI: no usable MCFG; PCI configuration space through port I/O (first 256 bytes only)");
     }
     for w in &info.ecam {
-        log::info!(
-            "ACPI: ECAM segment {} buses {:#04x}-{:#04x} at {:#x}",
-            w.segment,
-            w.bus_start,
-            w.bus_end,
-            w.base
-        );
+        log::info!("ACPI: ECAM segment {} buses {:#04x}-{:#04x} at {:#x}", w.segment, w.bus_start, w.bus_end, w.base);
     }
     log::info!(
         "ACPI: {} tables ({} valid), DMAR {}",

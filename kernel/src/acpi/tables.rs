@@ -87,11 +87,9 @@ impl fmt::Display for AcpiProblem {
             AcpiProblem::RsdpBadSignature { address } => {
                 write!(f, "RSDP at {address:#x} lacks the \"RSD PTR \" signature")
             }
-            AcpiProblem::RsdpBadChecksum { address, extended } => write!(
-                f,
-                "RSDP at {address:#x} has a wrong {}checksum",
-                if *extended { "extended " } else { "" }
-            ),
+            AcpiProblem::RsdpBadChecksum { address, extended } => {
+                write!(f, "RSDP at {address:#x} has a wrong {}checksum", if *extended { "extended " } else { "" })
+            }
             AcpiProblem::RootUnusable { signature, address, reason } => {
                 write!(f, "{signature} at {address:#x} unusable: {reason}; ignoring all ACPI tables")
             }
@@ -246,9 +244,10 @@ impl AcpiInventory {
     /// that follows the root table itself (like the `acpi` crate) only ever reads good memory.
     pub fn root_is_sound(&self) -> bool {
         self.root.is_some()
-            && !self.problems.iter().any(|p| {
-                matches!(p, AcpiProblem::PointerOutOfRange { .. } | AcpiProblem::Truncated { .. })
-            })
+            && !self
+                .problems
+                .iter()
+                .any(|p| matches!(p, AcpiProblem::PointerOutOfRange { .. } | AcpiProblem::Truncated { .. }))
     }
 
     /// The first valid table with this signature.
@@ -377,10 +376,7 @@ pub(crate) mod tests {
     fn rsdp_problems_stop_the_walk_cleanly() {
         let mem = machine(&[]);
         assert_eq!(AcpiInventory::walk(&mem, None).problems, [AcpiProblem::NoRsdp]);
-        assert_eq!(
-            AcpiInventory::walk(&mem, Some(0x108)).problems,
-            [AcpiProblem::RsdpBadSignature { address: 0x108 }]
-        );
+        assert_eq!(AcpiInventory::walk(&mem, Some(0x108)).problems, [AcpiProblem::RsdpBadSignature { address: 0x108 }]);
         assert_eq!(
             AcpiInventory::walk(&mem, Some(u64::MAX - 4)).problems,
             [AcpiProblem::RsdpUnreadable { address: u64::MAX - 4 }]

@@ -43,8 +43,30 @@ fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
 static DEMO_FAILURES: &[KernelTest] = &[
     KernelTest { name: "demo::returns_an_error", run: || Err("this test fails on purpose".into()) },
     KernelTest { name: "demo::panics", run: || panic!("this test panics on purpose") },
+    KernelTest { name: "demo::page_fault", run: demo_page_fault },
+    KernelTest { name: "demo::stack_overflow", run: demo_stack_overflow },
     KernelTest { name: "demo::passes", run: || Ok(()) },
 ];
+
+/// Reads an address nothing maps: the page-fault handler must name it.
+fn demo_page_fault() -> TestResult {
+    let unmapped = 0x0000_0dea_dbee_f000 as *const u64;
+    // SAFETY: not sound, on purpose: this read faults, and the test shows how a fault is reported.
+    let value = unsafe { unmapped.read_volatile() };
+    Err(alloc::format!("read {value:#x} from an unmapped address without a fault"))
+}
+
+/// Recurses until the kernel stack runs into its guard page. The page fault cannot be delivered
+/// on the overflowed stack, so the CPU raises a double fault, handled on its own IST stack.
+fn demo_stack_overflow() -> TestResult {
+    #[allow(unconditional_recursion)]
+    fn recurse(depth: u64) -> u64 {
+        let frame = [depth; 64];
+        core::hint::black_box(&frame);
+        recurse(depth + 1) + frame[depth as usize % 64]
+    }
+    Err(alloc::format!("recursion returned {}", recurse(0)))
+}
 
 const NO_TEST: usize = usize::MAX;
 static RUNNING: AtomicUsize = AtomicUsize::new(NO_TEST);
@@ -95,7 +117,7 @@ pub fn panicked(info: &core::panic::PanicInfo) -> ! {
     crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
 }
 
-/// Called by exception handlers: fail the running test, if any, and stop the machine.
+/// Called by exception handlers with their report: fail the running test, if any, and stop.
 pub fn fail_running_test_and_stop(exception: &str) -> ! {
     let index = RUNNING.load(Ordering::SeqCst);
     if index != NO_TEST {

@@ -2,7 +2,6 @@
 
 use super::{KernelTest, TestResult};
 use crate::check;
-use alloc::format;
 use pci::ConfigRegionAccess;
 
 pub static TESTS: &[KernelTest] = &[
@@ -17,7 +16,11 @@ fn tables_are_sound() -> TestResult {
     let info = crate::acpi::info();
     check!(info.inventory.problems.is_empty(), "ACPI problems: {:?}", info.inventory.problems);
     for signature in [b"FACP", b"APIC", b"MCFG"] {
-        check!(info.inventory.find(signature).is_some(), "no valid {} table", core::str::from_utf8(signature).unwrap_or("?"));
+        check!(
+            info.inventory.find(signature).is_some(),
+            "no valid {} table",
+            core::str::from_utf8(signature).unwrap_or("?")
+        );
     }
     check!(info.pm1a_control_port.is_some(), "FADT gave no PM1a control port");
     if let Some(dmar) = &info.dmar {
@@ -41,11 +44,7 @@ fn q35_devices_found() -> TestResult {
     check!(find(0x8086, 0x2918).is_some(), "no ICH9 ISA bridge 8086:2918");
     let e1000 = find(0x8086, 0x100e).ok_or("no e1000 8086:100e")?;
     let ahci = find(0x8086, 0x2922).ok_or("no AHCI controller 8086:2922")?;
-    check!(
-        (ahci.class.base, ahci.class.sub, ahci.class.prog_if) == (0x01, 0x06, 0x01),
-        "AHCI class {:?}",
-        ahci.class
-    );
+    check!((ahci.class.base, ahci.class.sub, ahci.class.prog_if) == (0x01, 0x06, 0x01), "AHCI class {:?}", ahci.class);
     check!(ahci.bar(5).is_some_and(|b| b.is_memory()), "AHCI has no memory BAR5: {:?}", ahci.bars);
     check!(e1000.bar(0).is_some_and(|b| b.is_memory()), "e1000 has no memory BAR0: {:?}", e1000.bars);
     Ok(())
@@ -76,6 +75,5 @@ fn bars_are_sized() -> TestResult {
     let ahci = functions.iter().find(|f| f.device_id == 0x2922).ok_or("no AHCI")?;
     let abar = ahci.bar(5).ok_or("no BAR5")?;
     check!(abar.size() >= 0x1100 / 2 && abar.size().is_power_of_two(), "ABAR size {}", abar.size());
-    let _ = format!("");
     Ok(())
 }

@@ -141,7 +141,7 @@ impl FrameAllocator {
             return None;
         }
         // Highest end address the run may have (exclusive), from the inclusive `max_addr`.
-        let limit = req.max_addr.saturating_add(1).min(u64::MAX & !(PAGE - 1));
+        let limit = req.max_addr.saturating_add(1).min(!(PAGE - 1));
         let found = self.free.range(..limit).rev().find_map(|(&start, &end)| {
             let top = end.min(limit);
             let base = top.checked_sub(size)? & !(align - 1);
@@ -167,7 +167,7 @@ impl FrameAllocator {
     /// Returns `count` frames at `base` to the free memory.
     pub fn free(&mut self, base: PhysAddr, count: usize) -> Result<(), FreeError> {
         let start = base.0;
-        if count == 0 || start % PAGE != 0 {
+        if count == 0 || !start.is_multiple_of(PAGE) {
             return Err(FreeError::Misaligned { base: start, count });
         }
         let end = (count as u64)
@@ -189,11 +189,7 @@ impl FrameAllocator {
     /// Current counters.
     pub fn stats(&self) -> FrameStats {
         const FOUR_GIB: u64 = 1 << 32;
-        let below_4g = self
-            .free
-            .range(..FOUR_GIB)
-            .map(|(&s, &e)| ((e.min(FOUR_GIB) - s) / PAGE) as usize)
-            .sum();
+        let below_4g = self.free.range(..FOUR_GIB).map(|(&s, &e)| ((e.min(FOUR_GIB) - s) / PAGE) as usize).sum();
         FrameStats {
             total_frames: self.total_frames,
             free_frames: self.free_frames,
@@ -217,11 +213,11 @@ impl FrameAllocator {
 /// Inserts `[start, end)` into a map of disjoint ranges, merging with ranges it touches.
 /// The caller guarantees it does not overlap an existing range.
 fn insert_merged(map: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
-    if let Some((&s, &e)) = map.range(..start).next_back() {
-        if e == start {
-            map.remove(&s);
-            start = s;
-        }
+    if let Some((&s, &e)) = map.range(..start).next_back()
+        && e == start
+    {
+        map.remove(&s);
+        start = s;
     }
     if let Some(&e) = map.get(&end) {
         map.remove(&end);
@@ -363,7 +359,8 @@ mod tests {
         assert_eq!(a.free(PhysAddr(MIB + 1), 1), Err(FreeError::Misaligned { base: MIB + 1, count: 1 }));
         assert_eq!(a.free(PhysAddr(MIB), usize::MAX), Err(FreeError::NotManaged { base: MIB, count: usize::MAX }));
         // A run that is partly free is a double free too.
-        let base = a.allocate(req(1, u64::MAX)).unwrap();
+        let base = a.allocate(req(2, u64::MAX)).unwrap();
+        a.free(PhysAddr(base.0 + PAGE), 1).unwrap();
         assert_eq!(a.free(base, 2), Err(FreeError::AlreadyFree { base: base.0, count: 2 }));
         a.free(base, 1).unwrap();
         assert_eq!(a.stats(), stats);

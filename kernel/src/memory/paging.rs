@@ -15,8 +15,7 @@ use dma::phys::{FrameRequest, PAGE_SIZE};
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
-    mapper::MapToError,
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB, mapper::MapToError,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
