@@ -122,3 +122,21 @@ impl CpuWritable for ToDevice {}
 impl CpuReadable for FromDevice {}
 impl CpuReadable for Bidirectional {}
 impl CpuWritable for Bidirectional {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_reads_and_who_writes() {
+        assert!(DmaDirection::ToDevice.device_reads());
+        assert!(!DmaDirection::ToDevice.device_writes());
+        assert!(DmaDirection::FromDevice.device_writes());
+        assert!(!DmaDirection::FromDevice.device_reads());
+        assert!(DmaDirection::Bidirectional.device_reads());
+        assert!(DmaDirection::Bidirectional.device_writes());
+        assert_eq!(ToDevice::DIRECTION, DmaDirection::ToDevice);
+        assert_eq!(FromDevice::DIRECTION.to_string(), "DMA_FROM_DEVICE");
+        assert_eq!(Bidirectional::DIRECTION, DmaDirection::Bidirectional);
+    }
+}

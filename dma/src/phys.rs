@@ -158,3 +158,60 @@ pub fn contiguous_phys(
     }
     Some(Ok(start))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two virtual pages whose physical frames are swapped: contiguous for the CPU, not for
+    /// a device.
+    struct Scrambled {
+        va: usize,
+    }
+
+    // SAFETY: test double; never allocates.
+    unsafe impl PhysMemory for Scrambled {
+        fn alloc_frames(&self, _req: FrameRequest) -> Option<PhysAddr> {
+            None
+        }
+        unsafe fn free_frames(&self, _base: PhysAddr, _count: usize) {}
+        fn phys_to_virt(&self, _pa: PhysAddr) -> *mut u8 {
+            core::ptr::null_mut()
+        }
+        fn virt_to_phys(&self, va: *const u8) -> Option<PhysAddr> {
+            let off = (va as usize).checked_sub(self.va)?;
+            match off / PAGE_SIZE {
+                0 => Some(PhysAddr(0x20_0000 + off as u64)),
+                1 => Some(PhysAddr(0x10_0000 + (off - PAGE_SIZE) as u64)),
+                _ => None,
+            }
+        }
+        fn max_phys_addr(&self) -> u64 {
+            0x30_0000
+        }
+    }
+
+    #[test]
+    fn contiguity_is_checked_page_by_page() {
+        let mem = Scrambled { va: 0x4000_0000 };
+        let va = 0x4000_0000usize as *const u8;
+        assert_eq!(
+            contiguous_phys(&mem, va, PAGE_SIZE),
+            Some(Ok(PhysAddr(0x20_0000)))
+        );
+        assert_eq!(contiguous_phys(&mem, va.wrapping_add(100), 2 * PAGE_SIZE - 200), Some(Err(PAGE_SIZE - 100)));
+        assert_eq!(contiguous_phys(&mem, va.wrapping_add(3 * PAGE_SIZE), 8), None);
+    }
+
+    #[test]
+    fn masks_and_frame_counts() {
+        assert_eq!(mask_from_bits(32), 0xffff_ffff);
+        assert_eq!(mask_from_bits(64), u64::MAX);
+        assert_eq!(mask_from_bits(0), 0);
+        assert_eq!(frames_for(0), 1);
+        assert_eq!(frames_for(4096), 1);
+        assert_eq!(frames_for(4097), 2);
+        assert_eq!(PhysAddr(u64::MAX).checked_add(1), None);
+        assert_eq!(BusAddr(1).checked_add(1), Some(BusAddr(2)));
+    }
+}

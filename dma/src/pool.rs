@@ -864,3 +864,43 @@ pub fn render_pools() -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapper::Direct;
+    use crate::sim::SimMemory;
+
+    fn pool(size: usize, align: usize, boundary: usize) -> DmaPool {
+        let sim = SimMemory::low_and_high(1 << 20, 1 << 20);
+        let phys: Arc<dyn crate::PhysMemory> = sim;
+        let dev = DmaDevice::new("00:00.0 unit", phys.clone(), Arc::new(Direct::new(phys)));
+        DmaPool::create("unit", &dev, size, align, boundary).unwrap()
+    }
+
+    #[test]
+    fn block_offsets_and_indices_are_inverse() {
+        for (size, align, boundary) in [(8, 1, 0), (48, 16, 64), (100, 4, 256), (5000, 8, 0)] {
+            let p = pool(size, align, boundary);
+            let inner = &p.inner;
+            for b in 0..inner.blocks_per_unit {
+                let off = inner.offset_of(b);
+                assert!(off + inner.block <= inner.unit);
+                assert_eq!(off / inner.boundary, (off + inner.block - 1) / inner.boundary);
+                assert_eq!(inner.block_at(off), Some(b));
+                if inner.block > 1 {
+                    assert_eq!(inner.block_at(off + 1), None);
+                }
+            }
+            assert_eq!(inner.block_at(inner.unit), None);
+        }
+    }
+
+    #[test]
+    fn links_encode_and_decode() {
+        for (p, b) in [(0, 0), (1, 2), (u32::MAX - 1, u32::MAX - 1)] {
+            assert_eq!(decode(encode(p, b)), (p, b));
+        }
+        assert_ne!(encode(u32::MAX - 1, u32::MAX - 1), NIL);
+    }
+}

@@ -38,7 +38,8 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     // The direct map covers every region of the memory map (RAM, ACPI tables, reserved areas).
     let limit = boot_info.memory_regions.iter().map(|r| r.end).max().unwrap_or(0);
     let direct_map = crate::acpi::DirectMap { offset: offset.unwrap_or(0), limit };
-    crate::acpi::init(boot_info.rsdp_addr.into_option(), direct_map);
+    let acpi = crate::acpi::init(boot_info.rsdp_addr.into_option(), direct_map);
+    crate::time::init(acpi.pm_timer_port);
 
     crate::pci::init();
     crate::scheme::register("mem:info", "physical memory counters", || {

@@ -21,6 +21,7 @@ pub mod pci;
 pub mod scheme;
 pub mod serial;
 pub mod shell;
+pub mod time;
 
 #[cfg(target_os = "none")]
 #[global_allocator]

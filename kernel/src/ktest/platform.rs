@@ -10,7 +10,21 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest { name: "pci::q35_devices_found", run: q35_devices_found },
     KernelTest { name: "pci::ecam_agrees_with_port_io", run: ecam_agrees_with_port_io },
     KernelTest { name: "pci::bars_are_sized", run: bars_are_sized },
+    KernelTest { name: "time::tsc_agrees_with_pm_timer", run: tsc_agrees_with_pm_timer },
 ];
+
+fn tsc_agrees_with_pm_timer() -> TestResult {
+    let port = crate::acpi::info().pm_timer_port.ok_or("no PM timer")?;
+    // SAFETY: reading the PM timer has no side effects.
+    let read = || unsafe { x86_64::instructions::port::Port::<u32>::new(port).read() } & 0x00ff_ffff;
+    let before = read();
+    crate::time::delay_us(50_000);
+    let ticks = u64::from(read().wrapping_sub(before) & 0x00ff_ffff);
+    let us = ticks * 1_000_000 / 3_579_545;
+    // Generous bounds: under TCG the guest can be descheduled, which only makes waits longer.
+    check!((40_000..=500_000).contains(&us), "a 50 ms delay took {us} us on the PM timer");
+    Ok(())
+}
 
 fn tables_are_sound() -> TestResult {
     let info = crate::acpi::info();

@@ -1,0 +1,93 @@
+//! Time: the CPU's time-stamp counter, calibrated once against the ACPI PM timer.
+//!
+//! Drivers need deadlines ("the reset bit must clear within 1 ms", "a command that has not
+//! completed in 5 s has hung"). The TSC is the cheapest clock there is — one instruction — but
+//! its frequency is not architecturally known. The ACPI power-management timer has a fixed
+//! frequency, 3.579545 MHz (ACPI 6.5 §4.8.3.3), so counting TSC ticks across a known number of
+//! PM-timer ticks gives the TSC frequency. Without a PM timer we assume 1 GHz, and say so.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::instructions::port::Port;
+
+/// PM timer frequency in Hz.
+const PM_TIMER_HZ: u64 = 3_579_545;
+
+/// TSC ticks per microsecond (at least 1).
+static TSC_PER_US: AtomicU64 = AtomicU64::new(1000);
+
+/// Reads the time-stamp counter.
+pub fn tsc() -> u64 {
+    // SAFETY: RDTSC has no side effects and is available on every x86_64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Calibrates the TSC over ~10 ms of the PM timer at `pm_timer_port`.
+pub fn init(pm_timer_port: Option<u16>) {
+    let Some(port) = pm_timer_port else {
+        log::warn!("time: no ACPI PM timer; assuming a 1 GHz TSC (timeouts may be off)");
+        return;
+    };
+    // SAFETY: reading the PM timer has no side effects.
+    let read = || unsafe { Port::<u32>::new(port).read() } & 0x00ff_ffff;
+    let wanted = PM_TIMER_HZ / 100; // 10 ms
+    let mut elapsed = 0u64;
+    let mut last = read();
+    let start_tsc = tsc();
+    while elapsed < wanted {
+        let now = read();
+        elapsed += u64::from(now.wrapping_sub(last) & 0x00ff_ffff);
+        last = now;
+    }
+    let ticks = tsc() - start_tsc;
+    let per_us = (ticks * PM_TIMER_HZ / elapsed / 1_000_000).max(1);
+    TSC_PER_US.store(per_us, Ordering::Relaxed);
+    log::info!("time: TSC runs at {} MHz (calibrated on the ACPI PM timer)", per_us);
+}
+
+/// Microseconds since an arbitrary point (boot, roughly).
+pub fn now_us() -> u64 {
+    tsc() / TSC_PER_US.load(Ordering::Relaxed)
+}
+
+/// A point in time after which something is late.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(u64);
+
+impl Deadline {
+    /// `us` microseconds from now.
+    pub fn after_us(us: u64) -> Self {
+        Deadline(tsc().saturating_add(us.saturating_mul(TSC_PER_US.load(Ordering::Relaxed))))
+    }
+
+    /// `ms` milliseconds from now.
+    pub fn after_ms(ms: u64) -> Self {
+        Self::after_us(ms.saturating_mul(1000))
+    }
+
+    /// True once the deadline has passed.
+    pub fn expired(&self) -> bool {
+        tsc() >= self.0
+    }
+}
+
+/// Polls `done` until it returns true or `timeout_us` passes; true if it completed.
+pub fn poll_until(timeout_us: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Deadline::after_us(timeout_us);
+    loop {
+        if done() {
+            return true;
+        }
+        if deadline.expired() {
+            return done();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Busy-waits `us` microseconds.
+pub fn delay_us(us: u64) {
+    let deadline = Deadline::after_us(us);
+    while !deadline.expired() {
+        core::hint::spin_loop();
+    }
+}
