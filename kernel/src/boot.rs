@@ -40,6 +40,13 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let direct_map = crate::acpi::DirectMap { offset: offset.unwrap_or(0), limit };
     let acpi = crate::acpi::init(boot_info.rsdp_addr.into_option(), direct_map);
     crate::time::init(acpi.pm_timer_port);
+    match &acpi.apic {
+        Some(apic) => {
+            crate::apic::init(apic);
+            crate::interrupts::enable();
+        }
+        None => log::warn!("no MADT: interrupts stay off; drivers poll"),
+    }
 
     crate::pci::init();
     crate::scheme::register("mem:info", "physical memory counters", || {

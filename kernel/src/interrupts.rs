@@ -28,6 +28,10 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.x87_floating_point.set_handler_fn(x87_floating_point);
     idt.alignment_check.set_handler_fn(alignment_check);
     idt.simd_floating_point.set_handler_fn(simd_floating_point);
+    for (i, handler) in DEVICE_HANDLERS.iter().enumerate() {
+        idt[FIRST_DEVICE_VECTOR + i as u8].set_handler_fn(*handler);
+    }
+    idt[crate::apic::SPURIOUS_VECTOR].set_handler_fn(spurious);
     // SAFETY: the IST index names the stack set up in gdt::TSS, which is used for nothing else.
     unsafe {
         idt.double_fault.set_handler_fn(double_fault).set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX);
@@ -39,6 +43,82 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
 pub fn init() {
     IDT.load();
 }
+
+/// Turns interrupts on (after the APIC is set up).
+pub fn enable() {
+    x86_64::instructions::interrupts::enable();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device interrupts: vectors handed out at run time.
+// ---------------------------------------------------------------------------------------------
+
+/// First vector handed to devices. Vectors 0..32 are exceptions; 0x20..0x30 stay free for the
+/// (masked) legacy PICs' remapped range.
+pub const FIRST_DEVICE_VECTOR: u8 = 0x40;
+/// Number of device vectors.
+pub const DEVICE_VECTORS: usize = 32;
+
+/// What runs when a device vector fires: a plain function and a word of context.
+#[derive(Clone, Copy)]
+struct DeviceHandler {
+    handler: fn(usize),
+    context: usize,
+}
+
+static HANDLERS: spin::Mutex<[Option<DeviceHandler>; DEVICE_VECTORS]> = spin::Mutex::new([None; DEVICE_VECTORS]);
+
+/// Why a vector could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoFreeVector;
+
+/// Hands out a free vector whose interrupts call `handler(context)` (then EOI).
+pub fn allocate_vector(handler: fn(usize), context: usize) -> Result<u8, NoFreeVector> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut handlers = HANDLERS.lock();
+        let slot = handlers.iter().position(Option::is_none).ok_or(NoFreeVector)?;
+        handlers[slot] = Some(DeviceHandler { handler, context });
+        Ok(FIRST_DEVICE_VECTOR + slot as u8)
+    })
+}
+
+/// Returns a vector; its interrupts are ignored from now on.
+pub fn free_vector(vector: u8) {
+    let Some(slot) = vector.checked_sub(FIRST_DEVICE_VECTOR).map(usize::from) else { return };
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(h) = HANDLERS.lock().get_mut(slot) {
+            *h = None;
+        }
+    });
+}
+
+fn dispatch(slot: usize) {
+    // Copy the handler out: it may allocate or free vectors itself.
+    let handler = HANDLERS.lock()[slot];
+    match handler {
+        Some(h) => (h.handler)(h.context),
+        None => log::warn!("interrupt on unassigned vector {:#x}", FIRST_DEVICE_VECTOR as usize + slot),
+    }
+    crate::apic::eoi();
+}
+
+macro_rules! device_handlers {
+    ($($slot:literal)*) => {
+        [$({
+            extern "x86-interrupt" fn handler(_frame: InterruptStackFrame) {
+                dispatch($slot)
+            }
+            handler as extern "x86-interrupt" fn(InterruptStackFrame)
+        }),*]
+    };
+}
+
+static DEVICE_HANDLERS: [extern "x86-interrupt" fn(InterruptStackFrame); DEVICE_VECTORS] = device_handlers!(
+    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+);
+
+/// Spurious interrupts need no EOI (Intel SDM Vol. 3A §11.9).
+extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {}
 
 /// Reports an exception the kernel cannot continue from and stops.
 fn fatal(name: &str, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {

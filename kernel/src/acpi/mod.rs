@@ -47,6 +47,21 @@ pub struct AcpiInfo {
     pub pm_timer_port: Option<u16>,
     /// A copy of the DMAR table, header included.
     pub dmar: Option<Vec<u8>>,
+    /// Interrupt controllers from the MADT, when it could be parsed.
+    pub apic: Option<ApicInfo>,
+}
+
+/// The interrupt controllers the MADT describes (ACPI 6.5 §5.2.12).
+#[derive(Clone, Debug, Default)]
+pub struct ApicInfo {
+    /// Physical address of the local APIC registers.
+    pub local_apic: u64,
+    /// I/O APICs: (id, physical address, first GSI).
+    pub io_apics: Vec<(u8, u64, u32)>,
+    /// ISA IRQ overrides: (ISA IRQ, GSI, active low, level triggered).
+    pub overrides: Vec<(u8, u32, bool, bool)>,
+    /// The machine also has 8259 PICs, which must be masked.
+    pub legacy_pics: bool,
 }
 
 static INFO: Once<AcpiInfo> = Once::new();
@@ -137,6 +152,37 @@ pub fn init(rsdp: Option<u64>, direct_map: DirectMap) -> &'static AcpiInfo {
                                     .collect()
                             }
                             Err(e) => log::error!("ACPI: MCFG unusable: {e:?}"),
+                        }
+                    }
+                    if inventory.find(b"APIC").is_some() {
+                        match tables.platform_info() {
+                            Ok(platform) => {
+                                if let acpi::InterruptModel::Apic(apic) = platform.interrupt_model {
+                                    use acpi::platform::interrupt::{Polarity, TriggerMode};
+                                    info.apic = Some(ApicInfo {
+                                        local_apic: apic.local_apic_address,
+                                        io_apics: apic
+                                            .io_apics
+                                            .iter()
+                                            .map(|i| (i.id, u64::from(i.address), i.global_system_interrupt_base))
+                                            .collect(),
+                                        overrides: apic
+                                            .interrupt_source_overrides
+                                            .iter()
+                                            .map(|o| {
+                                                (
+                                                    o.isa_source,
+                                                    o.global_system_interrupt,
+                                                    o.polarity == Polarity::ActiveLow,
+                                                    o.trigger_mode == TriggerMode::Level,
+                                                )
+                                            })
+                                            .collect(),
+                                        legacy_pics: apic.also_has_legacy_pics,
+                                    });
+                                }
+                            }
+                            Err(e) => log::error!("ACPI: MADT unusable: {e:?}; no interrupts, drivers will poll"),
                         }
                     }
                     if inventory.find(b"FACP").is_some() {

@@ -11,7 +11,26 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest { name: "pci::ecam_agrees_with_port_io", run: ecam_agrees_with_port_io },
     KernelTest { name: "pci::bars_are_sized", run: bars_are_sized },
     KernelTest { name: "time::tsc_agrees_with_pm_timer", run: tsc_agrees_with_pm_timer },
+    KernelTest { name: "interrupts::self_ipi_reaches_its_handler", run: self_ipi_reaches_its_handler },
 ];
+
+fn self_ipi_reaches_its_handler() -> TestResult {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+    fn handler(context: usize) {
+        HITS.fetch_add(context, Ordering::SeqCst);
+    }
+    check!(crate::apic::is_ready(), "the local APIC is not set up");
+    let vector = crate::interrupts::allocate_vector(handler, 7).map_err(|_| "no free vector")?;
+    HITS.store(0, Ordering::SeqCst);
+    for _ in 0..3 {
+        crate::apic::send_self_ipi(vector);
+    }
+    let delivered = crate::time::poll_until(100_000, || HITS.load(Ordering::SeqCst) == 21);
+    crate::interrupts::free_vector(vector);
+    check!(delivered, "3 self-IPIs on vector {vector:#x} gave {} hits (expected 3 x 7)", HITS.load(Ordering::SeqCst));
+    Ok(())
+}
 
 fn tsc_agrees_with_pm_timer() -> TestResult {
     let port = crate::acpi::info().pm_timer_port.ok_or("no PM timer")?;
