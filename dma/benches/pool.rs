@@ -217,7 +217,6 @@ fn bench_lla(c: &mut Criterion, size: usize) {
                 });
         }
         drop(blocks);
-        drop(heap);
         drop(arena);
     }
 }

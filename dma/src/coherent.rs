@@ -307,7 +307,16 @@ impl<T: DmaSafe> Drop for CoherentSlice<T> {
 /// caches are not snooped this is cheaper than coherent memory for data that moves one way in
 /// bursts. On x86 the syncs are fences, but the rules are the same and are enforced: the CPU
 /// can only reach the value through the view `sync_for_cpu` returns, and only in the ways the
-/// direction allows.
+/// direction allows:
+///
+/// ```compile_fail,E0599
+/// # use std::sync::Arc;
+/// # use dma::{sim::SimMemory, mapper::Direct, DmaDevice, ToDevice};
+/// # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+/// # let dev = DmaDevice::new("00:02.0 demo", mem.clone(), Arc::new(Direct::new(mem)));
+/// let mut tx = dev.alloc_noncoherent::<u32, ToDevice>(ToDevice).unwrap();
+/// let stale = tx.sync_for_cpu().read(); // the device never writes a ToDevice buffer
+/// ```
 pub struct NonCoherent<T: DmaSafe, D: Direction> {
     dev: DmaDevice,
     region: CoherentRegion,

@@ -17,12 +17,12 @@
 //! The marker types [`ToDevice`], [`FromDevice`] and [`Bidirectional`] carry the direction in a
 //! mapping's type, so an access that makes no sense is a compile error:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! // There is no fourth direction: DMA_NONE cannot be written.
 //! let d = dma::DmaDirection::None;
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0277
 //! // The set of directions is sealed: a crate cannot invent its own.
 //! #[derive(Clone, Copy)]
 //! struct Sideways;
@@ -136,7 +136,7 @@ mod tests {
         assert!(DmaDirection::Bidirectional.device_reads());
         assert!(DmaDirection::Bidirectional.device_writes());
         assert_eq!(ToDevice::DIRECTION, DmaDirection::ToDevice);
-        assert_eq!(FromDevice::DIRECTION.to_string(), "DMA_FROM_DEVICE");
+        assert_eq!(FromDevice::DIRECTION.linux_name(), "DMA_FROM_DEVICE");
         assert_eq!(Bidirectional::DIRECTION, DmaDirection::Bidirectional);
     }
 }

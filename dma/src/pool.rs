@@ -18,17 +18,21 @@
 //!   bigger than a page. Units are added lazily, when the free list is empty.
 //!
 //! # Data structure and invariants
-//! - `PoolState::pages[i]` describes unit `i`: its region, CPU address, an `allocated` bitmap and
-//!   a `raw` bitmap (blocks handed out through [`DmaPool::alloc_raw`]). Its index never changes.
+//! - `PoolState::units[i]` describes unit `i` (region, CPU address); its index never changes.
+//!   Hot per-block state lives in flat arrays: `unit_in_use[i]`, and the `allocated` and `raw`
+//!   bitmaps (`raw`: blocks handed out through [`DmaPool::alloc_raw`]).
 //! - The free list is intrusive, as in `dmapool.c`: the first 8 bytes of every free block hold
 //!   the (unit index, block index) of the next free block, `NIL` ending the list. `alloc` pops,
 //!   `free` pushes: O(1) however many blocks are live. A [`PoolBlock`] carries its unit and block
 //!   index, so freeing it finds its metadata in O(1); the raw API looks the unit up by bus address
 //!   (O(log units)).
+//! - The pool outlives every allocated block: a [`PoolBlock`] points at it without a reference
+//!   count, and a pool destroyed with blocks out keeps one reference to itself
+//!   (`PoolState::orphaned`) until the last of them is freed.
 //! - A block is on the free list exactly when its `allocated` bit is clear. Links read from
 //!   memory are checked against that before use: a device writing into a free block can damage
 //!   the list, and that is reported (`PoolFreeListCorrupt`), never followed.
-//! - `in_use == Σ pages[i].in_use`, `free_blocks + in_use == units × blocks_per_unit` (until a
+//! - `in_use == Σ unit_in_use[i]`, `free_blocks + in_use == units × blocks_per_unit` (until a
 //!   corrupt free list is abandoned).
 //!
 //! # Debugging
@@ -44,7 +48,6 @@
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
 use core::mem::{size_of, MaybeUninit};
@@ -171,33 +174,30 @@ pub struct PoolStats {
     pub poison_failures: u64,
 }
 
-struct PoolPage {
+/// Cold per-unit facts, read when the pool grows, is destroyed, or checks a raw free.
+struct Unit {
     region: CoherentRegion,
     cpu: *mut u8,
-    in_use: u32,
-    allocated: Vec<u64>,
-    raw: Vec<u64>,
     released: bool,
     quarantined: bool,
 }
 
-fn bit(map: &[u64], i: u32) -> bool {
-    map[(i / 64) as usize] & (1 << (i % 64)) != 0
-}
-fn set_bit(map: &mut [u64], i: u32, on: bool) {
-    if on {
-        map[(i / 64) as usize] |= 1 << (i % 64);
-    } else {
-        map[(i / 64) as usize] &= !(1 << (i % 64));
-    }
-}
-
 struct PoolState {
-    pages: Vec<PoolPage>,
+    units: Vec<Unit>,
+    /// Allocated blocks per unit (hot: touched by every free; kept in a flat array so a free
+    /// costs no pointer chase even with 100,000 units).
+    unit_in_use: Vec<u32>,
+    /// One bit per block, `words_per_unit` words per unit: set while allocated.
+    allocated: Vec<u64>,
+    /// One bit per block: set while handed out through the raw API.
+    raw: Vec<u64>,
     free_head: u64,
     free_blocks: usize,
     in_use: usize,
     destroyed: bool,
+    /// The `DmaPool` is gone while blocks are still out: the pool holds one extra strong
+    /// reference to itself, released by the free that brings `in_use` to zero.
+    orphaned: bool,
     by_bus: BTreeMap<u64, u32>,
 }
 
@@ -212,6 +212,7 @@ pub(crate) struct PoolInner {
     unit: usize,
     per_window: u32,
     blocks_per_unit: u32,
+    words_per_unit: usize,
     poison: bool,
     poison_failures: AtomicU64,
     state: spin::Mutex<PoolState>,
@@ -246,14 +247,22 @@ impl PoolInner {
         (b < self.blocks_per_unit).then_some(b)
     }
 
+    /// Word index and bit mask of block `b` of unit `p` in the flat bitmaps.
+    fn bit_of(&self, p: u32, b: u32) -> (usize, u64) {
+        (
+            p as usize * self.words_per_unit + (b / 64) as usize,
+            1 << (b % 64),
+        )
+    }
+
     fn grow(&self, st: &mut PoolState) -> Result<(), AllocError> {
-        if st.pages.len() >= u32::MAX as usize {
+        if st.units.len() >= (u32::MAX - 1) as usize {
             return Err(AllocError::TooLarge { bytes: self.unit });
         }
         let mapper = self.dev.mapper();
         let region = mapper.alloc_coherent(&self.dev.limits(), self.unit)?;
         let cpu = self.dev.memory().phys_to_virt(region.phys);
-        if cpu.is_null() || region.bus.0 % self.unit as u64 != 0 {
+        if cpu.is_null() || !region.bus.0.is_multiple_of(self.unit as u64) {
             // SAFETY: just allocated from this mapper, never used.
             unsafe { mapper.free_coherent(&region) };
             return Err(AllocError::BadFrames { phys: region.phys });
@@ -262,17 +271,17 @@ impl PoolInner {
             // SAFETY: the unit is ours and `unit` bytes long.
             unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.unit) };
         }
-        let p = st.pages.len() as u32;
-        let words = (self.blocks_per_unit as usize).div_ceil(64);
-        st.pages.push(PoolPage {
+        let p = st.units.len() as u32;
+        st.units.push(Unit {
             region,
             cpu,
-            in_use: 0,
-            allocated: vec![0; words],
-            raw: vec![0; words],
             released: false,
             quarantined: false,
         });
+        st.unit_in_use.push(0);
+        st.allocated
+            .resize(st.allocated.len() + self.words_per_unit, 0);
+        st.raw.resize(st.raw.len() + self.words_per_unit, 0);
         st.by_bus.insert(region.bus.0, p);
         for b in (0..self.blocks_per_unit).rev() {
             // SAFETY: block `b` lies inside the new unit and is free; the link may be
@@ -289,18 +298,17 @@ impl PoolInner {
             "{}: dma_pool {} grew to {} units",
             self.dev.name(),
             self.name,
-            st.pages.len()
+            st.units.len()
         );
         Ok(())
     }
 
-    /// Pops a block. Returns (unit, block, cpu, bus) and a report to record after unlocking.
+    /// Pops a block: (unit, block, cpu, bus), plus a report to record after unlocking.
     #[allow(clippy::type_complexity)]
     fn pop(
         &self,
         raw: bool,
-        zero: bool,
-    ) -> Result<((u32, u32, NonNull<u8>, BusAddr), Option<ReportKind>), AllocError> {
+    ) -> Result<((u32, u32, *mut u8, BusAddr), Option<ReportKind>), AllocError> {
         let mut st = self.state.lock();
         let mut report = None;
         loop {
@@ -308,11 +316,16 @@ impl PoolInner {
                 self.grow(&mut st)?;
             }
             let (p, b) = decode(st.free_head);
-            let valid = (p as usize) < st.pages.len()
+            let valid = (p as usize) < st.units.len()
                 && b < self.blocks_per_unit
-                && !bit(&st.pages[p as usize].allocated, b)
-                && !st.pages[p as usize].released;
+                && !st.units[p as usize].released
+                && {
+                    let (w, m) = self.bit_of(p, b);
+                    st.allocated[w] & m == 0
+                };
             if !valid {
+                // A device wrote into a free block and damaged its link: abandon the rest of
+                // the list (those blocks leak) rather than follow it.
                 st.free_head = NIL;
                 st.free_blocks = 0;
                 report = Some(ReportKind::PoolFreeListCorrupt {
@@ -321,61 +334,29 @@ impl PoolInner {
                 continue;
             }
             let off = self.offset_of(b);
-            let page = &mut st.pages[p as usize];
+            let unit = &st.units[p as usize];
             // SAFETY: `off` is a block inside unit `p`, which is live (not released).
-            let cpu = unsafe { page.cpu.add(off) };
-            let bus = BusAddr(page.region.bus.0 + off as u64);
-            // SAFETY: the block is free and ours; reading its first 8 bytes (any value is a
-            // valid u64; it is validated before use on the next pop).
+            let cpu = unsafe { unit.cpu.add(off) };
+            let bus = BusAddr(unit.region.bus.0 + off as u64);
+            // SAFETY: the block is free and ours; any 8 bytes are a valid u64, and the value is
+            // validated before it is used, on the next pop.
             let next = unsafe { cpu.cast::<u64>().read_unaligned() };
-            set_bit(&mut page.allocated, b, true);
-            set_bit(&mut page.raw, b, raw);
-            page.in_use += 1;
+            let (w, m) = self.bit_of(p, b);
+            st.allocated[w] |= m;
+            if raw {
+                st.raw[w] |= m;
+            }
+            st.unit_in_use[p as usize] += 1;
             st.free_head = next;
             st.free_blocks -= 1;
             st.in_use += 1;
-            drop(st);
-            if self.poison {
-                // SAFETY: the block is `block` bytes of our memory, now allocated to us.
-                let bytes = unsafe { core::slice::from_raw_parts(cpu, self.block) };
-                if let Some(i) = bytes[LINK_BYTES..]
-                    .iter()
-                    .position(|&x| x != POOL_POISON_FREED)
-                {
-                    self.poison_failures.fetch_add(1, Ordering::Relaxed);
-                    report = Some(ReportKind::PoolWriteAfterFree {
-                        pool: self.name.clone(),
-                        bus,
-                        offset: LINK_BYTES + i,
-                        found: bytes[LINK_BYTES + i],
-                    });
-                }
-            }
-            let fill = if zero {
-                Some(0)
-            } else if self.poison {
-                Some(POOL_POISON_ALLOCATED)
-            } else {
-                None
-            };
-            if let Some(byte) = fill {
-                // SAFETY: as above.
-                unsafe { core::ptr::write_bytes(cpu, byte, self.block) };
-            }
-            // SAFETY: `cpu` is inside a unit whose pointer is non-null.
-            let cpu = unsafe { NonNull::new_unchecked(cpu) };
             return Ok(((p, b, cpu, bus), report));
         }
     }
 
     fn alloc(&self, raw: bool, zero: bool) -> Result<(u32, u32, NonNull<u8>, BusAddr), AllocError> {
-        match self.pop(raw, zero) {
-            Ok((blk, report)) => {
-                if let Some(kind) = report {
-                    self.dev.report(kind);
-                }
-                Ok(blk)
-            }
+        let ((p, b, cpu, bus), mut report) = match self.pop(raw) {
+            Ok(v) => v,
             Err(e) => {
                 log::warn!(
                     "{}: dma_pool {} cannot grow: {}",
@@ -383,22 +364,51 @@ impl PoolInner {
                     self.name,
                     e
                 );
-                Err(e)
+                return Err(e);
+            }
+        };
+        if self.poison {
+            // SAFETY: the block is `block` bytes of our memory, now allocated to the caller.
+            let bytes = unsafe { core::slice::from_raw_parts(cpu, self.block) };
+            if let Some(i) = bytes[LINK_BYTES..]
+                .iter()
+                .position(|&x| x != POOL_POISON_FREED)
+            {
+                self.poison_failures.fetch_add(1, Ordering::Relaxed);
+                report = Some(ReportKind::PoolWriteAfterFree {
+                    pool: self.name.clone(),
+                    bus,
+                    offset: LINK_BYTES + i,
+                    found: bytes[LINK_BYTES + i],
+                });
             }
         }
+        let fill = if zero {
+            Some(0)
+        } else if self.poison {
+            Some(POOL_POISON_ALLOCATED)
+        } else {
+            None
+        };
+        if let Some(byte) = fill {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_bytes(cpu, byte, self.block) };
+        }
+        if let Some(kind) = report {
+            self.dev.report(kind);
+        }
+        // SAFETY: `cpu` is inside a unit, whose pointer is non-null (checked in `grow`).
+        Ok((p, b, unsafe { NonNull::new_unchecked(cpu) }, bus))
     }
 
-    /// Pushes block `b` of unit `p` (already validated as allocated) back on the free list.
-    fn push(&self, st: &mut PoolState, p: u32, b: u32) {
-        let off = self.offset_of(b);
-        let page = &mut st.pages[p as usize];
-        set_bit(&mut page.allocated, b, false);
-        set_bit(&mut page.raw, b, false);
-        page.in_use -= 1;
-        // SAFETY: the block lies in unit `p`, which is live while any block in it is allocated.
-        let cpu = unsafe { page.cpu.add(off) };
+    /// Pushes block `b` of unit `p` at `cpu` (validated as allocated) back on the free list.
+    fn push(&self, st: &mut PoolState, p: u32, b: u32, cpu: *mut u8) {
+        let (w, m) = self.bit_of(p, b);
+        st.allocated[w] &= !m;
+        st.raw[w] &= !m;
+        st.unit_in_use[p as usize] -= 1;
         if self.poison {
-            // SAFETY: as above, `block` bytes.
+            // SAFETY: `cpu` is this block, `block` bytes of a live unit.
             unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.block) };
         }
         // SAFETY: as above; the link may be unaligned.
@@ -408,13 +418,28 @@ impl PoolInner {
         st.in_use -= 1;
     }
 
-    fn free_handle(&self, p: u32, b: u32) {
-        let mut st = self.state.lock();
-        let ok = (p as usize) < st.pages.len()
-            && bit(&st.pages[p as usize].allocated, b)
-            && !bit(&st.pages[p as usize].raw, b);
-        if ok {
-            self.push(&mut st, p, b);
+    /// Frees a handle's block and, if it was the last block of an orphaned pool, drops the
+    /// pool's reference to itself.
+    ///
+    /// # Safety
+    /// `this` must point to a live `PoolInner` in which block (`p`, `b`) at `cpu` is allocated
+    /// to the caller's handle; the caller must not use `this` afterwards.
+    unsafe fn free_handle(this: *const PoolInner, p: u32, b: u32, cpu: *mut u8) {
+        let release = {
+            // SAFETY: live while the block is allocated (module invariant).
+            let pool = unsafe { &*this };
+            let mut st = pool.state.lock();
+            let (w, m) = pool.bit_of(p, b);
+            if st.allocated.get(w).is_some_and(|word| word & m != 0) {
+                pool.push(&mut st, p, b, cpu);
+            }
+            st.orphaned && st.in_use == 0
+        };
+        if release {
+            // SAFETY: the orphan reference was leaked from an `Arc` of this pool in
+            // `shutdown`; the last allocated block is gone and no reference to the pool is
+            // held here any more.
+            unsafe { Arc::decrement_strong_count(this) };
         }
     }
 
@@ -435,26 +460,27 @@ impl PoolInner {
         let Some(b) = self.block_at(off) else {
             return Err(bad("address is not the start of a block"));
         };
-        let page = &st.pages[p as usize];
-        if page.cpu.wrapping_add(off) != cpu {
+        let block_cpu = st.units[p as usize].cpu.wrapping_add(off);
+        if block_cpu != cpu {
             return Err(bad("CPU and bus addresses name different blocks"));
         }
-        if !bit(&page.allocated, b) {
+        let (w, m) = self.bit_of(p, b);
+        if st.allocated[w] & m == 0 {
             return Err(ReportKind::PoolDoubleFree {
                 pool: self.name.clone(),
                 bus,
             });
         }
-        if !bit(&page.raw, b) {
+        if st.raw[w] & m == 0 {
             return Err(bad("block belongs to a PoolBlock handle, which frees itself on drop"));
         }
-        self.push(&mut st, p, b);
+        self.push(&mut st, p, b, block_cpu);
         Ok(())
     }
 
     fn stats(&self) -> PoolStats {
         let st = self.state.lock();
-        let pages = st.pages.iter().filter(|p| !p.released).count();
+        let pages = st.units.iter().filter(|u| !u.released).count();
         PoolStats {
             name: self.name.clone(),
             blocks_in_use: st.in_use,
@@ -475,25 +501,31 @@ impl PoolInner {
         st.destroyed = true;
         let mut live = Vec::new();
         let mapper = self.dev.mapper().clone();
-        for page in st.pages.iter_mut() {
-            if page.in_use == 0 {
-                if !page.released {
+        let st = &mut *st;
+        for (p, unit) in st.units.iter_mut().enumerate() {
+            if st.unit_in_use[p] == 0 {
+                if !unit.released {
                     // SAFETY: the unit came from this mapper; no block in it is allocated, and
                     // the pool is destroyed so none will be.
-                    unsafe { mapper.free_coherent(&page.region) };
-                    page.released = true;
+                    unsafe { mapper.free_coherent(&unit.region) };
+                    unit.released = true;
                 }
-            } else {
-                page.quarantined = true;
-                for b in 0..self.blocks_per_unit {
-                    if bit(&page.allocated, b) {
-                        live.push(BusAddr(page.region.bus.0 + self.offset_of(b) as u64));
-                    }
+                continue;
+            }
+            unit.quarantined = true;
+            for b in 0..self.blocks_per_unit {
+                let (w, m) = self.bit_of(p as u32, b);
+                if st.allocated[w] & m != 0 {
+                    live.push(BusAddr(unit.region.bus.0 + self.offset_of(b) as u64));
                 }
             }
         }
         st.by_bus.clear();
-        drop(st);
+        if st.in_use > 0 {
+            // Blocks still out point at this pool: keep it alive for them.
+            st.orphaned = true;
+            core::mem::forget(Arc::clone(self));
+        }
         POOLS
             .lock()
             .retain(|w| w.strong_count() > 0 && !core::ptr::eq(w.as_ptr(), Arc::as_ptr(self)));
@@ -516,11 +548,11 @@ impl PoolInner {
 impl Drop for PoolInner {
     fn drop(&mut self) {
         let mapper = self.dev.mapper().clone();
-        for page in self.state.get_mut().pages.iter_mut() {
-            if !page.released && !page.quarantined {
+        for unit in self.state.get_mut().units.iter_mut() {
+            if !unit.released && !unit.quarantined {
                 // SAFETY: the unit came from this mapper and no block handle or pool remains.
-                unsafe { mapper.free_coherent(&page.region) };
-                page.released = true;
+                unsafe { mapper.free_coherent(&unit.region) };
+                unit.released = true;
             }
         }
     }
@@ -618,12 +650,17 @@ impl DmaPool {
             blocks_per_unit,
             poison,
             poison_failures: AtomicU64::new(0),
+            words_per_unit: (blocks_per_unit as usize).div_ceil(64),
             state: spin::Mutex::new(PoolState {
-                pages: Vec::new(),
+                units: Vec::new(),
+                unit_in_use: Vec::new(),
+                allocated: Vec::new(),
+                raw: Vec::new(),
                 free_head: NIL,
                 free_blocks: 0,
                 in_use: 0,
                 destroyed: false,
+                orphaned: false,
                 by_bus: BTreeMap::new(),
             }),
         });
@@ -667,7 +704,7 @@ impl DmaPool {
     pub fn alloc(&self) -> Result<PoolBlock, AllocError> {
         let (page, block, cpu, bus) = self.inner.alloc(false, false)?;
         Ok(PoolBlock {
-            pool: self.inner.clone(),
+            pool: NonNull::from(&*self.inner),
             page,
             block,
             cpu,
@@ -679,7 +716,7 @@ impl DmaPool {
     pub fn zalloc(&self) -> Result<PoolBlock, AllocError> {
         let (page, block, cpu, bus) = self.inner.alloc(false, true)?;
         Ok(PoolBlock {
-            pool: self.inner.clone(),
+            pool: NonNull::from(&*self.inner),
             page,
             block,
             cpu,
@@ -718,8 +755,12 @@ impl Drop for DmaPool {
 }
 
 /// One block of a pool; returns to its pool when dropped.
+///
+/// The handle points at its pool without a reference count (an `Arc` per block would double
+/// the cost of alloc+free); the pool stays alive while any block is allocated (see
+/// `PoolState::orphaned`).
 pub struct PoolBlock {
-    pool: Arc<PoolInner>,
+    pool: NonNull<PoolInner>,
     page: u32,
     block: u32,
     cpu: NonNull<u8>,
@@ -734,13 +775,18 @@ unsafe impl Sync for PoolBlock {}
 impl fmt::Debug for PoolBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolBlock")
-            .field("pool", &self.pool.name)
+            .field("pool", &self.pool().name)
             .field("bus", &self.bus)
             .finish()
     }
 }
 
 impl PoolBlock {
+    fn pool(&self) -> &PoolInner {
+        // SAFETY: the pool outlives every allocated block (module invariant).
+        unsafe { self.pool.as_ref() }
+    }
+
     /// The device's address of the block.
     pub fn bus_addr(&self) -> BusAddr {
         self.bus
@@ -753,7 +799,7 @@ impl PoolBlock {
 
     /// Usable bytes (the pool's block size).
     pub fn len(&self) -> usize {
-        self.pool.block
+        self.pool().block
     }
 
     /// Always false.
@@ -816,29 +862,25 @@ impl PoolBlock {
 
     /// Gives up the handle; the block must be returned with [`DmaPool::free_raw`].
     pub fn into_raw(self) -> (NonNull<u8>, BusAddr) {
-        let (cpu, bus) = (self.cpu, self.bus);
-        {
-            let mut st = self.pool.state.lock();
-            if let Some(page) = st.pages.get_mut(self.page as usize) {
-                set_bit(&mut page.raw, self.block, true);
-            }
-        }
-        let pool = forget_handle(self);
-        drop(pool);
-        (cpu, bus)
+        let this = core::mem::ManuallyDrop::new(self);
+        let pool = this.pool();
+        let (w, m) = pool.bit_of(this.page, this.block);
+        pool.state.lock().raw[w] |= m;
+        (this.cpu, this.bus)
     }
-}
-
-/// Forgets a block handle without freeing the block, returning its pool reference.
-fn forget_handle(block: PoolBlock) -> Arc<PoolInner> {
-    let block = core::mem::ManuallyDrop::new(block);
-    // SAFETY: `block` is never dropped or used again; the Arc is moved out exactly once.
-    unsafe { core::ptr::read(&block.pool) }
 }
 
 impl Drop for PoolBlock {
     fn drop(&mut self) {
-        self.pool.free_handle(self.page, self.block);
+        // SAFETY: the block is allocated to this handle, which is going away.
+        unsafe {
+            PoolInner::free_handle(
+                self.pool.as_ptr(),
+                self.page,
+                self.block,
+                self.cpu.as_ptr(),
+            )
+        };
     }
 }
 

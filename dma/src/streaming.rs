@@ -10,17 +10,17 @@
 //!    for `ToDevice`/`Bidirectional`. `sync_for_device()` hands it back (the borrow must be gone).
 //! 3. `mapping.unmap()` ends the transfer and returns the buffer, with the device's data in it.
 //!
-//! ```compile_fail
+//! ```compile_fail,E0382
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, mapper::Direct, DmaDevice, ToDevice};
 //! # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
 //! # let dev = DmaDevice::new("00:02.0 demo", mem.clone(), Arc::new(Direct::new(mem)));
-//! let buf = vec![0u8; 64];
+//! let mut buf = vec![0u8; 64];
 //! let mapping = dev.map(buf, ToDevice).unwrap();
 //! buf[0] = 1; // the buffer was moved into the mapping: the device owns it now
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, mapper::Direct, DmaDevice, ToDevice, PageBuffer};
 //! # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
@@ -31,7 +31,7 @@
 //! let first = mapping.sync_for_cpu().as_slice()[0];
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, mapper::Direct, DmaDevice, FromDevice, PageBuffer};
 //! # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
@@ -42,7 +42,7 @@
 //! mapping.sync_for_cpu().write_at(0, &[1, 2, 3]).unwrap();
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0499
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, mapper::Direct, DmaDevice, Bidirectional, PageBuffer};
 //! # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);

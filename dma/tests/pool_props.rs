@@ -29,7 +29,7 @@ struct Live {
 
 fn check(pool: &DmaPool, live: &[Live], size: usize, align: usize, boundary: usize) {
     let block = pool.block_size();
-    assert!(block >= size && block % align == 0);
+    assert!(block >= size && block.is_multiple_of(align));
     let mut ranges: Vec<(u64, u64)> = live
         .iter()
         .map(|l| {
@@ -42,7 +42,7 @@ fn check(pool: &DmaPool, live: &[Live], size: usize, align: usize, boundary: usi
         assert!(w[0].1 <= w[1].0, "blocks overlap: {w:?}");
     }
     for &(s, e) in &ranges {
-        assert_eq!(s % align as u64, 0, "misaligned block at {s:#x}");
+        assert!(s.is_multiple_of(align as u64), "misaligned block at {s:#x}");
         if boundary != 0 {
             let b = boundary as u64;
             assert_eq!(s / b, (e - 1) / b, "block {s:#x} crosses a {b:#x} boundary");

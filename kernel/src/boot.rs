@@ -49,6 +49,7 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
 
     crate::pci::init();
+    crate::dma_service::init();
     crate::scheme::register("mem:info", "physical memory counters", || {
         let s = crate::memory::frame_stats();
         alloc::format!(

@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod apic;
 pub mod boot;
+pub mod dma_service;
 pub mod exit;
 pub mod gdt;
 pub mod interrupts;

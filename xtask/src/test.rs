@@ -28,6 +28,8 @@ pub fn configurations() -> Vec<MachineConfig> {
         MachineConfig::standard(),
         MachineConfig { name: "bios-novtd".into(), iommu: false, ..MachineConfig::standard() },
         MachineConfig { name: "uefi-vtd".into(), firmware: Firmware::Uefi, ..MachineConfig::standard() },
+        // RAM above 4 GiB: 32-bit DMA devices must bounce buffers that live there.
+        MachineConfig { name: "bios-6g-novtd".into(), iommu: false, memory_mib: 6144, ..MachineConfig::standard() },
     ]
 }
 

@@ -513,3 +513,52 @@ impl fmt::Display for Ecap {
         Ok(())
     }
 }
+
+/// How many times a status bit is polled before the unit is declared unresponsive. Each poll
+/// is an uncached MMIO read (~1 µs on real hardware, so about ten seconds in all; Linux
+/// panics after ten seconds, we report an error instead).
+pub const POLL_LIMIT: u32 = 10_000_000;
+
+/// Reads `offset` until `done(value)` holds, at most [`POLL_LIMIT`] times. Returns the last
+/// value read, or `None` on time-out.
+pub fn poll32(regs: &dyn VtdRegisters, offset: usize, done: impl Fn(u32) -> bool) -> Option<u32> {
+    for _ in 0..POLL_LIMIT {
+        let v = regs.read32(offset);
+        if done(v) {
+            return Some(v);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
+/// Reads a 64-bit register until `done(value)` holds; as [`poll32`].
+pub fn poll64(regs: &dyn VtdRegisters, offset: usize, done: impl Fn(u64) -> bool) -> Option<u64> {
+    for _ in 0..POLL_LIMIT {
+        let v = regs.read64(offset);
+        if done(v) {
+            return Some(v);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
+/// Turns one *persistent* GCMD bit (TE, QIE, IRE, ...) on or off and waits until GSTS shows
+/// it (§10.4.4). The value written is GSTS's persistent bits with only `bit` changed, so no
+/// other feature is switched and no one-shot command is repeated. `false` on time-out.
+pub fn set_gcmd(regs: &dyn VtdRegisters, bit: u32, on: bool) -> bool {
+    let status = regs.read32(GSTS) & gcmd::PERSISTENT;
+    let cmd = if on { status | bit } else { status & !bit };
+    regs.write32(GCMD, cmd);
+    poll32(regs, GSTS, |s| (s & bit != 0) == on).is_some()
+}
+
+/// Issues a *one-shot* GCMD command (SRTP, WBF, SFL, SIRTP) on top of the persistent bits,
+/// then waits until its GSTS bit is set (SRTP, SIRTP, SFL: "done" is set) or clear (WBF: busy
+/// while set), as `done_when_set` says. `false` on time-out.
+pub fn gcmd_oneshot(regs: &dyn VtdRegisters, bit: u32, done_when_set: bool) -> bool {
+    let status = regs.read32(GSTS) & gcmd::PERSISTENT;
+    regs.write32(GCMD, status | bit);
+    poll32(regs, GSTS, |s| (s & bit != 0) == done_when_set).is_some()
+}

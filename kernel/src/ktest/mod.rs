@@ -17,6 +17,7 @@
 //! exits QEMU; xtask then boots again with `ktest --from N+1`, so one panic costs one test, not
 //! the run.
 
+mod dma;
 mod memory;
 mod platform;
 
@@ -36,7 +37,7 @@ pub struct KernelTest {
 
 /// Every in-kernel test, in the order they run.
 fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
-    memory::TESTS.iter().chain(platform::TESTS.iter())
+    memory::TESTS.iter().chain(platform::TESTS.iter()).chain(dma::TESTS.iter())
 }
 
 /// Tests that fail on purpose, to prove the runner reports failures (`ktest --demo-failures`).
