@@ -19,7 +19,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dma::mapper::Direct;
 use dma::sim::{SimMemory, SimRegion};
 use dma::{DmaDevice, DmaPool, PhysMemory, PoolBlock};
@@ -100,10 +100,7 @@ fn fragmented<T>(live: usize, mut alloc: impl FnMut() -> T, mut free: impl FnMut
 }
 
 fn machine() -> DmaDevice {
-    let sim = SimMemory::new(&[SimRegion {
-        base: 0x1_0000_0000,
-        size: 1 << 30,
-    }]);
+    let sim = SimMemory::new(&[SimRegion { base: 0x1_0000_0000, size: 1 << 30 }]);
     let phys: Arc<dyn PhysMemory> = sim;
     let dev = DmaDevice::new("00:1f.0 bench", phys.clone(), Arc::new(Direct::new(phys)));
     dev.set_mask(64).unwrap();
@@ -116,19 +113,16 @@ fn bench_pool(c: &mut Criterion, dev: &DmaDevice, size: usize) {
         let pool = DmaPool::create("bench", dev, size, ALIGN, 0).unwrap();
         let mut blocks: Vec<PoolBlock> = fragmented(live, || pool.alloc().unwrap(), drop);
         c.benchmark_group(format!("churn/{size}"))
-            .bench_function(BenchmarkId::new("pool", live), |b| {
-                b.iter(|| drop(black_box(pool.alloc().unwrap())))
-            });
+            .bench_function(BenchmarkId::new("pool", live), |b| b.iter(|| drop(black_box(pool.alloc().unwrap()))));
         if live > 0 {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-            c.benchmark_group(format!("replace/{size}"))
-                .bench_function(BenchmarkId::new("pool", live), |b| {
-                    b.iter(|| {
-                        let i = rng.below(blocks.len());
-                        let new = pool.alloc().unwrap();
-                        drop(black_box(std::mem::replace(&mut blocks[i], new)));
-                    })
-                });
+            c.benchmark_group(format!("replace/{size}")).bench_function(BenchmarkId::new("pool", live), |b| {
+                b.iter(|| {
+                    let i = rng.below(blocks.len());
+                    let new = pool.alloc().unwrap();
+                    drop(black_box(std::mem::replace(&mut blocks[i], new)));
+                })
+            });
         }
         drop(blocks);
         pool.destroy().unwrap();
@@ -141,39 +135,32 @@ fn bench_bare(c: &mut Criterion, size: usize) {
         let mut blocks = {
             let l = &mut list as *mut BareFreeList;
             // SAFETY: the two closures use the list one after the other, never at once.
-            fragmented(
-                live,
-                || unsafe { (*l).alloc().unwrap() },
-                |p| unsafe { (*l).free(p) },
-            )
+            fragmented(live, || unsafe { (*l).alloc().unwrap() }, |p| unsafe { (*l).free(p) })
         };
-        c.benchmark_group(format!("churn/{size}"))
-            .bench_function(BenchmarkId::new("bare", live), |b| {
-                b.iter(|| {
-                    let p = list.alloc().unwrap();
-                    list.free(black_box(p));
-                })
-            });
+        c.benchmark_group(format!("churn/{size}")).bench_function(BenchmarkId::new("bare", live), |b| {
+            b.iter(|| {
+                let p = list.alloc().unwrap();
+                list.free(black_box(p));
+            })
+        });
         let locked = spin::Mutex::new(list);
-        c.benchmark_group(format!("churn/{size}"))
-            .bench_function(BenchmarkId::new("bare-locked", live), |b| {
-                b.iter(|| {
-                    let p = locked.lock().alloc().unwrap();
-                    locked.lock().free(black_box(p));
-                })
-            });
+        c.benchmark_group(format!("churn/{size}")).bench_function(BenchmarkId::new("bare-locked", live), |b| {
+            b.iter(|| {
+                let p = locked.lock().alloc().unwrap();
+                locked.lock().free(black_box(p));
+            })
+        });
         let mut list = locked.into_inner();
         if live > 0 {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-            c.benchmark_group(format!("replace/{size}"))
-                .bench_function(BenchmarkId::new("bare", live), |b| {
-                    b.iter(|| {
-                        let i = rng.below(blocks.len());
-                        let new = list.alloc().unwrap();
-                        let old = std::mem::replace(&mut blocks[i], new);
-                        list.free(black_box(old));
-                    })
-                });
+            c.benchmark_group(format!("replace/{size}")).bench_function(BenchmarkId::new("bare", live), |b| {
+                b.iter(|| {
+                    let i = rng.below(blocks.len());
+                    let new = list.alloc().unwrap();
+                    let old = std::mem::replace(&mut blocks[i], new);
+                    list.free(black_box(old));
+                })
+            });
         }
     }
 }
@@ -195,18 +182,21 @@ fn bench_lla(c: &mut Criterion, size: usize) {
                 |p| unsafe { (*h).deallocate(p, layout) },
             )
         };
-        c.benchmark_group(format!("churn/{size}"))
-            .bench_function(BenchmarkId::new("linked_list_allocator", live), |b| {
+        c.benchmark_group(format!("churn/{size}")).bench_function(
+            BenchmarkId::new("linked_list_allocator", live),
+            |b| {
                 b.iter(|| {
                     let p = heap.allocate_first_fit(layout).unwrap();
                     // SAFETY: just allocated with this layout.
                     unsafe { heap.deallocate(black_box(p), layout) };
                 })
-            });
+            },
+        );
         if live > 0 {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-            c.benchmark_group(format!("replace/{size}"))
-                .bench_function(BenchmarkId::new("linked_list_allocator", live), |b| {
+            c.benchmark_group(format!("replace/{size}")).bench_function(
+                BenchmarkId::new("linked_list_allocator", live),
+                |b| {
                     b.iter(|| {
                         let i = rng.below(blocks.len());
                         let new = heap.allocate_first_fit(layout).unwrap();
@@ -214,7 +204,8 @@ fn bench_lla(c: &mut Criterion, size: usize) {
                         // SAFETY: `old` was allocated from this heap with this layout.
                         unsafe { heap.deallocate(black_box(old), layout) };
                     })
-                });
+                },
+            );
         }
         drop(blocks);
         drop(arena);

@@ -15,7 +15,7 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use crate::error::AllocError;
-use crate::phys::{frames_for, FrameRequest, PhysAddr, PhysMemory, PAGE_SIZE};
+use crate::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory, frames_for};
 
 /// An owned buffer whose bytes can be given to a device.
 ///
@@ -83,25 +83,14 @@ unsafe impl Sync for PageBuffer {}
 impl PageBuffer {
     /// `len` zeroed bytes (rounded up to whole frames) at or below physical address
     /// `max_addr` (`u64::MAX` for anywhere).
-    pub fn alloc(
-        memory: &Arc<dyn PhysMemory>,
-        len: usize,
-        max_addr: u64,
-    ) -> Result<PageBuffer, AllocError> {
+    pub fn alloc(memory: &Arc<dyn PhysMemory>, len: usize, max_addr: u64) -> Result<PageBuffer, AllocError> {
         let frames = frames_for(len);
         if frames.checked_mul(PAGE_SIZE).is_none() {
             return Err(AllocError::TooLarge { bytes: len });
         }
         let phys = memory
-            .alloc_frames(FrameRequest {
-                count: frames,
-                max_addr,
-                align: PAGE_SIZE as u64,
-            })
-            .ok_or(AllocError::OutOfMemory {
-                bytes: len,
-                limit: max_addr,
-            })?;
+            .alloc_frames(FrameRequest { count: frames, max_addr, align: PAGE_SIZE as u64 })
+            .ok_or(AllocError::OutOfMemory { bytes: len, limit: max_addr })?;
         let Some(ptr) = NonNull::new(memory.phys_to_virt(phys)) else {
             // SAFETY: just allocated with this count and unused.
             unsafe { memory.free_frames(phys, frames) };
@@ -110,13 +99,7 @@ impl PageBuffer {
         // SAFETY: the run is ours and writable through `phys_to_virt` (PhysMemory contract);
         // zeroing keeps an earlier owner's data from leaking.
         unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, frames * PAGE_SIZE) };
-        Ok(PageBuffer {
-            memory: memory.clone(),
-            phys,
-            frames,
-            len,
-            ptr,
-        })
+        Ok(PageBuffer { memory: memory.clone(), phys, frames, len, ptr })
     }
 
     /// Physical address of the first byte.
@@ -142,10 +125,7 @@ impl DerefMut for PageBuffer {
 
 impl core::fmt::Debug for PageBuffer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PageBuffer")
-            .field("phys", &self.phys)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("PageBuffer").field("phys", &self.phys).field("len", &self.len).finish()
     }
 }
 

@@ -26,9 +26,9 @@ use core::ptr::NonNull;
 use crate::debug::MappingKind;
 use crate::device::DmaDevice;
 use crate::direction::{CpuReadable, CpuWritable, Direction};
-use crate::error::{check_range, AllocError, OutOfBounds};
+use crate::error::{AllocError, OutOfBounds, check_range};
 use crate::mapper::{CoherentRegion, Mapped};
-use crate::phys::{BusAddr, PhysAddr, PAGE_SIZE};
+use crate::phys::{BusAddr, PAGE_SIZE, PhysAddr};
 
 /// Plain data that may live in memory a device writes.
 ///
@@ -58,11 +58,7 @@ dma_safe!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
 unsafe impl<T: DmaSafe, const N: usize> DmaSafe for [T; N] {}
 
 /// Allocates coherent memory for `bytes` with alignment `align`.
-fn alloc_region(
-    dev: &DmaDevice,
-    bytes: usize,
-    align: usize,
-) -> Result<(CoherentRegion, NonNull<u8>), AllocError> {
+fn alloc_region(dev: &DmaDevice, bytes: usize, align: usize) -> Result<(CoherentRegion, NonNull<u8>), AllocError> {
     if align > PAGE_SIZE {
         return Err(AllocError::TooLarge { bytes });
     }
@@ -72,12 +68,7 @@ fn alloc_region(
         unsafe { dev.mapper().free_coherent(&region) };
         return Err(AllocError::BadFrames { phys: region.phys });
     };
-    log::debug!(
-        "{}: coherent {} bytes at bus {}",
-        dev.name(),
-        bytes,
-        region.bus
-    );
+    log::debug!("{}: coherent {} bytes at bus {}", dev.name(), bytes, region.bus);
     Ok((region, ptr))
 }
 
@@ -97,54 +88,25 @@ impl DmaDevice {
     /// A zeroed `T` in coherent memory below this device's mask.
     pub fn alloc_coherent<T: DmaSafe>(&self) -> Result<Coherent<T>, AllocError> {
         let (region, ptr) = alloc_region(self, size_of::<T>(), align_of::<T>())?;
-        Ok(Coherent {
-            dev: self.clone(),
-            region,
-            ptr: ptr.cast(),
-        })
+        Ok(Coherent { dev: self.clone(), region, ptr: ptr.cast() })
     }
 
     /// `len` zeroed `T`s in coherent memory below this device's mask (a descriptor ring).
-    pub fn alloc_coherent_slice<T: DmaSafe>(
-        &self,
-        len: usize,
-    ) -> Result<CoherentSlice<T>, AllocError> {
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .ok_or(AllocError::TooLarge { bytes: usize::MAX })?;
+    pub fn alloc_coherent_slice<T: DmaSafe>(&self, len: usize) -> Result<CoherentSlice<T>, AllocError> {
+        let bytes = len.checked_mul(size_of::<T>()).ok_or(AllocError::TooLarge { bytes: usize::MAX })?;
         let (region, ptr) = alloc_region(self, bytes, align_of::<T>())?;
-        Ok(CoherentSlice {
-            dev: self.clone(),
-            region,
-            ptr: ptr.cast(),
-            len,
-        })
+        Ok(CoherentSlice { dev: self.clone(), region, ptr: ptr.cast(), len })
     }
 
     /// A zeroed `T` in non-coherent memory, owned by the CPU until the first `sync_for_device`.
-    pub fn alloc_noncoherent<T: DmaSafe, D: Direction>(
-        &self,
-        _dir: D,
-    ) -> Result<NonCoherent<T, D>, AllocError> {
+    pub fn alloc_noncoherent<T: DmaSafe, D: Direction>(&self, _dir: D) -> Result<NonCoherent<T, D>, AllocError> {
         let (region, ptr) = alloc_region(self, size_of::<T>(), align_of::<T>())?;
         let track = self.track(
             MappingKind::NonCoherent,
-            &Mapped {
-                bus: region.bus,
-                phys: region.phys,
-                len: size_of::<T>(),
-                bounce: None,
-            },
+            &Mapped { bus: region.bus, phys: region.phys, len: size_of::<T>(), bounce: None },
             D::DIRECTION,
         );
-        Ok(NonCoherent {
-            dev: self.clone(),
-            region,
-            ptr: ptr.cast(),
-            device_owns: false,
-            track,
-            _dir: PhantomData,
-        })
+        Ok(NonCoherent { dev: self.clone(), region, ptr: ptr.cast(), device_owns: false, track, _dir: PhantomData })
     }
 }
 
@@ -347,10 +309,7 @@ impl<T: DmaSafe, D: Direction> NonCoherent<T, D> {
     pub fn sync_for_cpu(&mut self) -> NonCoherentView<'_, T, D> {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         self.device_owns = false;
-        NonCoherentView {
-            ptr: self.ptr,
-            _owner: PhantomData,
-        }
+        NonCoherentView { ptr: self.ptr, _owner: PhantomData }
     }
 
     /// Hands the memory to the device (write back caches so it sees the CPU's writes).
@@ -393,10 +352,7 @@ impl<T: DmaSafe, D: CpuWritable> NonCoherentView<'_, T, D> {
 
 impl<T: DmaSafe> core::fmt::Debug for Coherent<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Coherent")
-            .field("device", &self.dev.name())
-            .field("bus", &self.region.bus)
-            .finish()
+        f.debug_struct("Coherent").field("device", &self.dev.name()).field("bus", &self.region.bus).finish()
     }
 }
 

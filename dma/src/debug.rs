@@ -145,15 +145,10 @@ impl fmt::Display for ReportKind {
                 f,
                 "device driver tries to free DMA memory it has not allocated [device address={bus}] [size={len} bytes]"
             ),
-            ReportKind::DoubleUnmap { bus, len } => write!(
-                f,
-                "device driver frees DMA memory twice [device address={bus}] [size={len} bytes]"
-            ),
-            ReportKind::SizeMismatch {
-                bus,
-                mapped_len,
-                unmap_len,
-            } => write!(
+            ReportKind::DoubleUnmap { bus, len } => {
+                write!(f, "device driver frees DMA memory twice [device address={bus}] [size={len} bytes]")
+            }
+            ReportKind::SizeMismatch { bus, mapped_len, unmap_len } => write!(
                 f,
                 "device driver frees DMA memory with different size [device address={bus}] [map size={mapped_len} bytes] [unmap size={unmap_len} bytes]"
             ),
@@ -161,29 +156,18 @@ impl fmt::Display for ReportKind {
                 f,
                 "device driver frees DMA memory with different direction [device address={bus}] [mapped with {mapped}] [unmapped with {given}]"
             ),
-            ReportKind::SyncDirectionMismatch {
-                bus,
-                mapped,
-                given,
-                for_cpu,
-            } => write!(
+            ReportKind::SyncDirectionMismatch { bus, mapped, given, for_cpu } => write!(
                 f,
                 "device driver syncs DMA memory {} with different direction [device address={bus}] [mapped with {mapped}] [synced with {given}]",
                 if *for_cpu { "for cpu" } else { "for device" }
             ),
-            ReportKind::SyncOutOfRange {
-                bus,
-                offset,
-                len,
-                mapped_len,
-            } => write!(
+            ReportKind::SyncOutOfRange { bus, offset, len, mapped_len } => write!(
                 f,
                 "device driver syncs DMA memory outside the mapping [device address={bus}] [mapping size={mapped_len}] [sync {offset}+{len}]"
             ),
-            ReportKind::LiveAtTeardown { live } => write!(
-                f,
-                "device torn down with {live} DMA mappings still live; their memory stays reserved"
-            ),
+            ReportKind::LiveAtTeardown { live } => {
+                write!(f, "device torn down with {live} DMA mappings still live; their memory stays reserved")
+            }
             ReportKind::DroppedWhileMapped { bus, len } => write!(
                 f,
                 "mapping dropped without unmap [device address={bus}] [size={len} bytes]; unmapped by its destructor"
@@ -194,23 +178,16 @@ impl fmt::Display for ReportKind {
             ReportKind::PoolBadFree { pool, bus, reason } => {
                 write!(f, "dma_pool {pool}: bad free of {bus}: {reason}; ignored")
             }
-            ReportKind::PoolWriteAfterFree {
-                pool,
-                bus,
-                offset,
-                found,
-            } => write!(
-                f,
-                "dma_pool {pool}: block {bus} written after free: byte {offset} is {found:#04x}, not poison"
-            ),
+            ReportKind::PoolWriteAfterFree { pool, bus, offset, found } => {
+                write!(f, "dma_pool {pool}: block {bus} written after free: byte {offset} is {found:#04x}, not poison")
+            }
             ReportKind::PoolFreeListCorrupt { pool } => write!(
                 f,
                 "dma_pool {pool}: free list damaged (a free block was written); remaining free blocks abandoned"
             ),
-            ReportKind::PoolDestroyedBusy { pool, live } => write!(
-                f,
-                "dma_pool {pool}: destroyed with {live} blocks still in use; their pages are quarantined"
-            ),
+            ReportKind::PoolDestroyedBusy { pool, live } => {
+                write!(f, "dma_pool {pool}: destroyed with {live} blocks still in use; their pages are quarantined")
+            }
         }
     }
 }
@@ -235,10 +212,7 @@ struct ErrorLog {
     recent: VecDeque<(u64, DebugReport)>,
 }
 
-static ERRORS: spin::Mutex<ErrorLog> = spin::Mutex::new(ErrorLog {
-    total: 0,
-    recent: VecDeque::new(),
-});
+static ERRORS: spin::Mutex<ErrorLog> = spin::Mutex::new(ErrorLog { total: 0, recent: VecDeque::new() });
 
 /// Logs and records a report in the global log.
 pub(crate) fn record(report: &DebugReport) {
@@ -266,12 +240,7 @@ pub fn recent_reports() -> Vec<DebugReport> {
 pub fn render_errors() -> String {
     let log = ERRORS.lock();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "dma errors: {} reported, last {} shown",
-        log.total,
-        log.recent.len()
-    );
+    let _ = writeln!(out, "dma errors: {} reported, last {} shown", log.total, log.recent.len());
     for (seq, r) in &log.recent {
         let _ = writeln!(out, "#{seq} {r}");
     }
@@ -387,20 +356,7 @@ impl Tracker {
             self.raw_by_bus.insert((bus.0, id));
         }
         self.recent_unmaps.retain(|&(b, _)| b != bus.0);
-        self.live.insert(
-            id,
-            (
-                LiveMapping {
-                    id,
-                    kind,
-                    bus,
-                    len,
-                    dir,
-                    bounced,
-                },
-                raw,
-            ),
-        );
+        self.live.insert(id, (LiveMapping { id, kind, bus, len, dir, bounced }, raw));
         id
     }
 
@@ -418,18 +374,11 @@ impl Tracker {
 
     /// Raw mappings starting at `bus`.
     fn raw_at(&self, bus: BusAddr) -> impl Iterator<Item = &(LiveMapping, Option<Mapped>)> {
-        self.raw_by_bus
-            .range((bus.0, 0)..=(bus.0, u64::MAX))
-            .filter_map(|(_, id)| self.live.get(id))
+        self.raw_by_bus.range((bus.0, 0)..=(bus.0, u64::MAX)).filter_map(|(_, id)| self.live.get(id))
     }
 
     /// Finds the raw mapping an unmap refers to, or says what is wrong with the request.
-    pub(crate) fn check_unmap(
-        &self,
-        bus: BusAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<(u64, Mapped), ReportKind> {
+    pub(crate) fn check_unmap(&self, bus: BusAddr, len: usize, dir: DmaDirection) -> Result<(u64, Mapped), ReportKind> {
         let mut first_mismatch = None;
         for (m, raw) in self.raw_at(bus) {
             if let (true, Some(raw)) = (m.len == len && m.dir == dir, raw) {
@@ -437,17 +386,9 @@ impl Tracker {
             }
             if first_mismatch.is_none() {
                 first_mismatch = Some(if m.len != len {
-                    ReportKind::SizeMismatch {
-                        bus,
-                        mapped_len: m.len,
-                        unmap_len: len,
-                    }
+                    ReportKind::SizeMismatch { bus, mapped_len: m.len, unmap_len: len }
                 } else {
-                    ReportKind::DirectionMismatch {
-                        bus,
-                        mapped: m.dir,
-                        given: dir,
-                    }
+                    ReportKind::DirectionMismatch { bus, mapped: m.dir, given: dir }
                 });
             }
         }
@@ -474,20 +415,10 @@ impl Tracker {
             return Err(ReportKind::UnknownAddress { bus, len });
         };
         if crate::error::check_range(offset, len, m.len).is_err() {
-            return Err(ReportKind::SyncOutOfRange {
-                bus,
-                offset,
-                len,
-                mapped_len: m.len,
-            });
+            return Err(ReportKind::SyncOutOfRange { bus, offset, len, mapped_len: m.len });
         }
         if m.dir != DmaDirection::Bidirectional && m.dir != dir {
-            return Err(ReportKind::SyncDirectionMismatch {
-                bus,
-                mapped: m.dir,
-                given: dir,
-                for_cpu,
-            });
+            return Err(ReportKind::SyncDirectionMismatch { bus, mapped: m.dir, given: dir, for_cpu });
         }
         Ok((*raw, m.dir))
     }

@@ -18,7 +18,7 @@ use crate::debug::{DebugReport, LiveAtTeardown, LiveMapping, MappingKind, Report
 use crate::direction::DmaDirection;
 use crate::error::{LimitError, MapError, MaskError};
 use crate::mapper::{BounceStats, DeviceLimits, DmaMapper, Mapped};
-use crate::phys::{contiguous_phys, mask_from_bits, BusAddr, PhysAddr, PhysMemory, PAGE_SIZE};
+use crate::phys::{BusAddr, PAGE_SIZE, PhysAddr, PhysMemory, contiguous_phys, mask_from_bits};
 
 /// Linux's default maximum segment size (64 KiB) for devices that never set one.
 pub const DEFAULT_MAX_SEGMENT_SIZE: usize = 64 * 1024;
@@ -61,11 +61,7 @@ impl DmaDevice {
     /// A handle for the device called `name` (give it the PCI address and the driver, e.g.
     /// `"00:02.0 e1000"`: it appears in every log line and report), using `memory` for
     /// translations and `mapper` for bus addresses. The mask starts at 32 bits, debugging on.
-    pub fn new(
-        name: impl Into<String>,
-        memory: Arc<dyn PhysMemory>,
-        mapper: Arc<dyn DmaMapper>,
-    ) -> DmaDevice {
+    pub fn new(name: impl Into<String>, memory: Arc<dyn PhysMemory>, mapper: Arc<dyn DmaMapper>) -> DmaDevice {
         let inner = Arc::new(DeviceInner {
             name: name.into(),
             memory,
@@ -81,11 +77,7 @@ impl DmaDevice {
         devices.retain(|w| w.strong_count() > 0);
         devices.push(Arc::downgrade(&inner));
         drop(devices);
-        log::info!(
-            "{}: DMA device registered, mapper {}",
-            inner.name,
-            inner.mapper.kind()
-        );
+        log::info!("{}: DMA device registered, mapper {}", inner.name, inner.mapper.kind());
         DmaDevice { inner }
     }
 
@@ -125,10 +117,7 @@ impl DmaDevice {
             return Err(MaskError::BelowPage { bits });
         }
         let mask = mask_from_bits(bits);
-        self.inner
-            .mapper
-            .check_mask(mask)
-            .map_err(|reason| MaskError::Unsupported { bits, reason })?;
+        self.inner.mapper.check_mask(mask).map_err(|reason| MaskError::Unsupported { bits, reason })?;
         self.inner.mask.store(mask, Ordering::Relaxed);
         log::info!("{}: DMA mask set to {} bits", self.name(), bits);
         Ok(())
@@ -203,19 +192,13 @@ impl DmaDevice {
         }
         self.inner.teardown_reported.store(true, Ordering::Relaxed);
         self.report(ReportKind::LiveAtTeardown { live: live.len() });
-        Err(LiveAtTeardown {
-            device: self.name().into(),
-            live,
-        })
+        Err(LiveAtTeardown { device: self.name().into(), live })
     }
 
     /// Records a report against this device.
     pub(crate) fn report(&self, kind: ReportKind) -> DebugReport {
         self.inner.tracker.lock().reports += 1;
-        let report = DebugReport {
-            device: self.name().into(),
-            kind,
-        };
+        let report = DebugReport { device: self.name().into(), kind };
         crate::debug::record(&report);
         report
     }
@@ -225,12 +208,7 @@ impl DmaDevice {
         if !self.debug_enabled() {
             return None;
         }
-        Some(
-            self.inner
-                .tracker
-                .lock()
-                .insert(kind, m.bus, m.len, dir, m.bounce.is_some(), None),
-        )
+        Some(self.inner.tracker.lock().insert(kind, m.bus, m.len, dir, m.bounce.is_some(), None))
     }
 
     pub(crate) fn untrack(&self, id: Option<u64>) {
@@ -258,12 +236,7 @@ impl DmaDevice {
     /// `ptr..ptr+len` must stay valid, and must not be accessed by the CPU except between
     /// `sync_single_raw_for_cpu` and `sync_single_raw_for_device`, until
     /// [`DmaDevice::unmap_single_raw`] succeeds for the returned address.
-    pub unsafe fn map_single_raw(
-        &self,
-        ptr: *const u8,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<BusAddr, MapError> {
+    pub unsafe fn map_single_raw(&self, ptr: *const u8, len: usize, dir: DmaDirection) -> Result<BusAddr, MapError> {
         if len == 0 {
             return Err(MapError::ZeroLength);
         }
@@ -276,33 +249,16 @@ impl DmaDevice {
     ///
     /// # Safety
     /// As for [`DmaDevice::map_single_raw`], for the physical range.
-    pub unsafe fn map_phys_raw(
-        &self,
-        phys: PhysAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<BusAddr, MapError> {
+    pub unsafe fn map_phys_raw(&self, phys: PhysAddr, len: usize, dir: DmaDirection) -> Result<BusAddr, MapError> {
         let m = self.inner.mapper.map(&self.limits(), phys, len, dir)?;
-        self.inner.tracker.lock().insert(
-            MappingKind::Raw,
-            m.bus,
-            len,
-            dir,
-            m.bounce.is_some(),
-            Some(m),
-        );
+        self.inner.tracker.lock().insert(MappingKind::Raw, m.bus, len, dir, m.bounce.is_some(), Some(m));
         Ok(m.bus)
     }
 
     /// Unmaps a raw mapping (Linux's `dma_unmap_single`). An address that is not mapped, a size
     /// or direction that differs from the map, or a second unmap is reported and refused:
     /// nothing is freed and the tracker is unchanged.
-    pub fn unmap_single_raw(
-        &self,
-        bus: BusAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<(), DebugReport> {
+    pub fn unmap_single_raw(&self, bus: BusAddr, len: usize, dir: DmaDirection) -> Result<(), DebugReport> {
         let mut tracker = self.inner.tracker.lock();
         match tracker.check_unmap(bus, len, dir) {
             Ok((id, m)) => {
@@ -322,22 +278,12 @@ impl DmaDevice {
     }
 
     /// Gives a raw mapping to the CPU (Linux's `dma_sync_single_for_cpu`).
-    pub fn sync_single_raw_for_cpu(
-        &self,
-        bus: BusAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<(), DebugReport> {
+    pub fn sync_single_raw_for_cpu(&self, bus: BusAddr, len: usize, dir: DmaDirection) -> Result<(), DebugReport> {
         self.sync_raw(bus, 0, len, dir, true)
     }
 
     /// Gives a raw mapping back to the device (Linux's `dma_sync_single_for_device`).
-    pub fn sync_single_raw_for_device(
-        &self,
-        bus: BusAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<(), DebugReport> {
+    pub fn sync_single_raw_for_device(&self, bus: BusAddr, len: usize, dir: DmaDirection) -> Result<(), DebugReport> {
         self.sync_raw(bus, 0, len, dir, false)
     }
 
@@ -371,11 +317,7 @@ impl DmaDevice {
         dir: DmaDirection,
         for_cpu: bool,
     ) -> Result<(), DebugReport> {
-        let checked = self
-            .inner
-            .tracker
-            .lock()
-            .check_sync(bus, offset, len, dir, for_cpu);
+        let checked = self.inner.tracker.lock().check_sync(bus, offset, len, dir, for_cpu);
         match checked {
             Ok((m, map_dir)) => {
                 // The mapping's own direction decides what moves (a Bidirectional mapping
@@ -400,10 +342,8 @@ impl Drop for DeviceInner {
     fn drop(&mut self) {
         let live = self.tracker.get_mut().live();
         if !live.is_empty() && !self.teardown_reported.load(Ordering::Relaxed) {
-            let report = DebugReport {
-                device: self.name.clone(),
-                kind: ReportKind::LiveAtTeardown { live: live.len() },
-            };
+            let report =
+                DebugReport { device: self.name.clone(), kind: ReportKind::LiveAtTeardown { live: live.len() } };
             crate::debug::record(&report);
         }
     }
@@ -412,12 +352,8 @@ impl Drop for DeviceInner {
 /// Renders the `dma:mappings` view: each live device with its mapper and mask, then its live
 /// mappings (kind, bus address, length, direction).
 pub fn render_mappings() -> String {
-    let devices: Vec<DmaDevice> = DEVICES
-        .lock()
-        .iter()
-        .filter_map(|w| w.upgrade())
-        .map(|inner| DmaDevice { inner })
-        .collect();
+    let devices: Vec<DmaDevice> =
+        DEVICES.lock().iter().filter_map(|w| w.upgrade()).map(|inner| DmaDevice { inner }).collect();
     let mut out = String::new();
     for dev in &devices {
         let live = dev.live_mappings();

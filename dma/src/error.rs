@@ -95,21 +95,16 @@ impl fmt::Display for MapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             MapError::ZeroLength => f.write_str("cannot map zero bytes for DMA"),
-            MapError::NotDmaMemory => f.write_str(
-                "buffer is not in memory with a known physical address; use a heap buffer or a PageBuffer",
-            ),
+            MapError::NotDmaMemory => {
+                f.write_str("buffer is not in memory with a known physical address; use a heap buffer or a PageBuffer")
+            }
             MapError::NotContiguous { offset } => write!(
                 f,
                 "buffer is not physically contiguous (break at offset {offset}); use a PageBuffer or a scatter list"
             ),
-            MapError::RangeOutOfBounds {
-                offset,
-                len,
-                buffer_len,
-            } => write!(
-                f,
-                "range {offset}+{len} is outside the {buffer_len}-byte buffer"
-            ),
+            MapError::RangeOutOfBounds { offset, len, buffer_len } => {
+                write!(f, "range {offset}+{len} is outside the {buffer_len}-byte buffer")
+            }
             MapError::BeyondMask { phys, len, mask } => write!(
                 f,
                 "buffer at {phys} (+{len}) is beyond the device's DMA mask {mask:#x} and no bounce area is available; allocate it below the mask or give the mapper a bounce area"
@@ -135,9 +130,7 @@ pub struct MapFailed<B> {
 
 impl<B> fmt::Debug for MapFailed<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MapFailed")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
+        f.debug_struct("MapFailed").field("error", &self.error).finish_non_exhaustive()
     }
 }
 
@@ -181,14 +174,12 @@ impl fmt::Display for MaskError {
             MaskError::OutOfRange { bits } => {
                 write!(f, "a {bits}-bit DMA mask is impossible; use 12..=64 bits")
             }
-            MaskError::BelowPage { bits } => write!(
-                f,
-                "a {bits}-bit DMA mask cannot address a single 4 KiB page; use at least 12 bits"
-            ),
-            MaskError::Unsupported { bits, reason } => write!(
-                f,
-                "a {bits}-bit DMA mask cannot be satisfied on this platform: {reason}"
-            ),
+            MaskError::BelowPage { bits } => {
+                write!(f, "a {bits}-bit DMA mask cannot address a single 4 KiB page; use at least 12 bits")
+            }
+            MaskError::Unsupported { bits, reason } => {
+                write!(f, "a {bits}-bit DMA mask cannot be satisfied on this platform: {reason}")
+            }
         }
     }
 }
@@ -217,10 +208,9 @@ impl fmt::Display for LimitError {
             LimitError::BoundaryNotPowerOfTwo { boundary } => {
                 write!(f, "segment boundary {boundary:#x} is not a power of two")
             }
-            LimitError::BoundaryBelowPage { boundary } => write!(
-                f,
-                "segment boundary {boundary:#x} is below one page (4 KiB)"
-            ),
+            LimitError::BoundaryBelowPage { boundary } => {
+                write!(f, "segment boundary {boundary:#x} is below one page (4 KiB)")
+            }
         }
     }
 }
@@ -238,11 +228,7 @@ pub struct OutOfBounds {
 
 impl fmt::Display for OutOfBounds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "range {}+{} is outside an object of size {}",
-            self.offset, self.len, self.size
-        )
+        write!(f, "range {}+{} is outside an object of size {}", self.offset, self.len, self.size)
     }
 }
 

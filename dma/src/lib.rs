@@ -110,11 +110,9 @@ pub use buffer::{DmaBuf, PageBuffer};
 pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentView};
 pub use debug::{DebugReport, ReportKind};
 pub use device::DmaDevice;
-pub use direction::{
-    Bidirectional, CpuReadable, CpuWritable, Direction, DmaDirection, FromDevice, ToDevice,
-};
+pub use direction::{Bidirectional, CpuReadable, CpuWritable, Direction, DmaDirection, FromDevice, ToDevice};
 pub use error::{AllocError, LimitError, MapError, MapFailed, MaskError, OutOfBounds};
-pub use phys::{BusAddr, FrameRequest, PhysAddr, PhysMemory, PAGE_SIZE};
+pub use phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 pub use pool::{DmaPool, PoolBlock, PoolBusy, PoolError, PoolStats};
 pub use sg::{BusSegment, SgMapping};
 pub use streaming::{CpuAccess, Mapping};

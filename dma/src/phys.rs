@@ -117,21 +117,13 @@ impl fmt::Display for BusAddr {
 /// The mask with the low `bits` bits set: the highest address a device with a `bits`-bit DMA
 /// engine can put on the bus. `bits` above 64 saturate at `u64::MAX`; 0 gives 0.
 pub const fn mask_from_bits(bits: u32) -> u64 {
-    if bits >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    }
+    if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
 }
 
 /// Number of frames needed to hold `bytes` (at least one, so a zero-sized object still has an
 /// address of its own).
 pub const fn frames_for(bytes: usize) -> usize {
-    if bytes == 0 {
-        1
-    } else {
-        bytes.div_ceil(PAGE_SIZE)
-    }
+    if bytes == 0 { 1 } else { bytes.div_ceil(PAGE_SIZE) }
 }
 
 /// Translates a CPU virtual range to one physical range, checking page by page that the range is
@@ -140,11 +132,7 @@ pub const fn frames_for(bytes: usize) -> usize {
 ///
 /// Returns `None` if some page is not memory `mem` knows, or `Some(Err(offset))` with the offset
 /// of the first byte where physical contiguity breaks.
-pub fn contiguous_phys(
-    mem: &dyn PhysMemory,
-    va: *const u8,
-    len: usize,
-) -> Option<Result<PhysAddr, usize>> {
+pub fn contiguous_phys(mem: &dyn PhysMemory, va: *const u8, len: usize) -> Option<Result<PhysAddr, usize>> {
     let start = mem.virt_to_phys(va)?;
     let va_u = va as usize;
     let mut next_page = (va_u / PAGE_SIZE + 1) * PAGE_SIZE;
@@ -195,10 +183,7 @@ mod tests {
     fn contiguity_is_checked_page_by_page() {
         let mem = Scrambled { va: 0x4000_0000 };
         let va = 0x4000_0000usize as *const u8;
-        assert_eq!(
-            contiguous_phys(&mem, va, PAGE_SIZE),
-            Some(Ok(PhysAddr(0x20_0000)))
-        );
+        assert_eq!(contiguous_phys(&mem, va, PAGE_SIZE), Some(Ok(PhysAddr(0x20_0000))));
         assert_eq!(contiguous_phys(&mem, va.wrapping_add(100), 2 * PAGE_SIZE - 200), Some(Err(PAGE_SIZE - 100)));
         assert_eq!(contiguous_phys(&mem, va.wrapping_add(3 * PAGE_SIZE), 8), None);
     }

@@ -19,8 +19,8 @@
 //!
 //! # Data structure and invariants
 //! - `PoolState::units[i]` describes unit `i` (region, CPU address); its index never changes.
-//!   Hot per-block state lives in flat arrays: `unit_in_use[i]`, and the `allocated` and `raw`
-//!   bitmaps (`raw`: blocks handed out through [`DmaPool::alloc_raw`]).
+//!   Per-block state lives in two flat bitmaps, `allocated` and `raw` (blocks handed out
+//!   through [`DmaPool::alloc_raw`]).
 //! - The free list is intrusive, as in `dmapool.c`: the first 8 bytes of every free block hold
 //!   the (unit index, block index) of the next free block, `NIL` ending the list. `alloc` pops,
 //!   `free` pushes: O(1) however many blocks are live. A [`PoolBlock`] carries its unit and block
@@ -32,7 +32,7 @@
 //! - A block is on the free list exactly when its `allocated` bit is clear. Links read from
 //!   memory are checked against that before use: a device writing into a free block can damage
 //!   the list, and that is reported (`PoolFreeListCorrupt`), never followed.
-//! - `in_use == Σ unit_in_use[i]`, `free_blocks + in_use == units × blocks_per_unit` (until a
+//! - `in_use ==` the number of set `allocated` bits, `free_blocks + in_use == units × blocks_per_unit` (until a
 //!   corrupt free list is abandoned).
 //!
 //! # Debugging
@@ -50,14 +50,14 @@ use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
-use core::mem::{size_of, MaybeUninit};
+use core::mem::{MaybeUninit, size_of};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::coherent::DmaSafe;
 use crate::debug::{DebugReport, ReportKind};
 use crate::device::DmaDevice;
-use crate::error::{check_range, AllocError, OutOfBounds};
+use crate::error::{AllocError, OutOfBounds, check_range};
 use crate::mapper::CoherentRegion;
 use crate::phys::{BusAddr, PAGE_SIZE};
 
@@ -106,14 +106,12 @@ impl fmt::Display for PoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             PoolError::ZeroSize => f.write_str("DMA pool block size must be at least 1 byte"),
-            PoolError::AlignNotPowerOfTwo { align } => write!(
-                f,
-                "DMA pool alignment {align} is not a power of two (use 1, 2, 4, 8, ...)"
-            ),
-            PoolError::BoundaryNotPowerOfTwo { boundary } => write!(
-                f,
-                "DMA pool boundary {boundary:#x} is not a power of two (use 0 for none)"
-            ),
+            PoolError::AlignNotPowerOfTwo { align } => {
+                write!(f, "DMA pool alignment {align} is not a power of two (use 1, 2, 4, 8, ...)")
+            }
+            PoolError::BoundaryNotPowerOfTwo { boundary } => {
+                write!(f, "DMA pool boundary {boundary:#x} is not a power of two (use 0 for none)")
+            }
             PoolError::BoundaryTooSmall { boundary, size } => write!(
                 f,
                 "DMA pool boundary {boundary:#x} is smaller than the {size}-byte block; a block could never fit between two boundaries"
@@ -184,10 +182,9 @@ struct Unit {
 
 struct PoolState {
     units: Vec<Unit>,
-    /// Allocated blocks per unit (hot: touched by every free; kept in a flat array so a free
-    /// costs no pointer chase even with 100,000 units).
-    unit_in_use: Vec<u32>,
-    /// One bit per block, `words_per_unit` words per unit: set while allocated.
+    /// One bit per block, `words_per_unit` words per unit: set while allocated. Flat, so a free
+    /// touches one word and no other per-unit data even with 100,000 units; per-unit counts are
+    /// computed from it when needed (destroy).
     allocated: Vec<u64>,
     /// One bit per block: set while handed out through the raw API.
     raw: Vec<u64>,
@@ -229,8 +226,7 @@ const fn decode(link: u64) -> (u32, u32) {
 
 impl PoolInner {
     fn offset_of(&self, block: u32) -> usize {
-        (block / self.per_window) as usize * self.boundary
-            + (block % self.per_window) as usize * self.block
+        (block / self.per_window) as usize * self.boundary + (block % self.per_window) as usize * self.block
     }
 
     fn block_at(&self, offset: usize) -> Option<u32> {
@@ -249,10 +245,7 @@ impl PoolInner {
 
     /// Word index and bit mask of block `b` of unit `p` in the flat bitmaps.
     fn bit_of(&self, p: u32, b: u32) -> (usize, u64) {
-        (
-            p as usize * self.words_per_unit + (b / 64) as usize,
-            1 << (b % 64),
-        )
+        (p as usize * self.words_per_unit + (b / 64) as usize, 1 << (b % 64))
     }
 
     fn grow(&self, st: &mut PoolState) -> Result<(), AllocError> {
@@ -272,54 +265,32 @@ impl PoolInner {
             unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.unit) };
         }
         let p = st.units.len() as u32;
-        st.units.push(Unit {
-            region,
-            cpu,
-            released: false,
-            quarantined: false,
-        });
-        st.unit_in_use.push(0);
-        st.allocated
-            .resize(st.allocated.len() + self.words_per_unit, 0);
+        st.units.push(Unit { region, cpu, released: false, quarantined: false });
+        st.allocated.resize(st.allocated.len() + self.words_per_unit, 0);
         st.raw.resize(st.raw.len() + self.words_per_unit, 0);
         st.by_bus.insert(region.bus.0, p);
         for b in (0..self.blocks_per_unit).rev() {
             // SAFETY: block `b` lies inside the new unit and is free; the link may be
             // unaligned when blocks are smaller than 8-aligned.
-            unsafe {
-                cpu.add(self.offset_of(b))
-                    .cast::<u64>()
-                    .write_unaligned(st.free_head)
-            };
+            unsafe { cpu.add(self.offset_of(b)).cast::<u64>().write_unaligned(st.free_head) };
             st.free_head = encode(p, b);
         }
         st.free_blocks += self.blocks_per_unit as usize;
-        log::debug!(
-            "{}: dma_pool {} grew to {} units",
-            self.dev.name(),
-            self.name,
-            st.units.len()
-        );
+        log::debug!("{}: dma_pool {} grew to {} units", self.dev.name(), self.name, st.units.len());
         Ok(())
     }
 
-    /// Pops a block: (unit, block, cpu, bus), plus a report to record after unlocking.
-    #[allow(clippy::type_complexity)]
-    fn pop(
-        &self,
-        raw: bool,
-    ) -> Result<((u32, u32, *mut u8, BusAddr), Option<ReportKind>), AllocError> {
+    /// Pops a block: (unit, block, cpu, bus, whether a damaged free list was abandoned).
+    fn pop(&self, raw: bool) -> Result<(u32, u32, *mut u8, BusAddr, bool), AllocError> {
         let mut st = self.state.lock();
-        let mut report = None;
+        let mut corrupt = false;
         loop {
             if st.free_head == NIL {
                 self.grow(&mut st)?;
             }
             let (p, b) = decode(st.free_head);
-            let valid = (p as usize) < st.units.len()
-                && b < self.blocks_per_unit
-                && !st.units[p as usize].released
-                && {
+            let valid =
+                (p as usize) < st.units.len() && b < self.blocks_per_unit && !st.units[p as usize].released && {
                     let (w, m) = self.bit_of(p, b);
                     st.allocated[w] & m == 0
                 };
@@ -328,9 +299,7 @@ impl PoolInner {
                 // the list (those blocks leak) rather than follow it.
                 st.free_head = NIL;
                 st.free_blocks = 0;
-                report = Some(ReportKind::PoolFreeListCorrupt {
-                    pool: self.name.clone(),
-                });
+                corrupt = true;
                 continue;
             }
             let off = self.offset_of(b);
@@ -346,36 +315,30 @@ impl PoolInner {
             if raw {
                 st.raw[w] |= m;
             }
-            st.unit_in_use[p as usize] += 1;
             st.free_head = next;
             st.free_blocks -= 1;
             st.in_use += 1;
-            return Ok(((p, b, cpu, bus), report));
+            return Ok((p, b, cpu, bus, corrupt));
         }
     }
 
     fn alloc(&self, raw: bool, zero: bool) -> Result<(u32, u32, NonNull<u8>, BusAddr), AllocError> {
-        let ((p, b, cpu, bus), mut report) = match self.pop(raw) {
+        let (p, b, cpu, bus, corrupt) = match self.pop(raw) {
             Ok(v) => v,
             Err(e) => {
-                log::warn!(
-                    "{}: dma_pool {} cannot grow: {}",
-                    self.dev.name(),
-                    self.name,
-                    e
-                );
+                log::warn!("{}: dma_pool {} cannot grow: {}", self.dev.name(), self.name, e);
                 return Err(e);
             }
         };
+        if corrupt {
+            self.dev.report(ReportKind::PoolFreeListCorrupt { pool: self.name.clone() });
+        }
         if self.poison {
             // SAFETY: the block is `block` bytes of our memory, now allocated to the caller.
             let bytes = unsafe { core::slice::from_raw_parts(cpu, self.block) };
-            if let Some(i) = bytes[LINK_BYTES..]
-                .iter()
-                .position(|&x| x != POOL_POISON_FREED)
-            {
+            if let Some(i) = bytes[LINK_BYTES..].iter().position(|&x| x != POOL_POISON_FREED) {
                 self.poison_failures.fetch_add(1, Ordering::Relaxed);
-                report = Some(ReportKind::PoolWriteAfterFree {
+                self.dev.report(ReportKind::PoolWriteAfterFree {
                     pool: self.name.clone(),
                     bus,
                     offset: LINK_BYTES + i,
@@ -394,9 +357,6 @@ impl PoolInner {
             // SAFETY: as above.
             unsafe { core::ptr::write_bytes(cpu, byte, self.block) };
         }
-        if let Some(kind) = report {
-            self.dev.report(kind);
-        }
         // SAFETY: `cpu` is inside a unit, whose pointer is non-null (checked in `grow`).
         Ok((p, b, unsafe { NonNull::new_unchecked(cpu) }, bus))
     }
@@ -406,7 +366,6 @@ impl PoolInner {
         let (w, m) = self.bit_of(p, b);
         st.allocated[w] &= !m;
         st.raw[w] &= !m;
-        st.unit_in_use[p as usize] -= 1;
         if self.poison {
             // SAFETY: `cpu` is this block, `block` bytes of a live unit.
             unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.block) };
@@ -444,11 +403,7 @@ impl PoolInner {
     }
 
     fn free_raw(&self, cpu: *mut u8, bus: BusAddr) -> Result<(), ReportKind> {
-        let bad = |reason| ReportKind::PoolBadFree {
-            pool: self.name.clone(),
-            bus,
-            reason,
-        };
+        let bad = |reason| ReportKind::PoolBadFree { pool: self.name.clone(), bus, reason };
         let mut st = self.state.lock();
         let Some((&base, &p)) = st.by_bus.range(..=bus.0).next_back() else {
             return Err(bad("address is not in this pool"));
@@ -466,10 +421,7 @@ impl PoolInner {
         }
         let (w, m) = self.bit_of(p, b);
         if st.allocated[w] & m == 0 {
-            return Err(ReportKind::PoolDoubleFree {
-                pool: self.name.clone(),
-                bus,
-            });
+            return Err(ReportKind::PoolDoubleFree { pool: self.name.clone(), bus });
         }
         if st.raw[w] & m == 0 {
             return Err(bad("block belongs to a PoolBlock handle, which frees itself on drop"));
@@ -503,7 +455,8 @@ impl PoolInner {
         let mapper = self.dev.mapper().clone();
         let st = &mut *st;
         for (p, unit) in st.units.iter_mut().enumerate() {
-            if st.unit_in_use[p] == 0 {
+            let words = &st.allocated[p * self.words_per_unit..(p + 1) * self.words_per_unit];
+            if words.iter().all(|&w| w == 0) {
                 if !unit.released {
                     // SAFETY: the unit came from this mapper; no block in it is allocated, and
                     // the pool is destroyed so none will be.
@@ -526,22 +479,13 @@ impl PoolInner {
             st.orphaned = true;
             core::mem::forget(Arc::clone(self));
         }
-        POOLS
-            .lock()
-            .retain(|w| w.strong_count() > 0 && !core::ptr::eq(w.as_ptr(), Arc::as_ptr(self)));
+        POOLS.lock().retain(|w| w.strong_count() > 0 && !core::ptr::eq(w.as_ptr(), Arc::as_ptr(self)));
         if live.is_empty() {
             log::debug!("{}: dma_pool {} destroyed", self.dev.name(), self.name);
             return Ok(());
         }
-        self.dev.report(ReportKind::PoolDestroyedBusy {
-            pool: self.name.clone(),
-            live: live.len(),
-        });
-        Err(PoolBusy {
-            pool: self.name.clone(),
-            device: self.dev.name().into(),
-            live,
-        })
+        self.dev.report(ReportKind::PoolDestroyedBusy { pool: self.name.clone(), live: live.len() });
+        Err(PoolBusy { pool: self.name.clone(), device: self.dev.name().into(), live })
     }
 }
 
@@ -565,10 +509,7 @@ pub struct DmaPool {
 
 impl fmt::Debug for DmaPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DmaPool")
-            .field("name", &self.inner.name)
-            .field("block", &self.inner.block)
-            .finish()
+        f.debug_struct("DmaPool").field("name", &self.inner.name).field("block", &self.inner.block).finish()
     }
 }
 
@@ -611,19 +552,13 @@ impl DmaPool {
         if !align.is_power_of_two() {
             return Err(PoolError::AlignNotPowerOfTwo { align });
         }
-        let too_large = PoolError::BlockTooLarge {
-            size,
-            max: MAX_POOL_BLOCK,
-        };
+        let too_large = PoolError::BlockTooLarge { size, max: MAX_POOL_BLOCK };
         if size > MAX_POOL_BLOCK || align > MAX_POOL_BLOCK {
             return Err(too_large);
         }
         let block = size.max(LINK_BYTES).next_multiple_of(align);
         if block > MAX_POOL_BLOCK {
-            return Err(PoolError::BlockTooLarge {
-                size: block,
-                max: MAX_POOL_BLOCK,
-            });
+            return Err(PoolError::BlockTooLarge { size: block, max: MAX_POOL_BLOCK });
         }
         let unit = PAGE_SIZE.max(block.next_power_of_two());
         let boundary = if boundary == 0 {
@@ -631,10 +566,7 @@ impl DmaPool {
         } else if !boundary.is_power_of_two() {
             return Err(PoolError::BoundaryNotPowerOfTwo { boundary });
         } else if boundary < block {
-            return Err(PoolError::BoundaryTooSmall {
-                boundary,
-                size: block,
-            });
+            return Err(PoolError::BoundaryTooSmall { boundary, size: block });
         } else {
             boundary.min(unit)
         };
@@ -653,7 +585,6 @@ impl DmaPool {
             words_per_unit: (blocks_per_unit as usize).div_ceil(64),
             state: spin::Mutex::new(PoolState {
                 units: Vec::new(),
-                unit_in_use: Vec::new(),
                 allocated: Vec::new(),
                 raw: Vec::new(),
                 free_head: NIL,
@@ -703,25 +634,13 @@ impl DmaPool {
     /// allocation when the pool is empty.
     pub fn alloc(&self) -> Result<PoolBlock, AllocError> {
         let (page, block, cpu, bus) = self.inner.alloc(false, false)?;
-        Ok(PoolBlock {
-            pool: NonNull::from(&*self.inner),
-            page,
-            block,
-            cpu,
-            bus,
-        })
+        Ok(PoolBlock { pool: NonNull::from(&*self.inner), page, block, cpu, bus })
     }
 
     /// A zeroed block (Linux's `dma_pool_zalloc`).
     pub fn zalloc(&self) -> Result<PoolBlock, AllocError> {
         let (page, block, cpu, bus) = self.inner.alloc(false, true)?;
-        Ok(PoolBlock {
-            pool: NonNull::from(&*self.inner),
-            page,
-            block,
-            cpu,
-            bus,
-        })
+        Ok(PoolBlock { pool: NonNull::from(&*self.inner), page, block, cpu, bus })
     }
 
     /// A block as bare CPU and bus addresses, to be given back with [`DmaPool::free_raw`]
@@ -736,9 +655,7 @@ impl DmaPool {
     /// mismatched CPU/bus pair, a block owned by a handle) is reported and refused; the pool is
     /// unchanged.
     pub fn free_raw(&self, cpu: *mut u8, bus: BusAddr) -> Result<(), DebugReport> {
-        self.inner
-            .free_raw(cpu, bus)
-            .map_err(|kind| self.inner.dev.report(kind))
+        self.inner.free_raw(cpu, bus).map_err(|kind| self.inner.dev.report(kind))
     }
 
     /// Destroys the pool (Linux's `dma_pool_destroy`). With blocks still allocated, their
@@ -774,10 +691,7 @@ unsafe impl Sync for PoolBlock {}
 
 impl fmt::Debug for PoolBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolBlock")
-            .field("pool", &self.pool().name)
-            .field("bus", &self.bus)
-            .finish()
+        f.debug_struct("PoolBlock").field("pool", &self.pool().name).field("bus", &self.bus).finish()
     }
 }
 
@@ -873,24 +787,14 @@ impl PoolBlock {
 impl Drop for PoolBlock {
     fn drop(&mut self) {
         // SAFETY: the block is allocated to this handle, which is going away.
-        unsafe {
-            PoolInner::free_handle(
-                self.pool.as_ptr(),
-                self.page,
-                self.block,
-                self.cpu.as_ptr(),
-            )
-        };
+        unsafe { PoolInner::free_handle(self.pool.as_ptr(), self.page, self.block, self.cpu.as_ptr()) };
     }
 }
 
 /// Statistics of every live pool.
 pub fn all_pool_stats() -> Vec<(String, PoolStats)> {
     let pools: Vec<Arc<PoolInner>> = POOLS.lock().iter().filter_map(|w| w.upgrade()).collect();
-    pools
-        .iter()
-        .map(|p| (String::from(p.dev.name()), p.stats()))
-        .collect()
+    pools.iter().map(|p| (String::from(p.dev.name()), p.stats())).collect()
 }
 
 /// Renders the `dma:pools` view in the columns of Linux's `pools` file (name, blocks in use,

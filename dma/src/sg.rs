@@ -58,10 +58,7 @@ pub fn build_segments(pieces: &[(BusAddr, usize)], limits: &DeviceLimits) -> Vec
                 }
             }
             chunk = chunk.max(1);
-            out.push(BusSegment {
-                bus: BusAddr(addr),
-                len: chunk as usize,
-            });
+            out.push(BusSegment { bus: BusAddr(addr), len: chunk as usize });
             addr += chunk;
             left -= chunk;
         }
@@ -86,16 +83,9 @@ pub struct SgMapping<B: DmaBuf, D: Direction> {
 impl DmaDevice {
     /// Maps every buffer of `bufs` (in order) as one transfer. On failure everything mapped so
     /// far is unmapped and all buffers come back in the error.
-    pub fn map_sg<B: DmaBuf, D: Direction>(
-        &self,
-        bufs: Vec<B>,
-        _dir: D,
-    ) -> Result<SgMapping<B, D>, MapFailed<Vec<B>>> {
+    pub fn map_sg<B: DmaBuf, D: Direction>(&self, bufs: Vec<B>, _dir: D) -> Result<SgMapping<B, D>, MapFailed<Vec<B>>> {
         if bufs.is_empty() {
-            return Err(MapFailed {
-                error: MapError::ZeroLength,
-                buffer: bufs,
-            });
+            return Err(MapFailed { error: MapError::ZeroLength, buffer: bufs });
         }
         let mut mapped: Vec<Mapped> = Vec::with_capacity(bufs.len());
         for buf in &bufs {
@@ -108,10 +98,7 @@ impl DmaDevice {
                         unsafe { self.mapper().unmap(m, D::DIRECTION) };
                     }
                     log::warn!("{}: DMA map_sg failed: {}", self.name(), error);
-                    return Err(MapFailed {
-                        error,
-                        buffer: bufs,
-                    });
+                    return Err(MapFailed { error, buffer: bufs });
                 }
             }
         }
@@ -119,9 +106,7 @@ impl DmaDevice {
         let segments = build_segments(&pieces, &self.limits());
         let total: usize = pieces.iter().map(|p| p.1).sum();
         let track = self.track(
-            MappingKind::ScatterGather {
-                segments: segments.len(),
-            },
+            MappingKind::ScatterGather { segments: segments.len() },
             &Mapped {
                 bus: segments[0].bus,
                 phys: mapped[0].phys,
@@ -130,18 +115,8 @@ impl DmaDevice {
             },
             D::DIRECTION,
         );
-        let entries = bufs
-            .into_iter()
-            .zip(mapped)
-            .map(|(buf, mapped)| SgEntry { buf, mapped })
-            .collect();
-        Ok(SgMapping {
-            dev: self.clone(),
-            entries,
-            segments,
-            track,
-            _dir: PhantomData,
-        })
+        let entries = bufs.into_iter().zip(mapped).map(|(buf, mapped)| SgEntry { buf, mapped }).collect();
+        Ok(SgMapping { dev: self.clone(), entries, segments, track, _dir: PhantomData })
     }
 }
 
@@ -166,27 +141,16 @@ impl<B: DmaBuf, D: Direction> SgMapping<B, D> {
         for e in &self.entries {
             // SAFETY: each entry is a live mapping of this mapper with this direction; the
             // range is the whole mapping.
-            unsafe {
-                self.dev
-                    .mapper()
-                    .sync_for_cpu(&e.mapped, 0, e.mapped.len, D::DIRECTION)
-            };
+            unsafe { self.dev.mapper().sync_for_cpu(&e.mapped, 0, e.mapped.len, D::DIRECTION) };
         }
-        SgCpuAccess {
-            entries: &mut self.entries,
-            _dir: PhantomData,
-        }
+        SgCpuAccess { entries: &mut self.entries, _dir: PhantomData }
     }
 
     /// Gives every buffer back to the device.
     pub fn sync_for_device(&mut self) {
         for e in &self.entries {
             // SAFETY: as in `sync_for_cpu`.
-            unsafe {
-                self.dev
-                    .mapper()
-                    .sync_for_device(&e.mapped, 0, e.mapped.len, D::DIRECTION)
-            };
+            unsafe { self.dev.mapper().sync_for_device(&e.mapped, 0, e.mapped.len, D::DIRECTION) };
         }
     }
 
@@ -203,13 +167,8 @@ impl<B: DmaBuf, D: Direction> SgMapping<B, D> {
         let mut this = ManuallyDrop::new(self);
         this.release();
         // SAFETY: `this` is never dropped or used again; owning fields are moved out once.
-        let (entries, _dev, _segments) = unsafe {
-            (
-                core::ptr::read(&this.entries),
-                core::ptr::read(&this.dev),
-                core::ptr::read(&this.segments),
-            )
-        };
+        let (entries, _dev, _segments) =
+            unsafe { (core::ptr::read(&this.entries), core::ptr::read(&this.dev), core::ptr::read(&this.segments)) };
         entries.into_iter().map(|e| e.buf).collect()
     }
 }

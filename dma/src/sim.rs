@@ -14,14 +14,14 @@
 //! This module is compiled in every build (it needs only `alloc`), so integration tests, doc
 //! tests and benchmarks can use it; the kernel simply never calls it.
 
-use alloc::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use alloc::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::device::DmaDevice;
-use crate::phys::{BusAddr, FrameRequest, PhysAddr, PhysMemory, PAGE_SIZE};
+use crate::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 use crate::sg::BusSegment;
 
 /// One range of simulated RAM.
@@ -96,11 +96,7 @@ impl SimMemory {
                 frames,
                 ptr,
                 layout,
-                map: spin::Mutex::new(FrameMap {
-                    used: vec![0; frames.div_ceil(64)],
-                    in_use: 0,
-                    hint: frames,
-                }),
+                map: spin::Mutex::new(FrameMap { used: vec![0; frames.div_ceil(64)], in_use: 0, hint: frames }),
             });
         }
         out.sort_by_key(|r| core::cmp::Reverse(r.base));
@@ -113,16 +109,7 @@ impl SimMemory {
     /// `low` bytes at 1 MiB and `high` bytes at 4 GiB: the usual shape of a PC with more than
     /// 4 GiB of RAM, small.
     pub fn low_and_high(low: usize, high: usize) -> Arc<SimMemory> {
-        SimMemory::new(&[
-            SimRegion {
-                base: 0x10_0000,
-                size: low,
-            },
-            SimRegion {
-                base: 0x1_0000_0000,
-                size: high,
-            },
-        ])
+        SimMemory::new(&[SimRegion { base: 0x10_0000, size: low }, SimRegion { base: 0x1_0000_0000, size: high }])
     }
 
     /// Frames currently allocated, all regions.
@@ -183,9 +170,7 @@ impl SimMemory {
         }
         let align = req.align.max(PAGE_SIZE as u64);
         let mut map = r.map.lock();
-        let free = |m: &FrameMap, s: usize| {
-            (s..s + req.count).all(|i| m.used[i / 64] & (1 << (i % 64)) == 0)
-        };
+        let free = |m: &FrameMap, s: usize| (s..s + req.count).all(|i| m.used[i / 64] & (1 << (i % 64)) == 0);
         let align_down = |s: usize| -> Option<usize> {
             let pa = r.base + (s * PAGE_SIZE) as u64;
             let aligned = pa / align * align;
@@ -234,9 +219,7 @@ impl Drop for SimMemory {
 // twice; `phys_to_virt` points into the region's host allocation, which lives as long as `self`.
 unsafe impl PhysMemory for SimMemory {
     fn alloc_frames(&self, req: FrameRequest) -> Option<PhysAddr> {
-        self.regions
-            .iter()
-            .find_map(|r| SimMemory::try_alloc_in(r, &req))
+        self.regions.iter().find_map(|r| SimMemory::try_alloc_in(r, &req))
     }
 
     unsafe fn free_frames(&self, base: PhysAddr, count: usize) {
@@ -263,10 +246,7 @@ unsafe impl PhysMemory for SimMemory {
 
     fn virt_to_phys(&self, va: *const u8) -> Option<PhysAddr> {
         let va = va as usize;
-        self.regions
-            .iter()
-            .find(|r| r.contains_va(va))
-            .map(|r| PhysAddr(r.base + (va - r.ptr as usize) as u64))
+        self.regions.iter().find(|r| r.contains_va(va)).map(|r| PhysAddr(r.base + (va - r.ptr as usize) as u64))
     }
 
     fn max_phys_addr(&self) -> u64 {
@@ -311,19 +291,11 @@ impl SimDevice {
 
     /// Calls `f(cpu_pointer, offset_in_access, chunk_len)` for each page-sized piece of the
     /// access, after translation.
-    fn walk(
-        &self,
-        bus: BusAddr,
-        len: usize,
-        mut f: impl FnMut(*mut u8, usize, usize),
-    ) -> Result<(), SimFault> {
+    fn walk(&self, bus: BusAddr, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) -> Result<(), SimFault> {
         if len == 0 {
             return Ok(());
         }
-        let last = bus
-            .0
-            .checked_add(len as u64 - 1)
-            .ok_or(SimFault::BeyondMask { bus })?;
+        let last = bus.0.checked_add(len as u64 - 1).ok_or(SimFault::BeyondMask { bus })?;
         if last > self.dev.mask() {
             return Err(SimFault::BeyondMask { bus });
         }
@@ -334,11 +306,7 @@ impl SimDevice {
             let addr = BusAddr(bus.0 + done as u64);
             let in_page = PAGE_SIZE - (addr.0 as usize % PAGE_SIZE);
             let chunk = in_page.min(len - done);
-            let phys = self
-                .dev
-                .mapper()
-                .bus_to_phys(addr)
-                .ok_or(SimFault::Unmapped { bus: addr })?;
+            let phys = self.dev.mapper().bus_to_phys(addr).ok_or(SimFault::Unmapped { bus: addr })?;
             let ptr = self.dev.memory().phys_to_virt(phys);
             if ptr.is_null() {
                 return Err(SimFault::Unmapped { bus: addr });

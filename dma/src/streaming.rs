@@ -68,7 +68,7 @@ use crate::buffer::DmaBuf;
 use crate::debug::{MappingKind, ReportKind};
 use crate::device::DmaDevice;
 use crate::direction::{CpuReadable, CpuWritable, Direction, DmaDirection};
-use crate::error::{check_range, MapError, MapFailed, OutOfBounds};
+use crate::error::{MapError, MapFailed, OutOfBounds, check_range};
 use crate::mapper::Mapped;
 use crate::phys::BusAddr;
 
@@ -87,11 +87,7 @@ pub struct Mapping<B: DmaBuf, D: Direction> {
 impl DmaDevice {
     /// Maps all of `buf` for the device (Linux's `dma_map_single`). On failure the buffer
     /// comes back inside the error.
-    pub fn map<B: DmaBuf, D: Direction>(
-        &self,
-        buf: B,
-        dir: D,
-    ) -> Result<Mapping<B, D>, MapFailed<B>> {
+    pub fn map<B: DmaBuf, D: Direction>(&self, buf: B, dir: D) -> Result<Mapping<B, D>, MapFailed<B>> {
         let len = buf.dma_len();
         self.map_range(buf, 0, len, dir)
     }
@@ -108,15 +104,7 @@ impl DmaDevice {
         match self.map_buffer_range(&buf, offset, len, D::DIRECTION) {
             Ok(mapped) => {
                 let track = self.track(MappingKind::Single, &mapped, D::DIRECTION);
-                Ok(Mapping {
-                    dev: self.clone(),
-                    buf,
-                    offset,
-                    mapped,
-                    track,
-                    cpu_owns: false,
-                    _dir: PhantomData,
-                })
+                Ok(Mapping { dev: self.clone(), buf, offset, mapped, track, cpu_owns: false, _dir: PhantomData })
             }
             Err(error) => {
                 log::warn!("{}: DMA map of {} bytes failed: {}", self.name(), len, error);
@@ -198,11 +186,7 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
 
     /// Takes `offset..offset+len` of the mapping back for the CPU (Linux's
     /// `dma_sync_single_range_for_cpu`): only that range is synced and visible.
-    pub fn sync_range_for_cpu(
-        &mut self,
-        offset: usize,
-        len: usize,
-    ) -> Result<CpuAccess<'_, D>, OutOfBounds> {
+    pub fn sync_range_for_cpu(&mut self, offset: usize, len: usize) -> Result<CpuAccess<'_, D>, OutOfBounds> {
         check_range(offset, len, self.mapped.len)?;
         Ok(self.view_after_cpu_sync(offset, len))
     }
@@ -210,33 +194,21 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
     fn view_after_cpu_sync(&mut self, offset: usize, len: usize) -> CpuAccess<'_, D> {
         // SAFETY: `mapped` is live and came from this device's mapper with direction
         // `D::DIRECTION`; the range was checked by the callers.
-        unsafe {
-            self.dev
-                .mapper()
-                .sync_for_cpu(&self.mapped, offset, len, D::DIRECTION)
-        };
+        unsafe { self.dev.mapper().sync_for_cpu(&self.mapped, offset, len, D::DIRECTION) };
         self.cpu_owns = true;
         let start = self.offset + offset;
         // SAFETY: `start + len <= dma_len` (map checked the mapping's range, callers the
         // sub-range); the CPU owns these bytes now and the returned borrow of `self` keeps
         // `sync_for_device`/`unmap` from running while it lives.
-        let bytes =
-            unsafe { core::slice::from_raw_parts_mut(self.buf.dma_mut_ptr().add(start), len) };
-        CpuAccess {
-            bytes,
-            _dir: PhantomData,
-        }
+        let bytes = unsafe { core::slice::from_raw_parts_mut(self.buf.dma_mut_ptr().add(start), len) };
+        CpuAccess { bytes, _dir: PhantomData }
     }
 
     /// Gives the whole mapping back to the device (CPU writes become visible to it).
     pub fn sync_for_device(&mut self) {
         let len = self.mapped.len;
         // SAFETY: live mapping of this mapper, range inside it.
-        unsafe {
-            self.dev
-                .mapper()
-                .sync_for_device(&self.mapped, 0, len, D::DIRECTION)
-        };
+        unsafe { self.dev.mapper().sync_for_device(&self.mapped, 0, len, D::DIRECTION) };
         self.cpu_owns = false;
     }
 
@@ -245,11 +217,7 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
     pub fn sync_range_for_device(&mut self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
         check_range(offset, len, self.mapped.len)?;
         // SAFETY: live mapping of this mapper, range checked.
-        unsafe {
-            self.dev
-                .mapper()
-                .sync_for_device(&self.mapped, offset, len, D::DIRECTION)
-        };
+        unsafe { self.dev.mapper().sync_for_device(&self.mapped, offset, len, D::DIRECTION) };
         self.cpu_owns = false;
         Ok(())
     }
@@ -292,10 +260,7 @@ pub struct CpuAccess<'a, D: Direction> {
 
 impl<'a, D: Direction> CpuAccess<'a, D> {
     pub(crate) fn new(bytes: &'a mut [u8]) -> CpuAccess<'a, D> {
-        CpuAccess {
-            bytes,
-            _dir: PhantomData,
-        }
+        CpuAccess { bytes, _dir: PhantomData }
     }
 
     /// Number of bytes in view.

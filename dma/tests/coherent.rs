@@ -7,10 +7,7 @@ use std::sync::Arc;
 use common::Machine;
 use dma::mapper::{BounceArea, Direct};
 use dma::sim::{SimMemory, SimRegion};
-use dma::{
-    AllocError, Bidirectional, DmaDevice, DmaSafe, FromDevice, LimitError, MaskError, PhysMemory,
-    ToDevice,
-};
+use dma::{AllocError, Bidirectional, DmaDevice, DmaSafe, FromDevice, LimitError, MaskError, PhysMemory, ToDevice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
@@ -60,13 +57,7 @@ fn descriptor_ring_in_a_coherent_slice() {
     let m = Machine::direct("00:04.3 ring", 32, 0);
     let mut ring = m.dev.alloc_coherent_slice::<Descriptor>(256).unwrap();
     assert_eq!(ring.len(), 256);
-    let d = Descriptor {
-        addr: 0x1234_5678,
-        len: 1514,
-        status: 0,
-        errors: 0,
-        special: 0,
-    };
+    let d = Descriptor { addr: 0x1234_5678, len: 1514, status: 0, errors: 0, special: 0 };
     ring.write(3, d).unwrap();
     // The device marks descriptor 3 done (status byte at offset 10).
     let status_bus = ring.bus_addr_of(3).unwrap().as_u64() + 10;
@@ -116,11 +107,7 @@ fn a_bounce_area_below_the_mask_makes_a_narrow_mask_possible() {
     let phys: Arc<dyn PhysMemory> = sim.clone();
     let area = BounceArea::new(phys.clone(), 0xff_ffff, 16 * 1024).unwrap();
     assert!(area.last_addr() <= 0xff_ffff);
-    let dev = DmaDevice::new(
-        "00:04.6 isa",
-        phys.clone(),
-        Arc::new(Direct::with_bounce(phys.clone(), area)),
-    );
+    let dev = DmaDevice::new("00:04.6 isa", phys.clone(), Arc::new(Direct::with_bounce(phys.clone(), area)));
     dev.set_mask(24).unwrap();
     let c = dev.alloc_coherent::<u32>().unwrap();
     assert!(c.bus_addr().as_u64() <= 0xff_ffff);
@@ -128,10 +115,7 @@ fn a_bounce_area_below_the_mask_makes_a_narrow_mask_possible() {
 
 #[test]
 fn mask_on_a_machine_without_high_memory() {
-    let sim = SimMemory::new(&[SimRegion {
-        base: 0x10_0000,
-        size: 1 << 20,
-    }]);
+    let sim = SimMemory::new(&[SimRegion { base: 0x10_0000, size: 1 << 20 }]);
     let phys: Arc<dyn PhysMemory> = sim.clone();
     let dev = DmaDevice::new("00:04.7 small", phys.clone(), Arc::new(Direct::new(phys)));
     // All RAM is below 2 MiB + 1 MiB: a 24-bit mask covers it.
@@ -141,18 +125,9 @@ fn mask_on_a_machine_without_high_memory() {
 #[test]
 fn device_limits_are_checked() {
     let m = Machine::direct("00:04.8 limits", 64, 0);
-    assert_eq!(
-        m.dev.set_max_segment_size(0),
-        Err(LimitError::ZeroSegmentSize)
-    );
-    assert_eq!(
-        m.dev.set_segment_boundary(3 * 4096),
-        Err(LimitError::BoundaryNotPowerOfTwo { boundary: 3 * 4096 })
-    );
-    assert_eq!(
-        m.dev.set_segment_boundary(2048),
-        Err(LimitError::BoundaryBelowPage { boundary: 2048 })
-    );
+    assert_eq!(m.dev.set_max_segment_size(0), Err(LimitError::ZeroSegmentSize));
+    assert_eq!(m.dev.set_segment_boundary(3 * 4096), Err(LimitError::BoundaryNotPowerOfTwo { boundary: 3 * 4096 }));
+    assert_eq!(m.dev.set_segment_boundary(2048), Err(LimitError::BoundaryBelowPage { boundary: 2048 }));
     m.dev.set_max_segment_size(4096).unwrap();
     m.dev.set_segment_boundary(1 << 16).unwrap();
     assert_eq!(m.dev.limits().max_segment_size, 4096);
@@ -177,10 +152,7 @@ fn non_coherent_memory_passes_ownership_explicitly() {
     m.hw.read(tx.bus_addr(), &mut seen).unwrap();
     assert_eq!(u64::from_le_bytes(seen), 0x0102_0304);
 
-    let mut both = m
-        .dev
-        .alloc_noncoherent::<u32, Bidirectional>(Bidirectional)
-        .unwrap();
+    let mut both = m.dev.alloc_noncoherent::<u32, Bidirectional>(Bidirectional).unwrap();
     {
         let mut v = both.sync_for_cpu();
         v.write(5);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{reported, Machine};
+use common::{Machine, reported};
 use dma::debug::MappingKind;
 use dma::{BusAddr, DmaBuf, DmaDirection, ReportKind, ToDevice};
 
@@ -41,26 +41,12 @@ fn every_bad_unmap_is_reported_refused_and_changes_nothing() {
     assert!(matches!(r.kind, ReportKind::UnknownAddress { .. }));
 
     let r = m.dev.unmap_single_raw(bus, 32, FROM).unwrap_err();
-    assert_eq!(
-        r.kind,
-        ReportKind::SizeMismatch {
-            bus,
-            mapped_len: 64,
-            unmap_len: 32
-        }
-    );
+    assert_eq!(r.kind, ReportKind::SizeMismatch { bus, mapped_len: 64, unmap_len: 32 });
     assert!(r.to_string().contains(name));
     assert!(r.to_string().contains("different size"));
 
     let r = m.dev.unmap_single_raw(bus, 64, TO).unwrap_err();
-    assert_eq!(
-        r.kind,
-        ReportKind::DirectionMismatch {
-            bus,
-            mapped: FROM,
-            given: TO
-        }
-    );
+    assert_eq!(r.kind, ReportKind::DirectionMismatch { bus, mapped: FROM, given: TO });
 
     assert_eq!(m.dev.report_count(), 3);
     assert_eq!(m.dev.live_mappings(), live, "tracker unchanged");
@@ -88,14 +74,8 @@ fn syncs_are_checked() {
     m.dev.sync_single_range_raw_for_cpu(bus, 8, 8, FROM).unwrap();
 
     let r = m.dev.sync_single_raw_for_device(bus, 64, TO).unwrap_err();
-    assert!(matches!(
-        r.kind,
-        ReportKind::SyncDirectionMismatch { for_cpu: false, .. }
-    ));
-    let r = m
-        .dev
-        .sync_single_range_raw_for_cpu(bus, 60, 8, FROM)
-        .unwrap_err();
+    assert!(matches!(r.kind, ReportKind::SyncDirectionMismatch { for_cpu: false, .. }));
+    let r = m.dev.sync_single_range_raw_for_cpu(bus, 60, 8, FROM).unwrap_err();
     assert!(matches!(r.kind, ReportKind::SyncOutOfRange { .. }));
     let r = m.dev.sync_single_raw_for_cpu(BusAddr(8), 8, FROM).unwrap_err();
     assert!(matches!(r.kind, ReportKind::UnknownAddress { .. }));

@@ -4,9 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{reported, Machine};
+use common::{Machine, reported};
 use dma::mapper::Direct;
-use dma::pool::{render_pools, MAX_POOL_BLOCK};
+use dma::pool::{MAX_POOL_BLOCK, render_pools};
 use dma::sim::{SimMemory, SimRegion};
 use dma::{AllocError, DmaDevice, DmaPool, PhysMemory, PoolError, ReportKind};
 
@@ -14,48 +14,27 @@ use dma::{AllocError, DmaDevice, DmaPool, PhysMemory, PoolError, ReportKind};
 fn invalid_parameters_each_have_their_error() {
     let m = Machine::direct("00:08.0 pool-params", 32, 0);
     let d = &m.dev;
-    assert_eq!(
-        DmaPool::create("p", d, 0, 8, 0).unwrap_err(),
-        PoolError::ZeroSize
-    );
-    assert_eq!(
-        DmaPool::create("p", d, 64, 24, 0).unwrap_err(),
-        PoolError::AlignNotPowerOfTwo { align: 24 }
-    );
-    assert_eq!(
-        DmaPool::create("p", d, 64, 8, 3000).unwrap_err(),
-        PoolError::BoundaryNotPowerOfTwo { boundary: 3000 }
-    );
+    assert_eq!(DmaPool::create("p", d, 0, 8, 0).unwrap_err(), PoolError::ZeroSize);
+    assert_eq!(DmaPool::create("p", d, 64, 24, 0).unwrap_err(), PoolError::AlignNotPowerOfTwo { align: 24 });
+    assert_eq!(DmaPool::create("p", d, 64, 8, 3000).unwrap_err(), PoolError::BoundaryNotPowerOfTwo { boundary: 3000 });
     assert_eq!(
         DmaPool::create("p", d, 100, 4, 64).unwrap_err(),
-        PoolError::BoundaryTooSmall {
-            boundary: 64,
-            size: 100
-        }
+        PoolError::BoundaryTooSmall { boundary: 64, size: 100 }
     );
     // The boundary check uses the size after rounding to the alignment.
     assert_eq!(
         DmaPool::create("p", d, 40, 64, 32).unwrap_err(),
-        PoolError::BoundaryTooSmall {
-            boundary: 32,
-            size: 64
-        }
+        PoolError::BoundaryTooSmall { boundary: 32, size: 64 }
     );
     assert_eq!(
         DmaPool::create("p", d, MAX_POOL_BLOCK + 1, 8, 0).unwrap_err(),
-        PoolError::BlockTooLarge {
-            size: MAX_POOL_BLOCK + 1,
-            max: MAX_POOL_BLOCK
-        }
+        PoolError::BlockTooLarge { size: MAX_POOL_BLOCK + 1, max: MAX_POOL_BLOCK }
     );
     for e in [
         PoolError::ZeroSize,
         PoolError::AlignNotPowerOfTwo { align: 24 },
         PoolError::BoundaryNotPowerOfTwo { boundary: 3000 },
-        PoolError::BoundaryTooSmall {
-            boundary: 64,
-            size: 100,
-        },
+        PoolError::BoundaryTooSmall { boundary: 64, size: 100 },
         PoolError::BlockTooLarge { size: 1, max: 0 },
     ] {
         assert!(e.to_string().starts_with("DMA pool"));
@@ -132,9 +111,7 @@ fn raw_free_detects_double_free_wrong_pool_and_bad_addresses() {
     assert!(r.to_string().contains("rawpool"));
     assert!(r.to_string().contains("not in this pool"));
 
-    let r = p
-        .free_raw(cpu.as_ptr().wrapping_add(4), dma::BusAddr(bus.as_u64() + 4))
-        .unwrap_err();
+    let r = p.free_raw(cpu.as_ptr().wrapping_add(4), dma::BusAddr(bus.as_u64() + 4)).unwrap_err();
     assert!(r.to_string().contains("not the start of a block"));
 
     let r = p.free_raw(handle.as_ptr(), bus).unwrap_err();
@@ -147,13 +124,7 @@ fn raw_free_detects_double_free_wrong_pool_and_bad_addresses() {
 
     p.free_raw(cpu.as_ptr(), bus).unwrap();
     let r = p.free_raw(cpu.as_ptr(), bus).unwrap_err();
-    assert_eq!(
-        r.kind,
-        ReportKind::PoolDoubleFree {
-            pool: "rawpool".into(),
-            bus
-        }
-    );
+    assert_eq!(r.kind, ReportKind::PoolDoubleFree { pool: "rawpool".into(), bus });
     assert_eq!(r.device, name);
     assert_eq!(p.stats().blocks_in_use, 1);
     assert_eq!(m.dev.report_count(), 5);
@@ -246,10 +217,7 @@ fn a_damaged_free_list_is_reported_not_followed() {
 
 #[test]
 fn allocation_failure_is_an_error() {
-    let sim = SimMemory::new(&[SimRegion {
-        base: 0x10_0000,
-        size: 8192,
-    }]);
+    let sim = SimMemory::new(&[SimRegion { base: 0x10_0000, size: 8192 }]);
     let phys: Arc<dyn PhysMemory> = sim.clone();
     let dev = DmaDevice::new("00:08.9 pool-oom", phys.clone(), Arc::new(Direct::new(phys)));
     let p = DmaPool::create("tiny", &dev, 4096, 4096, 0).unwrap();
@@ -274,4 +242,18 @@ fn the_pools_view_has_linux_columns() {
     // name, in use, total, size, pages, device
     assert_eq!(&cols[..5], &["viewpool", "3", "40", "100", "1"]);
     assert!(line.ends_with(name));
+}
+
+#[test]
+fn blocks_outliving_their_pool_still_free_safely() {
+    let m = Machine::direct("00:09.1 pool-orphan", 32, 0);
+    let p = DmaPool::create("orphan", &m.dev, 32, 8, 0).unwrap();
+    let mut a = p.alloc().unwrap();
+    let b = p.alloc().unwrap();
+    assert!(p.destroy().is_err());
+    a.write::<u32>(0, 5).unwrap();
+    assert_eq!(a.read::<u32>(0).unwrap(), 5);
+    drop(a);
+    drop(b); // the last block releases the pool's reference to itself
+    assert!(!render_pools().contains("orphan "));
 }

@@ -8,42 +8,24 @@ use dma::sg::build_segments;
 use dma::{BusAddr, BusSegment, FromDevice, MapError, ToDevice};
 
 fn limits(max: usize, boundary: u64) -> DeviceLimits {
-    DeviceLimits {
-        mask: u64::MAX,
-        max_segment_size: max,
-        segment_boundary: boundary,
-    }
+    DeviceLimits { mask: u64::MAX, max_segment_size: max, segment_boundary: boundary }
 }
 
 fn seg(bus: u64, len: usize) -> BusSegment {
-    BusSegment {
-        bus: BusAddr(bus),
-        len,
-    }
+    BusSegment { bus: BusAddr(bus), len }
 }
 
 #[test]
 fn adjacent_pieces_merge_and_others_do_not() {
-    let pieces = [
-        (BusAddr(0x10000), 4096),
-        (BusAddr(0x11000), 4096),
-        (BusAddr(0x20000), 100),
-        (BusAddr(0x20064), 28),
-    ];
-    assert_eq!(
-        build_segments(&pieces, &limits(1 << 20, 1 << 32)),
-        vec![seg(0x10000, 8192), seg(0x20000, 128)]
-    );
+    let pieces = [(BusAddr(0x10000), 4096), (BusAddr(0x11000), 4096), (BusAddr(0x20000), 100), (BusAddr(0x20064), 28)];
+    assert_eq!(build_segments(&pieces, &limits(1 << 20, 1 << 32)), vec![seg(0x10000, 8192), seg(0x20000, 128)]);
 }
 
 #[test]
 fn segments_respect_the_maximum_size() {
     let pieces = [(BusAddr(0x10000), 4096), (BusAddr(0x11000), 8192)];
     let segs = build_segments(&pieces, &limits(5000, 1 << 32));
-    assert_eq!(
-        segs,
-        vec![seg(0x10000, 5000), seg(0x10000 + 5000, 5000), seg(0x10000 + 10000, 2288)]
-    );
+    assert_eq!(segs, vec![seg(0x10000, 5000), seg(0x10000 + 5000, 5000), seg(0x10000 + 10000, 2288)]);
     assert!(segs.iter().all(|s| s.len <= 5000));
     assert_eq!(segs.iter().map(|s| s.len).sum::<usize>(), 12288);
 }
@@ -98,10 +80,7 @@ fn device_limits_split_mapped_segments() {
     let mut bufs: Vec<_> = (0..3).map(|_| m.high_buffer(4096)).collect();
     bufs.reverse();
     let tx = m.dev.map_sg(bufs, ToDevice).unwrap();
-    assert_eq!(
-        tx.segments().iter().map(|s| s.len).collect::<Vec<_>>(),
-        vec![6000, 6000, 288]
-    );
+    assert_eq!(tx.segments().iter().map(|s| s.len).collect::<Vec<_>>(), vec![6000, 6000, 288]);
     drop(tx.unmap());
     m.dev.set_max_segment_size(1 << 20).unwrap();
     m.dev.set_segment_boundary(4096).unwrap();

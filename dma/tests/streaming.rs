@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{reported, Machine};
+use common::{Machine, reported};
 use dma::{Bidirectional, BusAddr, FromDevice, MapError, ToDevice};
 
 #[test]
@@ -182,10 +182,7 @@ fn map_errors_are_values_and_return_the_buffer() {
     let err = m.dev.map(Vec::<u8>::new(), ToDevice).unwrap_err();
     assert_eq!(err.error, MapError::ZeroLength);
     // Range outside the buffer.
-    let err = m
-        .dev
-        .map_range(m.low_buffer(100), 90, 20, ToDevice)
-        .unwrap_err();
+    let err = m.dev.map_range(m.low_buffer(100), 90, 20, ToDevice).unwrap_err();
     assert!(matches!(err.error, MapError::RangeOutOfBounds { .. }));
     // Above the mask with no bounce area.
     let err = m.dev.map(m.high_buffer(100), FromDevice).unwrap_err();
@@ -240,10 +237,7 @@ fn dropping_a_live_mapping_unmaps_it_and_reports() {
 #[test]
 fn the_device_cannot_reach_beyond_its_mask() {
     let m = Machine::direct("00:03.4 reach", 32, 0);
-    let err = m
-        .hw
-        .write(BusAddr(common::FOUR_GIB), &[1, 2, 3])
-        .unwrap_err();
+    let err = m.hw.write(BusAddr(common::FOUR_GIB), &[1, 2, 3]).unwrap_err();
     assert!(matches!(err, dma::sim::SimFault::BeyondMask { .. }));
 }
 

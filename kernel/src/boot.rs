@@ -50,6 +50,8 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     crate::pci::init();
     crate::dma_service::init();
+    crate::net::init();
+    crate::block::init();
     crate::scheme::register("mem:info", "physical memory counters", || {
         let s = crate::memory::frame_stats();
         alloc::format!(

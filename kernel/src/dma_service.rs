@@ -13,7 +13,7 @@
 use crate::memory::KernelMemory;
 use alloc::format;
 use alloc::sync::Arc;
-use dma::mapper::{BounceArea, DmaMapper, Direct};
+use dma::mapper::{BounceArea, Direct, DmaMapper};
 use dma::{DmaDevice, PhysMemory};
 use pci::{Bdf, PciFunction};
 use spin::Once;
@@ -86,4 +86,3 @@ pub fn device_named(name: &str) -> DmaDevice {
     let s = service();
     DmaDevice::new(name, s.memory.clone(), s.mapper.clone())
 }
-

@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod apic;
+pub mod block;
 pub mod boot;
 pub mod dma_service;
 pub mod exit;
@@ -19,6 +20,7 @@ pub mod interrupts;
 pub mod ktest;
 pub mod logger;
 pub mod memory;
+pub mod net;
 pub mod pci;
 pub mod scheme;
 pub mod serial;

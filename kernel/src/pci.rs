@@ -89,3 +89,34 @@ pub fn functions() -> &'static [PciFunction] {
 pub fn lspci_text() -> String {
     pci::lspci(functions())
 }
+
+/// Why a device's registers could not be reached.
+#[derive(Debug)]
+pub enum BarError {
+    /// The function has no memory BAR in that slot.
+    NoMemoryBar { slot: u8 },
+    /// Mapping failed.
+    Map(paging::MapError),
+}
+
+impl core::fmt::Display for BarError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BarError::NoMemoryBar { slot } => write!(f, "no memory BAR{slot}"),
+            BarError::Map(e) => write!(f, "cannot map the BAR: {e}"),
+        }
+    }
+}
+
+/// Maps memory BAR `slot` of `function` uncached, turns on memory decoding and bus mastering,
+/// and returns its registers. This is what a driver's probe starts with.
+pub fn map_bar(function: &PciFunction, slot: u8) -> Result<device_io::Mmio, BarError> {
+    let bar = function.bar(slot).filter(|b| b.is_memory()).ok_or(BarError::NoMemoryBar { slot })?;
+    let base = paging::map_mmio(bar.address(), bar.size()).map_err(BarError::Map)?;
+    let config = function.config(access());
+    config.enable_memory_space();
+    config.enable_bus_mastering();
+    let base = core::ptr::NonNull::new(base).ok_or(BarError::NoMemoryBar { slot })?;
+    // SAFETY: `base` maps the whole BAR uncached, in the MMIO window, for the kernel's lifetime.
+    Ok(unsafe { device_io::Mmio::new(base, bar.size() as usize) })
+}

@@ -11,11 +11,21 @@ use alloc::vec::Vec;
 /// The prompt. xtask waits for it before it types.
 pub const PROMPT: &str = "kernel> ";
 
-struct Command {
-    name: &'static str,
-    usage: &'static str,
-    about: &'static str,
-    run: fn(&[&str]),
+/// One shell command. Services add their own through their `COMMANDS` tables.
+pub struct Command {
+    /// What the user types.
+    pub name: &'static str,
+    /// How to call it, for `help`.
+    pub usage: &'static str,
+    /// What it does, for `help`.
+    pub about: &'static str,
+    /// Runs it with the words after the name.
+    pub run: fn(&[&str]),
+}
+
+/// Every command: the shell's own, then each service's.
+fn all_commands() -> impl Iterator<Item = &'static Command> {
+    COMMANDS.iter().chain(crate::net::COMMANDS).chain(crate::block::COMMANDS)
 }
 
 static COMMANDS: &[Command] = &[
@@ -74,14 +84,14 @@ pub fn run() -> ! {
 pub fn execute(line: &str) {
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some((&name, args)) = words.split_first() else { return };
-    match COMMANDS.iter().find(|c| c.name == name) {
+    match all_commands().find(|c| c.name == name) {
         Some(command) => (command.run)(args),
         None => println!("unknown command `{name}`; `help` lists commands"),
     }
 }
 
 fn help(_: &[&str]) {
-    for c in COMMANDS {
+    for c in all_commands() {
         println!("  {:<48} {}", c.usage, c.about);
     }
 }

@@ -91,3 +91,13 @@ pub fn delay_us(us: u64) {
         core::hint::spin_loop();
     }
 }
+
+/// The kernel's clock, for drivers (`device_io::Clock`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelClock;
+
+impl device_io::Clock for KernelClock {
+    fn now_us(&self) -> u64 {
+        now_us()
+    }
+}

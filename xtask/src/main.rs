@@ -9,7 +9,9 @@
 //! ```
 
 mod build;
+mod disk_tests;
 mod fixtures;
+mod net_tests;
 mod qemu;
 mod test;
 

@@ -33,12 +33,30 @@ pub struct MachineConfig {
     pub iommu: bool,
     pub kvm: bool,
     pub memory_mib: u32,
+    /// Network arguments replacing the default (`-netdev user` + an e1000). Each is one argv
+    /// element, e.g. `["-netdev", "socket,id=n0,udp=127.0.0.1:5555,localaddr=127.0.0.1:5556",
+    /// "-device", "e1000,netdev=n0"]`. `None` keeps the default.
+    pub network: Option<Vec<String>>,
+    /// Raw disk images for AHCI ports 1, 2, … (port 0 holds the boot disk). Empty means one
+    /// 64 MiB scratch disk created by xtask.
+    pub disks: Vec<PathBuf>,
+    /// Anything else to append to the QEMU command line.
+    pub extra_args: Vec<String>,
 }
 
 impl MachineConfig {
     /// The default machine with VT-d, BIOS boot.
     pub fn standard() -> Self {
-        MachineConfig { name: "bios-vtd".into(), firmware: Firmware::Bios, iommu: true, kvm: false, memory_mib: 512 }
+        MachineConfig {
+            name: "bios-vtd".into(),
+            firmware: Firmware::Bios,
+            iommu: true,
+            kvm: false,
+            memory_mib: 512,
+            network: None,
+            disks: Vec::new(),
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -110,8 +128,13 @@ pub fn scratch_disk(path: &Path, size: u64) -> Result<(), String> {
 pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) -> Result<Command, String> {
     check_qemu()?;
     std::fs::create_dir_all(work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    let disk = work.join("scratch-disk.img");
-    scratch_disk(&disk, 64 << 20)?;
+    let disks = if machine.disks.is_empty() {
+        let disk = work.join("scratch-disk.img");
+        scratch_disk(&disk, 64 << 20)?;
+        vec![disk]
+    } else {
+        machine.disks.clone()
+    };
 
     let mut cmd = Command::new("qemu-system-x86_64");
     let accel = if machine.kvm { "kvm" } else { "tcg" };
@@ -136,11 +159,22 @@ pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) 
     // Boot disk on AHCI port 0, scratch disk on port 1. `snapshot=on` keeps the boot image pristine.
     cmd.args(["-drive", &format!("format=raw,file={},if=none,id=boot,snapshot=on", boot_image.display())]);
     cmd.args(["-device", "ide-hd,drive=boot,bus=ide.0,bootindex=0"]);
-    cmd.args(["-drive", &format!("format=raw,file={},if=none,id=d0", disk.display())]);
-    cmd.args(["-device", "ide-hd,drive=d0,bus=ide.1"]);
-    cmd.args(["-netdev", "user,id=n0", "-device", "e1000,netdev=n0"]);
+    // q35's AHCI has six ports, ide.0 .. ide.5.
+    for (i, disk) in disks.iter().enumerate().take(5) {
+        cmd.args(["-drive", &format!("format=raw,file={},if=none,id=d{i}", disk.display())]);
+        cmd.args(["-device", &format!("ide-hd,drive=d{i},bus=ide.{}", i + 1)]);
+    }
+    match &machine.network {
+        Some(args) => {
+            cmd.args(args);
+        }
+        None => {
+            cmd.args(["-netdev", "user,id=n0", "-device", "e1000,netdev=n0"]);
+        }
+    }
     cmd.args(["-display", "none", "-serial", "stdio", "-no-reboot"]);
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    cmd.args(&machine.extra_args);
     Ok(cmd)
 }
 

@@ -35,14 +35,15 @@ pub fn configurations() -> Vec<MachineConfig> {
 
 /// Running totals.
 #[derive(Default)]
-struct Tally {
+pub struct Tally {
     passed: usize,
     failed: usize,
     failures: Vec<String>,
 }
 
 impl Tally {
-    fn record(&mut self, name: &str, result: Result<(), String>) {
+    /// Counts one host-side check and prints its line.
+    pub fn record(&mut self, name: &str, result: Result<(), String>) {
         match result {
             Ok(()) => {
                 self.passed += 1;
@@ -83,6 +84,9 @@ pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
                 runner_self_check(machine, &images, &work, &mut tally);
             }
         }
+        // Device evidence checked from the host: frames on the wire, bytes in disk images.
+        crate::net_tests::run(&images, &work, &mut tally);
+        crate::disk_tests::run(&images, &work, &mut tally);
     }
     println!();
     for f in &tally.failures {
@@ -141,7 +145,7 @@ fn parse_ktest_line(line: &str) -> Option<(usize, String, Result<(), String>)> {
 }
 
 /// Boots, waits for the prompt, and returns the session.
-fn boot(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tag: &str) -> Result<Session, String> {
+pub fn boot(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tag: &str) -> Result<Session, String> {
     let log = work.join(format!("{}-{tag}.log", machine.name));
     let mut session = Session::start(machine, images, work, log.clone())?;
     match session.expect(kernel_prompt(), BOOT_TIMEOUT) {
@@ -163,7 +167,7 @@ fn kernel_prompt() -> &'static str {
 
 /// Runs `ktest` args in as many boots as panics require; records every test's verdict.
 /// Returns the number of tests seen.
-fn run_ktests(
+pub fn run_ktests(
     machine: &MachineConfig,
     images: &boot::DiskImages,
     work: &Path,
@@ -272,7 +276,7 @@ fn qemu_suite(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, t
 }
 
 /// Types a command and returns what it printed up to the next prompt.
-fn command(session: &mut Session, line: &str) -> Result<String, String> {
+pub fn command(session: &mut Session, line: &str) -> Result<String, String> {
     session.send_line(line)?;
     session.expect(kernel_prompt(), COMMAND_TIMEOUT).map_err(|e| format!("`{line}` did not finish: {e:?}"))
 }

@@ -29,7 +29,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::{CoherentRegion, DeviceLimits, DmaMapper, Mapped};
 use crate::direction::DmaDirection;
 use crate::error::{AllocError, MapError};
-use crate::phys::{frames_for, BusAddr, FrameRequest, PhysAddr, PhysMemory, PAGE_SIZE};
+use crate::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory, frames_for};
 
 /// Size of one bounce slot (Linux's IO_TLB_SIZE): mappings take whole runs of slots.
 pub const BOUNCE_SLOT_SIZE: usize = 2048;
@@ -78,18 +78,10 @@ pub struct BounceArea {
 impl BounceArea {
     /// Allocates `bytes` (rounded up to whole pages) of bounce slots at or below `limit`
     /// (`0xffff_ffff` to serve 32-bit devices).
-    pub fn new(
-        memory: Arc<dyn PhysMemory>,
-        limit: u64,
-        bytes: usize,
-    ) -> Result<Arc<BounceArea>, AllocError> {
+    pub fn new(memory: Arc<dyn PhysMemory>, limit: u64, bytes: usize) -> Result<Arc<BounceArea>, AllocError> {
         let frames = frames_for(bytes);
         let phys = memory
-            .alloc_frames(FrameRequest {
-                count: frames,
-                max_addr: limit,
-                align: PAGE_SIZE as u64,
-            })
+            .alloc_frames(FrameRequest { count: frames, max_addr: limit, align: PAGE_SIZE as u64 })
             .ok_or(AllocError::OutOfMemory { bytes, limit })?;
         let size = frames * PAGE_SIZE;
         if phys.0.checked_add(size as u64 - 1).is_none_or(|last| last > limit) {
@@ -98,22 +90,13 @@ impl BounceArea {
             return Err(AllocError::BadFrames { phys });
         }
         let slots = size / BOUNCE_SLOT_SIZE;
-        log::info!(
-            "dma: bounce area of {} slots at {} (limit {:#x})",
-            slots,
-            phys,
-            limit
-        );
+        log::info!("dma: bounce area of {} slots at {} (limit {:#x})", slots, phys, limit);
         Ok(Arc::new(BounceArea {
             memory,
             base: phys,
             frames,
             slots,
-            slot_map: spin::Mutex::new(SlotMap {
-                used: vec![0; slots.div_ceil(64)],
-                cursor: 0,
-                in_use: 0,
-            }),
+            slot_map: spin::Mutex::new(SlotMap { used: vec![0; slots.div_ceil(64)], cursor: 0, in_use: 0 }),
             copies_to: AtomicU64::new(0),
             copies_from: AtomicU64::new(0),
             bytes_to: AtomicU64::new(0),
@@ -213,12 +196,7 @@ impl BounceArea {
 
     /// Takes a slot run for `len` bytes at `phys` and fills it from the buffer (for every
     /// direction, see the module doc).
-    pub(crate) fn bounce_in(
-        &self,
-        phys: PhysAddr,
-        len: usize,
-        _dir: DmaDirection,
-    ) -> Result<PhysAddr, MapError> {
+    pub(crate) fn bounce_in(&self, phys: PhysAddr, len: usize, _dir: DmaDirection) -> Result<PhysAddr, MapError> {
         let count = len.div_ceil(BOUNCE_SLOT_SIZE);
         let Some(start) = self.alloc_slots(count) else {
             self.exhausted.fetch_add(1, Ordering::Relaxed);
@@ -244,21 +222,12 @@ impl BounceArea {
             unsafe { self.copy(slot, mapped.phys, mapped.len) };
             self.count_from(mapped.len);
         }
-        self.free_slots(
-            self.slot_index(slot),
-            mapped.len.div_ceil(BOUNCE_SLOT_SIZE),
-        );
+        self.free_slots(self.slot_index(slot), mapped.len.div_ceil(BOUNCE_SLOT_SIZE));
     }
 
     /// # Safety
     /// As for `bounce_out`, and `offset + len <= mapped.len`.
-    pub(crate) unsafe fn sync_for_cpu(
-        &self,
-        mapped: &Mapped,
-        offset: usize,
-        len: usize,
-        dir: DmaDirection,
-    ) {
+    pub(crate) unsafe fn sync_for_cpu(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection) {
         let Some(slot) = mapped.bounce else { return };
         if dir.device_writes() && len > 0 {
             let off = offset as u64;
@@ -270,13 +239,7 @@ impl BounceArea {
 
     /// # Safety
     /// As for `bounce_out`, and `offset + len <= mapped.len`.
-    pub(crate) unsafe fn sync_for_device(
-        &self,
-        mapped: &Mapped,
-        offset: usize,
-        len: usize,
-        dir: DmaDirection,
-    ) {
+    pub(crate) unsafe fn sync_for_device(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection) {
         let Some(slot) = mapped.bounce else { return };
         if dir.device_reads() && len > 0 {
             let off = offset as u64;
@@ -329,37 +292,18 @@ impl DmaMapper for Bounce {
     }
 
     fn check_mask(&self, mask: u64) -> Result<(), &'static str> {
-        if self.area.last_addr() <= mask {
-            Ok(())
-        } else {
-            Err("the bounce area lies above the mask")
-        }
+        if self.area.last_addr() <= mask { Ok(()) } else { Err("the bounce area lies above the mask") }
     }
 
-    fn map(
-        &self,
-        limits: &DeviceLimits,
-        phys: PhysAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<Mapped, MapError> {
+    fn map(&self, limits: &DeviceLimits, phys: PhysAddr, len: usize, dir: DmaDirection) -> Result<Mapped, MapError> {
         if len == 0 {
             return Err(MapError::ZeroLength);
         }
         if self.area.last_addr() > limits.mask {
-            return Err(MapError::BeyondMask {
-                phys: self.area.base(),
-                len,
-                mask: limits.mask,
-            });
+            return Err(MapError::BeyondMask { phys: self.area.base(), len, mask: limits.mask });
         }
         let slot = self.area.bounce_in(phys, len, dir)?;
-        Ok(Mapped {
-            bus: BusAddr(slot.0),
-            phys,
-            len,
-            bounce: Some(slot),
-        })
+        Ok(Mapped { bus: BusAddr(slot.0), phys, len, bounce: Some(slot) })
     }
 
     unsafe fn unmap(&self, mapped: &Mapped, dir: DmaDirection) {
@@ -373,23 +317,13 @@ impl DmaMapper for Bounce {
         core::sync::atomic::fence(Ordering::SeqCst);
     }
 
-    unsafe fn sync_for_device(
-        &self,
-        mapped: &Mapped,
-        offset: usize,
-        len: usize,
-        dir: DmaDirection,
-    ) {
+    unsafe fn sync_for_device(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection) {
         core::sync::atomic::fence(Ordering::SeqCst);
         // SAFETY: forwarded caller guarantee.
         unsafe { self.area.sync_for_device(mapped, offset, len, dir) };
     }
 
-    fn alloc_coherent(
-        &self,
-        limits: &DeviceLimits,
-        bytes: usize,
-    ) -> Result<CoherentRegion, AllocError> {
+    fn alloc_coherent(&self, limits: &DeviceLimits, bytes: usize) -> Result<CoherentRegion, AllocError> {
         super::direct::alloc_low_coherent(&*self.memory, limits.mask, bytes)
     }
 

@@ -5,7 +5,7 @@ use alloc::sync::Arc;
 use super::{BounceArea, BounceStats, CoherentRegion, DeviceLimits, DmaMapper, Mapped};
 use crate::direction::DmaDirection;
 use crate::error::{AllocError, MapError};
-use crate::phys::{frames_for, BusAddr, FrameRequest, PhysAddr, PhysMemory, PAGE_SIZE};
+use crate::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory, frames_for};
 
 /// Bus address equals physical address (a PC without an IOMMU, or with the IOMMU in
 /// pass-through). When a buffer lies beyond a device's mask, it is bounced through the optional
@@ -19,18 +19,12 @@ impl Direct {
     /// A direct mapper without bounce area: buffers beyond a device's mask fail to map with
     /// [`MapError::BeyondMask`].
     pub fn new(memory: Arc<dyn PhysMemory>) -> Direct {
-        Direct {
-            memory,
-            bounce: None,
-        }
+        Direct { memory, bounce: None }
     }
 
     /// A direct mapper that bounces buffers beyond a device's mask through `area`.
     pub fn with_bounce(memory: Arc<dyn PhysMemory>, area: Arc<BounceArea>) -> Direct {
-        Direct {
-            memory,
-            bounce: Some(area),
-        }
+        Direct { memory, bounce: Some(area) }
     }
 
     /// The bounce area, if any.
@@ -55,22 +49,11 @@ pub(super) fn alloc_low_coherent(
     bytes: usize,
 ) -> Result<CoherentRegion, AllocError> {
     let frames = frames_for(bytes);
-    let align_frames = frames
-        .checked_next_power_of_two()
-        .ok_or(AllocError::TooLarge { bytes })?;
-    let align = (align_frames as u64)
-        .checked_mul(PAGE_SIZE as u64)
-        .ok_or(AllocError::TooLarge { bytes })?;
+    let align_frames = frames.checked_next_power_of_two().ok_or(AllocError::TooLarge { bytes })?;
+    let align = (align_frames as u64).checked_mul(PAGE_SIZE as u64).ok_or(AllocError::TooLarge { bytes })?;
     let size = (frames as u64) * PAGE_SIZE as u64;
-    let req = FrameRequest {
-        count: frames,
-        max_addr: mask,
-        align,
-    };
-    let phys = memory.alloc_frames(req).ok_or(AllocError::OutOfMemory {
-        bytes,
-        limit: mask,
-    })?;
+    let req = FrameRequest { count: frames, max_addr: mask, align };
+    let phys = memory.alloc_frames(req).ok_or(AllocError::OutOfMemory { bytes, limit: mask })?;
     if !reachable(phys, size as usize, mask) || phys.0 % align != 0 {
         // SAFETY: the run was just returned by `alloc_frames` with this count and nobody has
         // seen it yet.
@@ -82,20 +65,12 @@ pub(super) fn alloc_low_coherent(
     // is allocated, and nothing else uses it yet. Coherent memory is handed out zeroed so no
     // earlier user's data leaks to the new owner or its device.
     unsafe { core::ptr::write_bytes(va, 0, frames * PAGE_SIZE) };
-    Ok(CoherentRegion {
-        phys,
-        bus: BusAddr(phys.0),
-        frames,
-    })
+    Ok(CoherentRegion { phys, bus: BusAddr(phys.0), frames })
 }
 
 impl DmaMapper for Direct {
     fn kind(&self) -> &'static str {
-        if self.bounce.is_some() {
-            "direct+bounce"
-        } else {
-            "direct"
-        }
+        if self.bounce.is_some() { "direct+bounce" } else { "direct" }
     }
 
     fn check_mask(&self, mask: u64) -> Result<(), &'static str> {
@@ -113,39 +88,19 @@ impl DmaMapper for Direct {
         Err("RAM extends above the mask and no bounce area lies below it")
     }
 
-    fn map(
-        &self,
-        limits: &DeviceLimits,
-        phys: PhysAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<Mapped, MapError> {
+    fn map(&self, limits: &DeviceLimits, phys: PhysAddr, len: usize, dir: DmaDirection) -> Result<Mapped, MapError> {
         if len == 0 {
             return Err(MapError::ZeroLength);
         }
         if reachable(phys, len, limits.mask) {
-            return Ok(Mapped {
-                bus: BusAddr(phys.0),
-                phys,
-                len,
-                bounce: None,
-            });
+            return Ok(Mapped { bus: BusAddr(phys.0), phys, len, bounce: None });
         }
         match &self.bounce {
             Some(area) if area.last_addr() <= limits.mask => {
                 let slot = area.bounce_in(phys, len, dir)?;
-                Ok(Mapped {
-                    bus: BusAddr(slot.0),
-                    phys,
-                    len,
-                    bounce: Some(slot),
-                })
+                Ok(Mapped { bus: BusAddr(slot.0), phys, len, bounce: Some(slot) })
             }
-            _ => Err(MapError::BeyondMask {
-                phys,
-                len,
-                mask: limits.mask,
-            }),
+            _ => Err(MapError::BeyondMask { phys, len, mask: limits.mask }),
         }
     }
 
@@ -167,13 +122,7 @@ impl DmaMapper for Direct {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }
 
-    unsafe fn sync_for_device(
-        &self,
-        mapped: &Mapped,
-        offset: usize,
-        len: usize,
-        dir: DmaDirection,
-    ) {
+    unsafe fn sync_for_device(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection) {
         // Make the CPU's writes visible before the device is told to look.
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         if let (Some(area), Some(_)) = (&self.bounce, mapped.bounce) {
@@ -182,11 +131,7 @@ impl DmaMapper for Direct {
         }
     }
 
-    fn alloc_coherent(
-        &self,
-        limits: &DeviceLimits,
-        bytes: usize,
-    ) -> Result<CoherentRegion, AllocError> {
+    fn alloc_coherent(&self, limits: &DeviceLimits, bytes: usize) -> Result<CoherentRegion, AllocError> {
         alloc_low_coherent(&*self.memory, limits.mask, bytes)
     }
 

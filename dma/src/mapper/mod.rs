@@ -18,7 +18,7 @@
 mod bounce;
 mod direct;
 
-pub use bounce::{Bounce, BounceArea, BounceStats, BOUNCE_SLOT_SIZE};
+pub use bounce::{BOUNCE_SLOT_SIZE, Bounce, BounceArea, BounceStats};
 pub use direct::Direct;
 
 use crate::direction::DmaDirection;
@@ -74,13 +74,7 @@ pub trait DmaMapper: Send + Sync {
 
     /// Makes `len` bytes at `phys` reachable by a device with `limits`, moving data for
     /// `dir` as the map hand-over requires (the device owns the memory afterwards).
-    fn map(
-        &self,
-        limits: &DeviceLimits,
-        phys: PhysAddr,
-        len: usize,
-        dir: DmaDirection,
-    ) -> Result<Mapped, MapError>;
+    fn map(&self, limits: &DeviceLimits, phys: PhysAddr, len: usize, dir: DmaDirection) -> Result<Mapped, MapError>;
 
     /// Ends a mapping, bringing device data back for `dir` as needed.
     ///
@@ -101,19 +95,12 @@ pub trait DmaMapper: Send + Sync {
     ///
     /// # Safety
     /// As for [`DmaMapper::sync_for_cpu`].
-    unsafe fn sync_for_device(
-        &self,
-        mapped: &Mapped,
-        offset: usize,
-        len: usize,
-        dir: DmaDirection,
-    );
+    unsafe fn sync_for_device(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection);
 
     /// Allocates zeroed, physically contiguous memory the device can reach at all times. The
     /// bus address is aligned to the allocation size rounded up to a power of two of frames
     /// (as Linux's `dma_alloc_coherent` promises), which DMA pools rely on.
-    fn alloc_coherent(&self, limits: &DeviceLimits, bytes: usize)
-    -> Result<CoherentRegion, AllocError>;
+    fn alloc_coherent(&self, limits: &DeviceLimits, bytes: usize) -> Result<CoherentRegion, AllocError>;
 
     /// Frees a coherent allocation.
     ///

@@ -328,6 +328,11 @@ impl IovaAllocator {
         g
     }
 
+    /// The generation a range freed now would belong to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Releases every pending range of generation `generation` or older. Returns how many.
     pub fn flush_completed(&mut self, generation: u64) -> usize {
         let mut n = 0;

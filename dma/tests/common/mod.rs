@@ -23,8 +23,7 @@ impl Machine {
     pub fn direct(name: &str, mask_bits: u32, bounce_bytes: usize) -> Machine {
         let sim = SimMemory::low_and_high(8 << 20, 8 << 20);
         let phys: Arc<dyn PhysMemory> = sim.clone();
-        let area = (bounce_bytes > 0)
-            .then(|| BounceArea::new(phys.clone(), 0xffff_ffff, bounce_bytes).unwrap());
+        let area = (bounce_bytes > 0).then(|| BounceArea::new(phys.clone(), 0xffff_ffff, bounce_bytes).unwrap());
         let mapper: Arc<dyn DmaMapper> = match &area {
             Some(a) => Arc::new(Direct::with_bounce(phys.clone(), a.clone())),
             None => Arc::new(Direct::new(phys.clone())),
@@ -32,13 +31,7 @@ impl Machine {
         let dev = DmaDevice::new(name, phys.clone(), mapper);
         dev.set_mask(mask_bits).unwrap();
         let hw = SimDevice::new(&dev);
-        Machine {
-            sim,
-            phys,
-            area,
-            dev,
-            hw,
-        }
+        Machine { sim, phys, area, dev, hw }
     }
 
     /// A device behind a mapper that bounces everything.
@@ -46,20 +39,10 @@ impl Machine {
         let sim = SimMemory::low_and_high(8 << 20, 8 << 20);
         let phys: Arc<dyn PhysMemory> = sim.clone();
         let area = BounceArea::new(phys.clone(), 0xffff_ffff, bounce_bytes).unwrap();
-        let dev = DmaDevice::new(
-            name,
-            phys.clone(),
-            Arc::new(Bounce::new(phys.clone(), area.clone())),
-        );
+        let dev = DmaDevice::new(name, phys.clone(), Arc::new(Bounce::new(phys.clone(), area.clone())));
         dev.set_mask(32).unwrap();
         let hw = SimDevice::new(&dev);
-        Machine {
-            sim,
-            phys,
-            area: Some(area),
-            dev,
-            hw,
-        }
+        Machine { sim, phys, area: Some(area), dev, hw }
     }
 
     /// A page buffer above 4 GiB.
@@ -83,7 +66,5 @@ impl Machine {
 
 /// Whether the global error log holds a report for `device` whose text contains `needle`.
 pub fn reported(device: &str, needle: &str) -> bool {
-    dma::debug::recent_reports()
-        .iter()
-        .any(|r| r.device == device && r.to_string().contains(needle))
+    dma::debug::recent_reports().iter().any(|r| r.device == device && r.to_string().contains(needle))
 }

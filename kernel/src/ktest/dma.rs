@@ -47,7 +47,11 @@ fn coherent_is_zeroed_and_below_the_mask() -> TestResult {
     let dev = test_device("ktest coherent")?;
     dev.set_mask(32).map_err(|e| format!("{e}"))?;
     let mut ring = dev.alloc_coherent_slice::<u64>(2048).map_err(|e| format!("{e}"))?;
-    check!(ring.bus_addr().as_u64() + 2048 * 8 <= 1 << 32, "coherent memory at {:?} above a 32-bit mask", ring.bus_addr());
+    check!(
+        ring.bus_addr().as_u64() + 2048 * 8 <= 1 << 32,
+        "coherent memory at {:?} above a 32-bit mask",
+        ring.bus_addr()
+    );
     check!((0..2048).all(|i| ring.read(i) == Some(0)), "coherent memory not zeroed");
     ring.write(5, 0xfeed_f00d).map_err(|e| format!("{e}"))?;
     let seen = device_bytes(ring.bus_addr_of(5).ok_or("no index 5")?, 8);
@@ -101,11 +105,16 @@ fn bidirectional_round_trip() -> TestResult {
 
 fn scatter_gather_covers_every_byte() -> TestResult {
     let dev = test_device("ktest sg")?;
-    let pieces: Vec<Vec<u8>> = [700usize, 4096, 33, 9000].iter().enumerate().map(|(i, &n)| pattern(n, i as u8)).collect();
+    let pieces: Vec<Vec<u8>> =
+        [700usize, 4096, 33, 9000].iter().enumerate().map(|(i, &n)| pattern(n, i as u8)).collect();
     let total: usize = pieces.iter().map(Vec::len).sum();
     let sg = dev.map_sg(pieces.clone(), ToDevice).map_err(|e| format!("{}", e.error))?;
     let segments = sg.segments().to_vec();
-    check!(segments.iter().map(|s| s.len).sum::<usize>() == total, "segments cover {} of {total} bytes", segments.iter().map(|s| s.len).sum::<usize>());
+    check!(
+        segments.iter().map(|s| s.len).sum::<usize>() == total,
+        "segments cover {} of {total} bytes",
+        segments.iter().map(|s| s.len).sum::<usize>()
+    );
     let seen: Vec<u8> = segments.iter().flat_map(|s| device_bytes(s.bus, s.len).iter().copied()).collect();
     let expected: Vec<u8> = pieces.concat();
     check!(seen == expected, "the device reading the segments in order sees other bytes");
@@ -186,7 +195,8 @@ fn views_are_published() -> TestResult {
     let pool = DmaPool::create("ktest-view-pool", &dev, 32, 32, 4096).map_err(|e| format!("{e}"))?;
     let block = pool.alloc().map_err(|e| format!("{e}"))?;
     let pools = crate::scheme::read("dma:pools").ok_or("no dma:pools view")?;
-    let line = pools.lines().find(|l| l.starts_with("ktest-view-pool")).ok_or(format!("pool missing from:\n{pools}"))?;
+    let line =
+        pools.lines().find(|l| l.starts_with("ktest-view-pool")).ok_or(format!("pool missing from:\n{pools}"))?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     check!(fields.len() >= 5 && fields[1] == "1" && fields[3] == "32", "poolinfo line {line:?}");
     drop(block);

@@ -17,8 +17,10 @@
 //! exits QEMU; xtask then boots again with `ktest --from N+1`, so one panic costs one test, not
 //! the run.
 
+mod block;
 mod dma;
 mod memory;
+mod net;
 mod platform;
 
 use alloc::string::String;
@@ -37,7 +39,12 @@ pub struct KernelTest {
 
 /// Every in-kernel test, in the order they run.
 fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
-    memory::TESTS.iter().chain(platform::TESTS.iter()).chain(dma::TESTS.iter())
+    memory::TESTS
+        .iter()
+        .chain(platform::TESTS.iter())
+        .chain(dma::TESTS.iter())
+        .chain(net::TESTS.iter())
+        .chain(block::TESTS.iter())
 }
 
 /// Tests that fail on purpose, to prove the runner reports failures (`ktest --demo-failures`).

@@ -1,0 +1,2 @@
+//! AHCI SATA driver — under construction (issue 6).
+#![no_std]

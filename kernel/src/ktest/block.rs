@@ -1,0 +1,5 @@
+//! In-kernel storage tests (issue 6).
+
+use super::KernelTest;
+
+pub static TESTS: &[KernelTest] = &[];
