@@ -154,7 +154,7 @@ mod tests {
         mmio.set_bits(0, 0b101);
         mmio.clear_bits(0, 0b001);
         assert_eq!(mmio.read32(0), 0b100);
-        drop(mmio);
+        let _ = mmio;
         assert_eq!(backing, [0b100, 0xdead_beef, 0, 0]);
     }
 
