@@ -89,6 +89,12 @@ pub enum MapError {
         /// Bytes requested.
         len: usize,
     },
+    /// The IOMMU refused the mapping (no IOVA space left below the mask, no memory for page
+    /// tables, or an invalidation that did not complete).
+    Iommu {
+        /// What the IOMMU code reported.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for MapError {
@@ -116,6 +122,7 @@ impl fmt::Display for MapError {
             MapError::TooLarge { len } => {
                 write!(f, "{len} bytes is too large to map in one piece; use a scatter list")
             }
+            MapError::Iommu { reason } => write!(f, "the IOMMU could not map the buffer: {reason}"),
         }
     }
 }

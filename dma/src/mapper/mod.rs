@@ -17,9 +17,11 @@
 
 mod bounce;
 mod direct;
+mod iommu;
 
 pub use bounce::{BOUNCE_SLOT_SIZE, Bounce, BounceArea, BounceStats};
 pub use direct::Direct;
+pub use iommu::{Iommu, PENDING_PAGES_LIMIT};
 
 use crate::direction::DmaDirection;
 use crate::error::{AllocError, MapError};

@@ -289,7 +289,10 @@ impl fmt::Display for DmarError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DmarError::TooShort { len } => {
-                write!(f, "DMAR table is {len} bytes, less than its {DMAR_HEADER_LEN}-byte fixed part; the copy is truncated")
+                write!(
+                    f,
+                    "DMAR table is {len} bytes, less than its {DMAR_HEADER_LEN}-byte fixed part; the copy is truncated"
+                )
             }
             DmarError::BadSignature { found } => {
                 write!(f, "not a DMAR table: signature is {:?}", core::str::from_utf8(found).unwrap_or("(binary)"))
@@ -359,7 +362,8 @@ impl Dmar {
         };
         let mut off = DMAR_HEADER_LEN;
         while off < len {
-            let bad = |problem| DmarError::BadStructure { offset: off, kind: u16_at(table, off).unwrap_or(0xffff), problem };
+            let bad =
+                |problem| DmarError::BadStructure { offset: off, kind: u16_at(table, off).unwrap_or(0xffff), problem };
             let (Some(kind), Some(slen)) = (u16_at(table, off), u16_at(table, off + 2)) else {
                 return Err(bad("the structure header runs past the end of the table"));
             };
@@ -411,7 +415,12 @@ impl Dmar {
     /// is on), else the segment's INCLUDE_PCI_ALL unit. `secondary_bus` reads bridges as in
     /// [`DeviceScope::resolve`]. Devices deeper than one bus below a sub-hierarchy bridge need
     /// the bridge's subordinate bus number and are matched only through INCLUDE_PCI_ALL here.
-    pub fn unit_for(&self, segment: u16, dev: SourceId, secondary_bus: impl Fn(u8, u8, u8) -> Option<u8>) -> Option<&Drhd> {
+    pub fn unit_for(
+        &self,
+        segment: u16,
+        dev: SourceId,
+        secondary_bus: impl Fn(u8, u8, u8) -> Option<u8>,
+    ) -> Option<&Drhd> {
         let named = self.units.iter().filter(|u| u.segment == segment).find(|u| {
             u.scopes.iter().any(|s| match (s.kind, s.resolve(&secondary_bus)) {
                 (ScopeKind::PciEndpoint, Ok(id)) => id == dev,
@@ -445,7 +454,7 @@ fn parse_scopes(body: &[u8], start: usize, table_off: usize) -> Result<Vec<Devic
         let Some(scope) = body.get(off..off + slen) else {
             return Err(bad("length field runs past the end of its structure"));
         };
-        let path = scope[6..].chunks_exact(2).map(|p| PathEntry { device: p[0], function: p[1] }).collect();
+        let path = scope[6..].as_chunks::<2>().0.iter().map(|p| PathEntry { device: p[0], function: p[1] }).collect();
         scopes.push(DeviceScope { kind: ScopeKind::from_u8(hdr[0]), enumeration_id: hdr[4], start_bus: hdr[5], path });
         off += slen;
     }

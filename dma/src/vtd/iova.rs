@@ -171,27 +171,32 @@ impl IovaAllocator {
         if bound < want {
             return Err(err);
         }
-        for j in order as usize..self.free.len() {
+        // Highest fit over all orders (top-down, like Linux): keeps low IOVAs, the only ones
+        // narrow devices can use, free as long as possible. One ordered-set lookup per order.
+        let mut best: Option<(u64, u64, usize)> = None;
+        for (j, set) in self.free.iter().enumerate().skip(order as usize) {
             let size = 1u64 << j;
-            let mut found = None;
-            for &s in self.free[j].range(..bound).rev().take(2) {
+            // At most one free block of this order straddles `bound`; the next one down fits.
+            for &s in set.range(..bound).rev().take(2) {
                 let top = (s + size).min(bound);
                 if top < want {
                     continue;
                 }
                 let t = (top - want) & !(want - 1);
                 if t >= s {
-                    found = Some((s, t));
+                    if best.is_none_or(|b| t > b.1) {
+                        best = Some((s, t, j));
+                    }
                     break;
                 }
             }
-            if let Some((s, t)) = found {
-                self.free[j].remove(&s);
-                self.split_to(s, j as u8, t, order as u8);
-                self.live.insert(t, Allocation { pages, blocks: Blocks::One(order as u8) });
-                self.live_pages += pages;
-                return Ok(t * PAGE);
-            }
+        }
+        if let Some((s, t, j)) = best {
+            self.free[j].remove(&s);
+            self.split_to(s, j as u8, t, order as u8);
+            self.live.insert(t, Allocation { pages, blocks: Blocks::One(order as u8) });
+            self.live_pages += pages;
+            return Ok(t * PAGE);
         }
         Err(err)
     }
@@ -242,7 +247,10 @@ impl IovaAllocator {
         if len == 0 {
             return Err(IovaError::ZeroLength);
         }
-        if iova % PAGE != 0 || len % PAGE != 0 || iova.checked_add(len).is_none_or(|e| e / PAGE > self.space) {
+        if !iova.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || iova.checked_add(len).is_none_or(|e| e / PAGE > self.space)
+        {
             return Err(IovaError::BadRange { iova });
         }
         let (mut a, b) = (iova / PAGE, (iova + len) / PAGE);
@@ -271,7 +279,7 @@ impl IovaAllocator {
     /// The live allocation starting at `iova`: its length in bytes as requested (rounded up to
     /// pages).
     pub fn allocation(&self, iova: u64) -> Option<u64> {
-        (iova % PAGE == 0).then(|| self.live.get(&(iova / PAGE)).map(|a| a.pages * PAGE)).flatten()
+        iova.is_multiple_of(PAGE).then(|| self.live.get(&(iova / PAGE)).map(|a| a.pages * PAGE)).flatten()
     }
 
     /// The live allocation containing `iova`: (first IOVA, length in bytes).
@@ -282,7 +290,7 @@ impl IovaAllocator {
     }
 
     fn take_live(&mut self, iova: u64) -> Result<Allocation, IovaError> {
-        if iova % PAGE != 0 {
+        if !iova.is_multiple_of(PAGE) {
             return Err(IovaError::NotAllocated { iova });
         }
         let a = self.live.remove(&(iova / PAGE)).ok_or(IovaError::NotAllocated { iova })?;

@@ -32,7 +32,7 @@
 //! - [`invalidation`]: context-cache and IOTLB invalidation, by registers or by the queued
 //!   invalidation interface (§6.5).
 //! - [`fault`]: fault recording registers and their decoding (§7.3).
-//! - [`unit`]: bring-up of one remapping unit and [`unit::Domain`]s with map/unmap.
+//! - [`unit`](mod@unit): bring-up of one remapping unit and [`unit::Domain`]s with map/unmap.
 //! - [`view`]: the `iommu:units` and `iommu:faults` text views.
 //! - [`sim`]: a simulated unit (registers, queued invalidation, an IOTLB cache, fault
 //!   recording) for host tests.

@@ -220,7 +220,7 @@ impl MmioRegisters {
     }
 
     fn ptr(&self, offset: usize, size: usize) -> Option<*mut u8> {
-        (offset % size == 0 && offset.checked_add(size)? <= self.len).then(|| {
+        (offset.is_multiple_of(size) && offset.checked_add(size)? <= self.len).then(|| {
             // SAFETY: the offset is inside the mapped block (checked above).
             unsafe { self.base.add(offset) }
         })
@@ -412,7 +412,13 @@ impl fmt::Display for Cap {
             (false, true) => "1G",
             (false, false) => "4K-only",
         };
-        let _ = write!(s, " sllps={pages} nfr={} fro={:#x} mamv={}", self.fault_records(), self.fault_recording_offset(), self.mamv());
+        let _ = write!(
+            s,
+            " sllps={pages} nfr={} fro={:#x} mamv={}",
+            self.fault_records(),
+            self.fault_recording_offset(),
+            self.mamv()
+        );
         for (on, name) in [
             (self.caching_mode(), "CM"),
             (self.psi(), "PSI"),

@@ -389,7 +389,7 @@ impl PageTable {
 
     fn check(&self, iova: u64, len: u64) -> Result<(), TableError> {
         let page = PAGE_SIZE as u64;
-        if len == 0 || iova % page != 0 || len % page != 0 {
+        if len == 0 || !iova.is_multiple_of(page) || !len.is_multiple_of(page) {
             return Err(TableError::Unaligned { iova, len });
         }
         let width = self.width();
@@ -420,7 +420,7 @@ impl PageTable {
         perms: Perms,
     ) -> Result<MapReport, TableError> {
         self.check(iova, len)?;
-        if phys.0 % PAGE_SIZE as u64 != 0 {
+        if !phys.0.is_multiple_of(PAGE_SIZE as u64) {
             return Err(TableError::Unaligned { iova: phys.0, len });
         }
         if phys.0.checked_add(len).is_none_or(|e| e - 1 > PTE_ADDR | 0xfff) {
@@ -462,7 +462,11 @@ impl PageTable {
         let mut level = self.levels;
         loop {
             let size = level_size(level);
-            let fits = level <= 3 && self.large_ok(level) && iova % size == 0 && phys % size == 0 && remaining >= size;
+            let fits = level <= 3
+                && self.large_ok(level)
+                && iova.is_multiple_of(size)
+                && phys.is_multiple_of(size)
+                && remaining >= size;
             let idx = level_index(iova, level);
             let e = mem.read(table, idx);
             if fits && e & (PTE_R | PTE_W) == 0 {
@@ -508,7 +512,7 @@ impl PageTable {
             // A smaller leaf run stops where a larger leaf could start again.
             if level < 3 && self.large_ok(level + 1) {
                 let up = level_size(level + 1);
-                if (iova + done) % up == 0 && (phys + done) % up == 0 && remaining - done >= up {
+                if (iova + done).is_multiple_of(up) && (phys + done).is_multiple_of(up) && remaining - done >= up {
                     break;
                 }
             }

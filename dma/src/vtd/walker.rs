@@ -34,7 +34,13 @@ pub struct WalkCaps {
 impl WalkCaps {
     /// From the unit's capability registers.
     pub const fn from_regs(cap: Cap, ecap: Ecap) -> WalkCaps {
-        WalkCaps { mgaw: cap.mgaw(), sagaw: cap.sagaw(), sllps: cap.sllps(), pass_through: ecap.pt(), device_tlb: ecap.dt() }
+        WalkCaps {
+            mgaw: cap.mgaw(),
+            sagaw: cap.sagaw(),
+            sllps: cap.sllps(),
+            pass_through: ecap.pt(),
+            device_tlb: ecap.dt(),
+        }
     }
 }
 
@@ -137,7 +143,12 @@ pub fn walk_tables(
         AccessKind::Write => FaultReason::WRITE_DENIED,
     };
     let Some(top) = ctx.table else {
-        return Ok(Translation { phys: PhysAddr(iova), page_size: 4096, perms: Perms::READ_WRITE, domain_id: ctx.domain_id });
+        return Ok(Translation {
+            phys: PhysAddr(iova),
+            page_size: 4096,
+            perms: Perms::READ_WRITE,
+            domain_id: ctx.domain_id,
+        });
     };
     if ctx.width < 64 && iova >> ctx.width != 0 {
         return Err(FaultReason::BEYOND_AGAW);
