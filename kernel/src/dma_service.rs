@@ -3,8 +3,9 @@
 //!
 //! The `dma` crate holds every rule; this module gives it the machine:
 //! * memory: [`KernelMemory`] (frames from the frame allocator, addresses via the direct map);
-//! * a mapper: `Direct` (bus address = physical address) with a 1 MiB bounce area below 4 GiB,
-//!   so a 32-bit device can still use a buffer that lies above 4 GiB (Linux's swiotlb);
+//! * a mapper: each PCI function's VT-d domain when the IOMMU is on (see `crate::iommu`), else
+//!   `Direct` (bus address = physical address) with a 1 MiB bounce area below 4 GiB, so a 32-bit
+//!   device can still use a buffer that lies above 4 GiB (Linux's swiotlb);
 //! * views: `dma:pools`, `dma:mappings`, `dma:errors` for the shell and the tests.
 //!
 //! Drivers get a handle from [`device_for`] and nothing else: the handle is the capability to
@@ -50,6 +51,7 @@ pub fn init() {
         };
         crate::scheme::register(name, about, view_for(name));
     }
+    crate::iommu::init(service().memory.clone());
 }
 
 fn view_for(name: &str) -> crate::scheme::Render {
@@ -76,9 +78,13 @@ pub fn memory() -> Arc<dyn PhysMemory> {
 
 /// A DMA handle for `function`, named `"bb:dd.f driver"`. The mask starts at 32 bits; the driver
 /// widens it when its device can address more.
+///
+/// With VT-d on, the handle's mapper is the function's own IOMMU domain; otherwise the shared
+/// Direct mapper.
 pub fn device_for(function: &PciFunction, driver: &str) -> DmaDevice {
     let s = service();
-    DmaDevice::new(format!("{} {driver}", Bdf(function.address)), s.memory.clone(), s.mapper.clone())
+    let mapper = crate::iommu::mapper_for(function).unwrap_or_else(|| s.mapper.clone());
+    DmaDevice::new(format!("{} {driver}", Bdf(function.address)), s.memory.clone(), mapper)
 }
 
 /// A DMA handle for something that is not a PCI function (tests, the CPU playing device).

@@ -17,6 +17,7 @@ pub mod dma_service;
 pub mod exit;
 pub mod gdt;
 pub mod interrupts;
+pub mod iommu;
 pub mod ktest;
 pub mod logger;
 pub mod memory;

@@ -55,7 +55,8 @@ impl MachineConfig {
             memory_mib: 512,
             network: None,
             disks: Vec::new(),
-            extra_args: Vec::new(),
+            // A DMA probe for the IOMMU tests: an 82574 (e1000e) that no driver claims.
+            extra_args: ["-netdev", "user,id=probe", "-device", "e1000e,netdev=probe"].map(String::from).to_vec(),
         }
     }
 }

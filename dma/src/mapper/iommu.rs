@@ -227,6 +227,10 @@ impl DmaMapper for Iommu {
     }
 
     fn bus_to_phys(&self, bus: BusAddr) -> Option<PhysAddr> {
-        self.domain.translate(bus.0, AccessKind::Read).or_else(|_| self.domain.translate(bus.0, AccessKind::Write)).ok().map(|t| t.phys)
+        self.domain
+            .translate(bus.0, AccessKind::Read)
+            .or_else(|_| self.domain.translate(bus.0, AccessKind::Write))
+            .ok()
+            .map(|t| t.phys)
     }
 }

@@ -19,6 +19,7 @@
 
 mod block;
 mod dma;
+mod iommu;
 mod memory;
 mod net;
 mod platform;
@@ -43,6 +44,7 @@ fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
         .iter()
         .chain(platform::TESTS.iter())
         .chain(dma::TESTS.iter())
+        .chain(iommu::TESTS.iter())
         .chain(net::TESTS.iter())
         .chain(block::TESTS.iter())
 }

@@ -1,0 +1,222 @@
+//! Intel VT-d in the kernel: find the units the DMAR table describes, give every PCI function a
+//! domain of its own, and make the IOMMU mapper the DMA service's default.
+//!
+//! All the VT-d logic lives in `dma::vtd`; this module supplies the machine (register mappings,
+//! PCI topology, the fault interrupt) and the policy:
+//! * **one domain per device**, except devices behind a PCIe-to-PCI bridge: their requests carry
+//!   the bridge's requester id, so the unit cannot tell them apart and they share one domain;
+//! * **RMRR** regions stay identity-mapped for the devices that firmware lists;
+//! * **devices without a domain are blocked** (their context entry is not present), never passed
+//!   through;
+//! * **strict unmap** (invalidate before `unmap` returns) and **sub-page isolation** on;
+//! * a malformed DMAR table, or a unit that fails to come up, leaves the Direct mapper in charge
+//!   with a log line saying why.
+
+use crate::memory::paging;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use dma::PhysMemory;
+use dma::mapper::{DmaMapper, Iommu};
+use dma::vtd::regs::MmioRegisters;
+use dma::vtd::{Domain, SourceId, Unit, UnitConfig, UnmapPolicy};
+use pci::{Bdf, PciAddress, PciFunction};
+use spin::{Mutex, Once};
+
+/// The running IOMMU: units and each function's mapper.
+pub struct IommuState {
+    /// Every unit brought up.
+    pub units: Vec<Arc<Unit>>,
+    /// The mapper of each PCI function (shared by functions in one domain).
+    mappers: BTreeMap<PciAddress, Arc<Iommu>>,
+}
+
+static STATE: Once<Option<IommuState>> = Once::new();
+
+/// Fault interrupts seen (the handler only counts; faults are read outside interrupt context).
+static FAULT_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+/// Unmap policy for new domains.
+pub const POLICY: UnmapPolicy = UnmapPolicy::Strict;
+
+/// The IOMMU, if one is running.
+pub fn state() -> Option<&'static IommuState> {
+    STATE.get().and_then(Option::as_ref)
+}
+
+/// The IOMMU mapper for `function`, if translation is on and it has a domain.
+pub fn mapper_for(function: &PciFunction) -> Option<Arc<dyn DmaMapper>> {
+    let mapper = state()?.mappers.get(&function.address)?.clone();
+    Some(mapper)
+}
+
+/// The domain `function` is attached to.
+pub fn domain_of(function: &PciFunction) -> Option<Arc<Domain>> {
+    Some(state()?.mappers.get(&function.address)?.domain().clone())
+}
+
+/// Number of fault-event interrupts taken.
+pub fn fault_interrupts() -> u64 {
+    FAULT_INTERRUPTS.load(Ordering::Relaxed)
+}
+
+fn fault_interrupt(_context: usize) {
+    FAULT_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Brings the IOMMU up from the DMAR table, if there is one. Call after PCI enumeration and
+/// before any driver asks for a DMA handle.
+pub fn init(memory: Arc<dyn PhysMemory>) {
+    STATE.call_once(|| bring_up(memory));
+    crate::scheme::register("iommu:units", "VT-d units: capabilities and state", || match state() {
+        Some(s) => dma::vtd::view::render_units(&s.units),
+        None => String::from("no VT-d unit in use (no DMAR table, or it was rejected; DMA is Direct)\n"),
+    });
+    crate::scheme::register("iommu:faults", "VT-d fault records, per device", || match state() {
+        Some(s) => dma::vtd::view::render_faults(&s.units),
+        None => String::from("no VT-d unit in use\n"),
+    });
+}
+
+fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
+    let bytes = crate::acpi::info().dmar.as_ref()?;
+    let dmar = match dma::vtd::dmar::Dmar::parse(bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("iommu: DMAR table rejected: {e}; DMA stays Direct (no isolation)");
+            return None;
+        }
+    };
+    let functions = crate::pci::functions();
+    let secondary_bus = |bus: u8, dev: u8, func: u8| {
+        functions
+            .iter()
+            .find(|f| f.address.bus() == bus && f.address.device() == dev && f.address.function() == func)
+            .and_then(|f| f.bridge_buses.map(|b| b.secondary))
+    };
+
+    // Units, with translation still off.
+    let mut units: Vec<(u64, Arc<Unit>)> = Vec::new();
+    for (i, drhd) in dmar.units.iter().enumerate() {
+        let size = drhd.register_size();
+        let base = match paging::map_mmio(drhd.register_base, size as u64) {
+            Ok(base) => base,
+            Err(e) => {
+                log::error!("iommu: cannot map unit registers at {:#x}: {e}", drhd.register_base);
+                continue;
+            }
+        };
+        // SAFETY: `base` maps the unit's register set uncached for `size` bytes, for the kernel's
+        // lifetime, and only this unit's driver touches it.
+        let regs = unsafe { MmioRegisters::new(base, size) };
+        let config = UnitConfig {
+            host_address_width: dmar.host_address_width,
+            enable_translation: false,
+            ..UnitConfig::default()
+        };
+        match Unit::bring_up(&alloc::format!("dmar{i}"), regs, memory.clone(), config) {
+            Ok(unit) => units.push((drhd.register_base, unit)),
+            Err(e) => log::error!("iommu: unit at {:#x} failed to come up: {e}", drhd.register_base),
+        }
+    }
+    if units.is_empty() {
+        log::error!("iommu: no usable VT-d unit; DMA stays Direct");
+        return None;
+    }
+
+    // One domain per requester id: a function's own, or its PCIe-to-PCI bridge's.
+    let mut domains: BTreeMap<(u64, PciAddress), Arc<Iommu>> = BTreeMap::new();
+    let mut mappers = BTreeMap::new();
+    for f in functions.iter().filter(|f| !f.is_bridge()) {
+        let source = SourceId::new(f.address.bus(), f.address.device(), f.address.function());
+        let Some(drhd) = dmar.unit_for(f.address.segment(), source, secondary_bus) else {
+            log::warn!("iommu: {} is in no unit's scope; it is not translated by any IOMMU", Bdf(f.address));
+            continue;
+        };
+        let Some((_, unit)) = units.iter().find(|(base, _)| *base == drhd.register_base) else { continue };
+        let bridge = f.pcie_to_pci_bridge();
+        let key = (drhd.register_base, bridge.unwrap_or(f.address));
+        let mapper = match domains.get(&key) {
+            Some(m) => m.clone(),
+            None => {
+                let domain = match unit.create_domain(POLICY) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        log::error!("iommu: no domain for {}: {e}; the device stays blocked", Bdf(f.address));
+                        continue;
+                    }
+                };
+                let mapper = Arc::new(Iommu::new(domain, memory.clone(), true, POLICY));
+                domains.insert(key, mapper.clone());
+                mapper
+            }
+        };
+        let mut sources = alloc::vec![source];
+        if let Some(b) = bridge
+            && let Some(alias) = secondary_bus(b.bus(), b.device(), b.function())
+        {
+            // Conventional PCI requests forwarded by the bridge carry (secondary bus, 0, 0).
+            sources.push(SourceId::new(alias, 0, 0));
+        }
+        for s in sources {
+            match mapper.domain().attach(s) {
+                Ok(()) | Err(dma::vtd::DomainError::AlreadyAttached { .. }) => {}
+                Err(e) => log::error!("iommu: cannot attach {}: {e}", Bdf(f.address)),
+            }
+        }
+        mappers.insert(f.address, mapper);
+    }
+
+    // Firmware-owned DMA regions stay identity-mapped for the devices listed.
+    for rmrr in &dmar.rmrrs {
+        for scope in &rmrr.scopes {
+            let Ok(id) = scope.resolve(secondary_bus) else { continue };
+            let Some(f) = functions
+                .iter()
+                .find(|f| SourceId::new(f.address.bus(), f.address.device(), f.address.function()) == id)
+            else {
+                continue;
+            };
+            if let Some(m) = mappers.get(&f.address) {
+                let len = rmrr.limit + 1 - rmrr.base;
+                match m.domain().map_identity(rmrr.base, len) {
+                    Ok(()) => log::info!(
+                        "iommu: RMRR {:#x}..={:#x} identity-mapped for {}",
+                        rmrr.base,
+                        rmrr.limit,
+                        Bdf(f.address)
+                    ),
+                    Err(e) => log::error!("iommu: RMRR {:#x} for {}: {e}", rmrr.base, Bdf(f.address)),
+                }
+            }
+        }
+    }
+
+    let units: Vec<Arc<Unit>> = units.into_iter().map(|(_, u)| u).collect();
+    for unit in &units {
+        if let Ok(vector) = crate::interrupts::allocate_vector(fault_interrupt, 0) {
+            let (address, data) = crate::apic::msi_message(vector);
+            unit.configure_fault_interrupt(address, u32::from(data));
+        }
+        if let Err(e) = unit.enable_translation() {
+            log::error!("iommu: {}: cannot enable translation: {e}", unit.name());
+        }
+    }
+    log::info!(
+        "iommu: {} unit(s), translation on, {} domain(s) for {} device(s); strict unmap, sub-page isolation",
+        units.len(),
+        domains.len(),
+        mappers.len()
+    );
+    Some(IommuState { units, mappers })
+}
+
+/// Reads and logs every pending fault record of every unit; returns them.
+pub fn poll_faults() -> Vec<dma::vtd::FaultRecord> {
+    state().map(|s| s.units.iter().flat_map(|u| u.poll_faults()).collect()).unwrap_or_default()
+}
+
+/// Serialises tests that provoke faults.
+pub static FAULT_TEST_LOCK: Mutex<()> = Mutex::new(());

@@ -1,0 +1,316 @@
+//! In-kernel tests of VT-d with a real device doing real DMA.
+//!
+//! The device is an Intel 82574 (QEMU's `e1000e`), which xtask attaches to every test machine
+//! as a *DMA probe*: no driver claims it, so these tests own it. Its transmit path is the
+//! simplest DMA engine there is: it reads a descriptor from the ring base address, reads the
+//! buffer the descriptor names, and writes a "descriptor done" status byte back. By choosing
+//! what the ring and buffer addresses are mapped as, each test makes the device read or write
+//! exactly where it wants, and checks what the IOMMU let through (82574 datasheet §7.2, legacy
+//! transmit descriptors; registers §10.2).
+
+use super::{KernelTest, TestResult};
+use crate::check;
+use alloc::format;
+use alloc::string::String;
+use device_io::{Mmio, Registers};
+use dma::vtd::{AccessKind, FaultRecord, SourceId};
+use dma::{Bidirectional, DmaDevice, PageBuffer, ToDevice};
+use pci::{Bdf, PciFunction};
+use spin::Once;
+
+pub static TESTS: &[KernelTest] = &[
+    KernelTest { name: "iommu::translation_matches_the_firmware", run: translation_matches_the_firmware },
+    KernelTest { name: "iommu::every_device_has_its_own_domain", run: every_device_has_its_own_domain },
+    KernelTest { name: "iommu::mapped_dma_goes_through", run: mapped_dma_goes_through },
+    KernelTest { name: "iommu::unmapped_iova_faults_and_kernel_goes_on", run: unmapped_iova_faults_and_kernel_goes_on },
+    KernelTest { name: "iommu::access_after_strict_unmap_faults", run: access_after_strict_unmap_faults },
+    KernelTest {
+        name: "iommu::device_write_to_a_to_device_mapping_faults",
+        run: device_write_to_a_to_device_mapping_faults,
+    },
+];
+
+// 82574 registers (datasheet §10.2).
+const CTRL: usize = 0x0000;
+const IMC: usize = 0x00D8;
+const TCTL: usize = 0x0400;
+const TDBAL: usize = 0x3800;
+const TDBAH: usize = 0x3804;
+const TDLEN: usize = 0x3808;
+const TDH: usize = 0x3810;
+const TDT: usize = 0x3818;
+const STATUS: usize = 0x0008;
+const RCTL: usize = 0x0100;
+const RDBAL: usize = 0x2800;
+const RDBAH: usize = 0x2804;
+const RDLEN: usize = 0x2808;
+const RDH: usize = 0x2810;
+const RDT: usize = 0x2818;
+const RAL0: usize = 0x5400;
+const RAH0: usize = 0x5404;
+const STATUS_LU: u32 = 1 << 1;
+const RCTL_EN: u32 = 1 << 1;
+const RCTL_BAM: u32 = 1 << 15;
+const RCTL_SECRC: u32 = 1 << 26;
+const CTRL_RST: u32 = 1 << 26;
+const CTRL_SLU: u32 = 1 << 6;
+const TCTL_EN: u32 = 1 << 1;
+const TCTL_PSP: u32 = 1 << 3;
+/// Legacy descriptor command bits: end of packet, insert FCS, report status.
+const CMD_EOP_IFCS_RS: u64 = 0x01 | 0x02 | 0x08;
+/// Ring of 8 descriptors = 128 bytes, the smallest TDLEN allows.
+const RING_BYTES: u32 = 128;
+
+struct Probe {
+    function: &'static PciFunction,
+    regs: Mmio,
+    dev: DmaDevice,
+}
+
+static PROBE: Once<Option<Probe>> = Once::new();
+
+fn probe() -> Result<&'static Probe, String> {
+    PROBE
+        .call_once(|| {
+            let function = crate::pci::functions().iter().find(|f| f.vendor_id == 0x8086 && f.device_id == 0x10d3)?;
+            let regs = crate::pci::map_bar(function, 0).ok()?;
+            let dev = crate::dma_service::device_for(function, "dma-probe");
+            Some(Probe { function, regs, dev })
+        })
+        .as_ref()
+        .ok_or_else(|| String::from("no DMA probe device (xtask attaches `-device e1000e`)"))
+}
+
+fn iommu_expected() -> bool {
+    crate::acpi::info().dmar.is_some()
+}
+
+impl Probe {
+    fn source(&self) -> SourceId {
+        let a = self.function.address;
+        SourceId::new(a.bus(), a.device(), a.function())
+    }
+
+    /// Resets the device and leaves transmit off (datasheet §4.6.1: RST self-clears).
+    fn reset(&self) {
+        self.regs.write32(IMC, u32::MAX);
+        self.regs.write32(CTRL, CTRL_RST);
+        crate::time::poll_until(10_000, || self.regs.read32(CTRL) & CTRL_RST == 0);
+        self.regs.write32(IMC, u32::MAX);
+        self.regs.write32(CTRL, CTRL_SLU);
+    }
+
+    /// Points the transmit ring at `ring` and hands the device one descriptor.
+    fn transmit_one(&self, ring: u64) {
+        self.regs.write32(TCTL, 0);
+        self.regs.write32(TDBAL, ring as u32);
+        self.regs.write32(TDBAH, (ring >> 32) as u32);
+        self.regs.write32(TDLEN, RING_BYTES);
+        self.regs.write32(TDH, 0);
+        self.regs.write32(TDT, 0);
+        self.regs.write32(TCTL, TCTL_EN | TCTL_PSP);
+        self.regs.write32(TDT, 1);
+    }
+
+    /// Waits up to 500 ms for a fault from this device.
+    fn wait_fault(&self) -> Option<FaultRecord> {
+        let mut found = None;
+        crate::time::poll_until(500_000, || {
+            found = crate::iommu::poll_faults().into_iter().find(|f| f.source == self.source());
+            found.is_some()
+        });
+        found
+    }
+
+    fn stop(&self) {
+        self.regs.write32(TCTL, 0);
+        self.reset();
+    }
+}
+
+/// A legacy transmit descriptor sending `len` bytes from `buffer`.
+fn descriptor(buffer: u64, len: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&buffer.to_le_bytes());
+    d[8..16].copy_from_slice(&(u64::from(len) | (CMD_EOP_IFCS_RS << 24)).to_le_bytes());
+    d
+}
+
+/// The DD (descriptor done) bit of descriptor 0: byte 12, bit 0.
+fn descriptor_done(ring: &[u8]) -> bool {
+    ring[12] & 1 != 0
+}
+
+fn frame_buffer() -> Result<PageBuffer, String> {
+    let mut frame = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
+    frame[..12].fill(0xff); // broadcast destination
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+    Ok(frame)
+}
+
+fn translation_matches_the_firmware() -> TestResult {
+    let units = crate::scheme::read("iommu:units").ok_or("no iommu:units view")?;
+    if iommu_expected() {
+        check!(units.contains("translation on"), "DMAR present but iommu:units says:\n{units}");
+        check!(crate::iommu::state().is_some(), "no IOMMU state");
+    } else {
+        check!(crate::iommu::state().is_none(), "an IOMMU is running without a DMAR table");
+        let dev = crate::dma_service::device_named("ktest direct");
+        check!(dev.mapper().kind().starts_with("direct"), "mapper is {} without an IOMMU", dev.mapper().kind());
+    }
+    Ok(())
+}
+
+fn every_device_has_its_own_domain() -> TestResult {
+    if !iommu_expected() {
+        return Ok(());
+    }
+    let mut seen = alloc::vec::Vec::new();
+    for f in crate::pci::functions().iter().filter(|f| !f.is_bridge()) {
+        let domain = crate::iommu::domain_of(f).ok_or(format!("{} has no domain", Bdf(f.address)))?;
+        check!(!seen.contains(&domain.id()), "{} shares domain {} with another device", Bdf(f.address), domain.id());
+        seen.push(domain.id());
+        let dev = crate::dma_service::device_for(f, "ktest");
+        check!(dev.mapper().kind().starts_with("iommu"), "{} maps through {}", Bdf(f.address), dev.mapper().kind());
+    }
+    Ok(())
+}
+
+fn mapped_dma_goes_through() -> TestResult {
+    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let p = probe()?;
+    p.reset();
+    let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
+    let mut ring = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
+    ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
+    let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
+    p.transmit_one(ring.bus_addr().as_u64());
+    let done = crate::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    p.stop();
+    let fault = crate::iommu::poll_faults().into_iter().find(|f| f.source == p.source());
+    let _ = ring.unmap();
+    let _ = tx.unmap();
+    check!(fault.is_none(), "mapped DMA faulted: {fault:?}");
+    check!(done, "the device never wrote descriptor-done through its mapping (mapper {})", p.dev.mapper().kind());
+    Ok(())
+}
+
+fn unmapped_iova_faults_and_kernel_goes_on() -> TestResult {
+    if !iommu_expected() {
+        return Ok(());
+    }
+    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let p = probe()?;
+    p.reset();
+    // An IOVA nothing is mapped at (IOVAs are handed out top-down, so low ones are free).
+    let unmapped = 0x0dea_d000u64;
+    check!(p.dev.mapper().bus_to_phys(dma::BusAddr(unmapped)).is_none(), "{unmapped:#x} is mapped after all");
+    p.transmit_one(unmapped);
+    let fault = p.wait_fault();
+    p.stop();
+    let fault = fault.ok_or("the device read an unmapped IOVA and no fault was recorded")?;
+    check!(fault.address == unmapped, "fault at {:#x}, expected {unmapped:#x}", fault.address);
+    check!(fault.access == AccessKind::Read, "fault access {:?}, expected a read", fault.access);
+    let view = crate::scheme::read("iommu:faults").unwrap_or_default();
+    let bdf = format!("{}", Bdf(p.function.address));
+    check!(view.contains(&bdf), "iommu:faults does not name {bdf}:\n{view}");
+    // The kernel goes on: the device still works for mapped memory afterwards.
+    drop(_serial);
+    mapped_dma_goes_through()
+}
+
+fn access_after_strict_unmap_faults() -> TestResult {
+    if !iommu_expected() {
+        return Ok(());
+    }
+    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let p = probe()?;
+    p.reset();
+    let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
+    let mut ring = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
+    ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
+    let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
+    let iova = ring.bus_addr().as_u64();
+    p.transmit_one(iova);
+    let first = crate::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    p.stop();
+    check!(first, "the first, mapped, transmit did not complete");
+    // Strict unmap: when it returns the IOTLB no longer holds the translation.
+    let mut ring = ring.unmap();
+    ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
+    ring[12] = 0; // clear DD: a canary the device must not be able to set again
+    p.transmit_one(iova);
+    let fault = p.wait_fault();
+    p.stop();
+    let _ = tx.unmap();
+    let fault = fault.ok_or("the device reached the ring after a strict unmap")?;
+    check!(fault.address == iova & !0xfff, "fault at {:#x}, expected {:#x}", fault.address, iova & !0xfff);
+    check!(!descriptor_done(&ring), "the device wrote the ring after it was unmapped");
+    Ok(())
+}
+
+/// The device writes a buffer the driver mapped `ToDevice`: the IOMMU must refuse and record it.
+///
+/// Why receive and not transmit: QEMU's VT-d model checks permissions on a cached IOTLB entry
+/// silently (no fault record), and a transmit's status write-back goes to the descriptor page
+/// the device has just read — a warm entry. A received frame is written to a page the device has
+/// not touched before, so the write takes a full walk, fails its permission check and is
+/// recorded, as on hardware. To make a frame arrive, the probe sends an ARP request for the
+/// user network's gateway (10.0.2.2), which QEMU's slirp answers.
+fn device_write_to_a_to_device_mapping_faults() -> TestResult {
+    if !iommu_expected() {
+        return Ok(());
+    }
+    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let p = probe()?;
+    p.reset();
+    let memory = crate::dma_service::memory();
+    let page = |fill: u8| -> Result<PageBuffer, String> {
+        let mut b = PageBuffer::alloc(&memory, 4096, u64::MAX).map_err(|e| format!("{e}"))?;
+        b.fill(fill);
+        Ok(b)
+    };
+    // The receive buffer is mapped ToDevice: the device may read it, never write it.
+    let rx_buf = p.dev.map(page(0x5a)?, ToDevice).map_err(|e| format!("{}", e.error))?;
+    let rx_iova = rx_buf.bus_addr().as_u64();
+    let mut rx_ring = page(0)?;
+    for i in 0..8 {
+        rx_ring[i * 16..i * 16 + 8].copy_from_slice(&rx_iova.to_le_bytes());
+    }
+    let rx_ring = p.dev.map(rx_ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
+    // Receive (82574 §10.2.5): legacy descriptors, 2 KiB buffers, broadcast accepted.
+    p.regs.write32(RDBAL, rx_ring.bus_addr().as_u64() as u32);
+    p.regs.write32(RDBAH, (rx_ring.bus_addr().as_u64() >> 32) as u32);
+    p.regs.write32(RDLEN, RING_BYTES);
+    p.regs.write32(RDH, 0);
+    p.regs.write32(RDT, 7);
+    p.regs.write32(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
+    let link = crate::time::poll_until(3_000_000, || p.regs.read32(STATUS) & STATUS_LU != 0);
+    // An ARP request for 10.0.2.2 from 10.0.2.15, from the probe's own MAC.
+    let (ral, rah) = (p.regs.read32(RAL0), p.regs.read32(RAH0));
+    let mac = [ral as u8, (ral >> 8) as u8, (ral >> 16) as u8, (ral >> 24) as u8, rah as u8, (rah >> 8) as u8];
+    let mut frame = frame_buffer()?;
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&[0x08, 0x06]);
+    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame[22..28].copy_from_slice(&mac);
+    frame[28..32].copy_from_slice(&[10, 0, 2, 15]);
+    frame[32..38].fill(0);
+    frame[38..42].copy_from_slice(&[10, 0, 2, 2]);
+    let tx = p.dev.map(frame, ToDevice).map_err(|e| format!("{}", e.error))?;
+    let mut tx_ring = page(0)?;
+    tx_ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
+    let tx_ring = p.dev.map(tx_ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
+    p.transmit_one(tx_ring.bus_addr().as_u64());
+    let fault = p.wait_fault();
+    p.regs.write32(RCTL, 0);
+    p.stop();
+    let _ = (tx_ring.unmap(), tx.unmap(), rx_ring.unmap());
+    let rx_buf = rx_buf.unmap();
+    check!(link, "the probe's link never came up");
+    let fault = fault.ok_or("a frame arrived into a ToDevice mapping and no fault was recorded")?;
+    check!(fault.access == AccessKind::Write, "fault access {:?}, expected a write", fault.access);
+    check!(fault.address == rx_iova & !0xfff, "fault at {:#x}, expected {:#x}", fault.address, rx_iova & !0xfff);
+    check!(rx_buf.iter().all(|&b| b == 0x5a), "the read-only buffer was written");
+    Ok(())
+}
