@@ -85,7 +85,7 @@ impl Iommu {
 
     /// Whether a mapping of `len` bytes at `phys` would share a page with other data.
     fn shares_a_page(phys: PhysAddr, len: usize) -> bool {
-        phys.0 % PAGE != 0 || len % PAGE_SIZE != 0
+        !phys.0.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE_SIZE)
     }
 
     /// Frees `count` frames at `base` now (strict) or after the next flush (deferred).
