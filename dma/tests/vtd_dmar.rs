@@ -262,3 +262,32 @@ proptest! {
         }
     }
 }
+
+/// A sub-hierarchy scope covers every bus below its bridge, not just the first: a device
+/// behind a root port and a PCIe-to-PCI bridge (bus 2) belongs to the unit naming the port.
+#[test]
+fn sub_hierarchy_scope_covers_deeper_buses() {
+    use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, PathEntry, ScopeKind};
+    let port = DeviceScope {
+        kind: ScopeKind::PciSubHierarchy,
+        enumeration_id: 0,
+        start_bus: 0,
+        path: vec![PathEntry { device: 2, function: 0 }],
+    };
+    let bytes = DmarBuilder::new(38, 0).drhd(0, 0, 0xfed9_0000, &[port]).build();
+    let d = Dmar::parse(&bytes).unwrap();
+    // Root port 00:02.0 forwards buses 1..=2; the PCIe-to-PCI bridge on bus 1 forwards bus 2.
+    let secondary = |b: u8, dev: u8, f: u8| match (b, dev, f) {
+        (0, 2, 0) => Some(1),
+        (1, 0, 0) => Some(2),
+        _ => None,
+    };
+    let range = |b: u8, dev: u8, f: u8| match (b, dev, f) {
+        (0, 2, 0) => Some((1, 2)),
+        (1, 0, 0) => Some((2, 2)),
+        _ => None,
+    };
+    let deep = SourceId::new(2, 1, 0);
+    assert_eq!(d.unit_for_in_hierarchy(0, deep, secondary, range).map(|u| u.register_base), Some(0xfed9_0000));
+    assert_eq!(d.unit_for_in_hierarchy(0, SourceId::new(3, 0, 0), secondary, range), None);
+}

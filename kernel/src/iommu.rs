@@ -57,6 +57,20 @@ pub fn domain_of(function: &PciFunction) -> Option<Arc<Domain>> {
     Some(state()?.mappers.get(&function.address)?.domain().clone())
 }
 
+/// The requester id a device's DMA carries: its own BDF, or (secondary bus, 0, 0) of the
+/// PCIe-to-PCI bridge it sits behind (PCIe-to-PCI Bridge spec 1.0 §2.3: the bridge takes
+/// ownership of conventional PCI transactions it forwards).
+pub fn requester_id(function: &PciFunction) -> SourceId {
+    let own = SourceId::new(function.address.bus(), function.address.device(), function.address.function());
+    let Some(bridge) = function.pcie_to_pci_bridge() else { return own };
+    crate::pci::functions()
+        .iter()
+        .find(|f| f.address == bridge)
+        .and_then(|b| b.bridge_buses)
+        .map(|buses| SourceId::new(buses.secondary, 0, 0))
+        .unwrap_or(own)
+}
+
 /// Number of fault-event interrupts taken.
 pub fn fault_interrupts() -> u64 {
     FAULT_INTERRUPTS.load(Ordering::Relaxed)
@@ -96,6 +110,12 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
             .find(|f| f.address.bus() == bus && f.address.device() == dev && f.address.function() == func)
             .and_then(|f| f.bridge_buses.map(|b| b.secondary))
     };
+    let bus_range = |bus: u8, dev: u8, func: u8| {
+        functions
+            .iter()
+            .find(|f| f.address.bus() == bus && f.address.device() == dev && f.address.function() == func)
+            .and_then(|f| f.bridge_buses.map(|b| (b.secondary, b.subordinate)))
+    };
 
     // Units, with translation still off.
     let mut units: Vec<(u64, Arc<Unit>)> = Vec::new();
@@ -131,7 +151,7 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
     let mut mappers = BTreeMap::new();
     for f in functions.iter().filter(|f| !f.is_bridge()) {
         let source = SourceId::new(f.address.bus(), f.address.device(), f.address.function());
-        let Some(drhd) = dmar.unit_for(f.address.segment(), source, secondary_bus) else {
+        let Some(drhd) = dmar.unit_for_in_hierarchy(f.address.segment(), source, secondary_bus, bus_range) else {
             log::warn!("iommu: {} is in no unit's scope; it is not translated by any IOMMU", Bdf(f.address));
             continue;
         };

@@ -30,6 +30,29 @@ pub fn configurations() -> Vec<MachineConfig> {
         MachineConfig { name: "uefi-vtd".into(), firmware: Firmware::Uefi, ..MachineConfig::standard() },
         // RAM above 4 GiB: 32-bit DMA devices must bounce buffers that live there.
         MachineConfig { name: "bios-6g-novtd".into(), iommu: false, memory_mib: 6144, ..MachineConfig::standard() },
+        // The NIC and the DMA probe behind a PCIe root port and a PCIe-to-PCI bridge: the IOMMU
+        // sees both with the bridge's requester id, so they must share one domain.
+        MachineConfig {
+            name: "bios-vtd-bridged".into(),
+            network: Some(
+                [
+                    "-netdev",
+                    "user,id=n0",
+                    "-device",
+                    "pcie-root-port,id=rp1,chassis=1",
+                    "-device",
+                    "pcie-pci-bridge,id=br1,bus=rp1",
+                    "-device",
+                    "e1000,netdev=n0,bus=br1,addr=1",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            extra_args: ["-netdev", "user,id=probe", "-device", "e1000e,netdev=probe,bus=br1,addr=2"]
+                .map(String::from)
+                .to_vec(),
+            ..MachineConfig::standard()
+        },
     ]
 }
 

@@ -414,18 +414,35 @@ impl Dmar {
     /// names it (an endpoint entry, or a sub-hierarchy bridge it is or whose secondary bus it
     /// is on), else the segment's INCLUDE_PCI_ALL unit. `secondary_bus` reads bridges as in
     /// [`DeviceScope::resolve`]. Devices deeper than one bus below a sub-hierarchy bridge need
-    /// the bridge's subordinate bus number and are matched only through INCLUDE_PCI_ALL here.
+    /// the bridge's subordinate bus number: use [`Dmar::unit_for_in_hierarchy`] for them.
     pub fn unit_for(
         &self,
         segment: u16,
         dev: SourceId,
         secondary_bus: impl Fn(u8, u8, u8) -> Option<u8>,
     ) -> Option<&Drhd> {
+        let buses = |b: u8, d: u8, f: u8| secondary_bus(b, d, f).map(|s| (s, s));
+        self.unit_for_in_hierarchy(segment, dev, &secondary_bus, buses)
+    }
+
+    /// Like [`Dmar::unit_for`], with `bus_range` giving a bridge's (secondary, subordinate) bus
+    /// numbers, so a device anywhere below a sub-hierarchy bridge — behind further bridges —
+    /// is matched to the unit that names the bridge (VT-d §8.3.1: a sub-hierarchy scope covers
+    /// every bus the bridge forwards to).
+    pub fn unit_for_in_hierarchy(
+        &self,
+        segment: u16,
+        dev: SourceId,
+        secondary_bus: impl Fn(u8, u8, u8) -> Option<u8>,
+        bus_range: impl Fn(u8, u8, u8) -> Option<(u8, u8)>,
+    ) -> Option<&Drhd> {
         let named = self.units.iter().filter(|u| u.segment == segment).find(|u| {
             u.scopes.iter().any(|s| match (s.kind, s.resolve(&secondary_bus)) {
                 (ScopeKind::PciEndpoint, Ok(id)) => id == dev,
                 (ScopeKind::PciSubHierarchy, Ok(br)) => {
-                    br == dev || secondary_bus(br.bus(), br.device(), br.function()) == Some(dev.bus())
+                    br == dev
+                        || bus_range(br.bus(), br.device(), br.function())
+                            .is_some_and(|(sec, sub)| (sec..=sub).contains(&dev.bus()))
                 }
                 _ => false,
             })
