@@ -19,6 +19,7 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     crate::println!();
     log::info!("dma-kernel {} booting", env!("CARGO_PKG_VERSION"));
 
+    crate::console::init(boot_info.framebuffer.as_mut());
     crate::gdt::init();
     crate::interrupts::init();
 

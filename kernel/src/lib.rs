@@ -14,6 +14,7 @@ pub mod apic;
 pub mod bench;
 pub mod block;
 pub mod boot;
+pub mod console;
 pub mod dma_service;
 pub mod exit;
 pub mod gdt;

@@ -38,11 +38,19 @@ pub fn init() {
     *PORT.lock() = Some(port);
 }
 
-/// Writes formatted text to the console (and to the framebuffer mirror, when there is one).
+/// Writes formatted text to the serial port and mirrors it to the framebuffer console.
 pub fn write_fmt(args: fmt::Arguments) {
+    struct Both<'a>(&'a mut SerialPort);
+    impl fmt::Write for Both<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.0.write_str(s)?;
+            crate::console::write_str(s);
+            Ok(())
+        }
+    }
     x86_64::instructions::interrupts::without_interrupts(|| {
         if let Some(port) = PORT.lock().as_mut() {
-            let _ = port.write_fmt(args);
+            let _ = Both(port).write_fmt(args);
         }
     });
 }

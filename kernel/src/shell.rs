@@ -25,7 +25,7 @@ pub struct Command {
 
 /// Every command: the shell's own, then each service's.
 fn all_commands() -> impl Iterator<Item = &'static Command> {
-    COMMANDS.iter().chain(crate::net::COMMANDS).chain(crate::block::COMMANDS)
+    COMMANDS.iter().chain(crate::net::COMMANDS).chain(crate::block::COMMANDS).chain(crate::bench::COMMANDS)
 }
 
 static COMMANDS: &[Command] = &[
@@ -54,7 +54,7 @@ pub fn run() -> ! {
     let mut line = String::new();
     print!("{PROMPT}");
     loop {
-        let Some(byte) = crate::serial::try_read_byte() else {
+        let Some(byte) = crate::console::try_read_byte() else {
             core::hint::spin_loop();
             continue;
         };
