@@ -50,14 +50,17 @@ fn iommu() {
     let direct: Arc<dyn DmaMapper> = Arc::new(dma::mapper::Direct::new(memory.clone()));
     let mut mappers: Vec<(&str, Arc<dyn DmaMapper>)> = Vec::new();
     mappers.push(("direct", direct));
-    for (name, policy) in [("iommu-strict", UnmapPolicy::Strict), ("iommu-deferred", UnmapPolicy::Deferred { batch: 256 })] {
+    for (name, policy) in
+        [("iommu-strict", UnmapPolicy::Strict), ("iommu-deferred", UnmapPolicy::Deferred { batch: 256 })]
+    {
         match unit.create_domain(policy) {
             Ok(domain) => mappers.push((name, Arc::new(Iommu::new(domain, memory.clone(), false, policy)))),
             Err(e) => println!("bench: no domain: {e}"),
         }
     }
     // One 2 MiB-aligned buffer serves every size: mapping reads no data, so it can be shared.
-    let Some(buffer) = crate::memory::allocate_frames(dma::FrameRequest { count: 512, max_addr: u64::MAX, align: 2 << 20 })
+    let Some(buffer) =
+        crate::memory::allocate_frames(dma::FrameRequest { count: 512, max_addr: u64::MAX, align: 2 << 20 })
     else {
         println!("bench: no 2 MiB buffer");
         return;

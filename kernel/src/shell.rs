@@ -55,6 +55,7 @@ pub fn run() -> ! {
     print!("{PROMPT}");
     loop {
         let Some(byte) = crate::console::try_read_byte() else {
+            crate::net::poll_idle();
             core::hint::spin_loop();
             continue;
         };

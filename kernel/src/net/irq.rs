@@ -1,0 +1,138 @@
+//! The NIC's interrupt: legacy INTx through the I/O APIC, with polling as the fallback.
+//!
+//! The 82540EM in QEMU offers no MSI capability, so its interrupt is a level-triggered wire.
+//! The firmware routes the function's PIRQ link to an ISA IRQ and writes its number into the
+//! interrupt-line register; on q35, ICH9 drives the I/O APIC input of the same number.
+//! QEMU's MADT carries an interrupt source override for such IRQs (5, 9, 10, 11): level
+//! triggered, active high, which [`crate::apic::route_isa_irq`] applies. Experiment agrees:
+//! routed level/active-high, a cause raised through ICS arrives once and stops after the
+//! handler reads ICR (QEMU's I/O APIC model takes the level as given either way).
+//!
+//! Being level-triggered, the line stays asserted until ICR is read, so the handler must read
+//! it every time — that is all it does; frames are handled by whoever polls the stack.
+//!
+//! Start-up proves delivery: with interrupts enabled on the device, a cause is raised through
+//! ICS and must reach the handler within 20 ms. If it does not (no APIC, no interrupt line,
+//! routing failed), the device's interrupts are masked and the driver polls.
+
+use super::NET;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use pci::PciFunction;
+
+/// How the NIC's interrupts are delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqMode {
+    /// No interrupts: the stack is polled.
+    Polling {
+        /// Why not interrupts.
+        reason: &'static str,
+    },
+    /// INTx routed through the I/O APIC.
+    Intx {
+        /// ISA IRQ (and I/O APIC input) from the interrupt-line register.
+        irq: u8,
+        /// CPU vector.
+        vector: u8,
+    },
+}
+
+impl IrqMode {
+    /// True when interrupts are delivered.
+    pub fn is_interrupt(&self) -> bool {
+        matches!(self, IrqMode::Intx { .. })
+    }
+}
+
+impl fmt::Display for IrqMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IrqMode::Polling { reason } => write!(f, "polling ({reason})"),
+            IrqMode::Intx { irq, vector } => {
+                write!(f, "INTx IRQ {irq} (I/O APIC, level, active high) vector {vector:#x}")
+            }
+        }
+    }
+}
+
+static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+static NOT_OURS: AtomicU64 = AtomicU64::new(0);
+
+/// Interrupts the handler has run for.
+pub fn count() -> u64 {
+    INTERRUPTS.load(Ordering::Relaxed)
+}
+
+/// Interrupts that found no cause in ICR (a shared line, or a spurious assertion).
+pub fn not_ours() -> u64 {
+    NOT_OURS.load(Ordering::Relaxed)
+}
+
+/// The interrupt handler: acknowledge (read ICR), count.
+fn on_interrupt(_context: usize) {
+    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    // Every other user takes NET with interrupts off, and there is one CPU: the lock is free.
+    let causes = NET.try_lock().and_then(|mut net| net.as_mut().map(|n| n.nic.acknowledge_interrupts()));
+    if causes.unwrap_or(0) == 0 {
+        NOT_OURS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Wires the NIC's interrupt, proves it works, and records the mode in `NET`.
+pub fn setup(function: &PciFunction) {
+    let mode = match try_intx(function) {
+        Ok(mode) => mode,
+        Err(reason) => IrqMode::Polling { reason },
+    };
+    super::with_net(|net| {
+        net.irq = mode;
+        match mode {
+            IrqMode::Intx { .. } => log::info!("net: {}: interrupts: {mode}", net.bdf),
+            IrqMode::Polling { .. } => {
+                net.nic.disable_interrupts();
+                log::warn!("net: {}: interrupts unavailable, {mode}", net.bdf);
+            }
+        }
+    });
+}
+
+fn try_intx(function: &PciFunction) -> Result<IrqMode, &'static str> {
+    if function.interrupt_pin == 0 {
+        return Err("the function has no interrupt pin");
+    }
+    let irq = function.interrupt_line;
+    if irq == 0 || irq >= 16 {
+        return Err("the firmware assigned no IRQ (interrupt line 0 or 255)");
+    }
+    if !crate::apic::is_ready() {
+        return Err("no APIC");
+    }
+    let vector = crate::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
+    // Level-triggered, active high (QEMU's MADT override for PCI IRQs says the same).
+    if !crate::apic::route_isa_irq(irq, vector, true, false) {
+        crate::interrupts::free_vector(vector);
+        return Err("no I/O APIC input for the IRQ");
+    }
+    function.config(crate::pci::access()).enable_intx();
+    let before = count();
+    super::with_net(|net| {
+        net.nic.enable_interrupts();
+        net.nic.raise_interrupt(e1000::regs::int::TXDW);
+    });
+    let delivered = crate::time::poll_until(20_000, || count() > before);
+    if delivered {
+        return Ok(IrqMode::Intx { irq, vector });
+    }
+    super::with_net(|net| net.nic.disable_interrupts());
+    crate::interrupts::free_vector(vector);
+    Err("a test interrupt raised through ICS never arrived")
+}
+
+/// Raises a test interrupt and waits up to `timeout_us` for the handler: true if it ran.
+pub fn self_test(timeout_us: u64) -> bool {
+    let before = count();
+    if super::with_net(|net| net.nic.raise_interrupt(e1000::regs::int::TXDW)).is_none() {
+        return false;
+    }
+    crate::time::poll_until(timeout_us, || count() > before)
+}
