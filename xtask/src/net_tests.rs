@@ -371,7 +371,6 @@ fn field(text: &str, key: &str) -> Option<u64> {
 /// `cargo xtask bench` (network part): transmit and receive frames per second for 64- and
 /// 1514-byte frames through the socket netdev under TCG, beside the cost floor of the same
 /// QEMU (a guest loop writing only TDT: one MMIO exit, no frame).
-#[allow(dead_code, reason = "called by `cargo xtask bench` (test::bench)")]
 pub fn bench(images: &boot::DiskImages, work: &Path) -> Result<(), String> {
     const TX_FRAMES: u64 = 20_000;
     const RX_FRAMES: usize = 30_000;
