@@ -78,6 +78,7 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         out
     });
 
+    crate::report::init();
     log::info!("boot complete; type `help`");
     crate::shell::run()
 }

@@ -25,6 +25,7 @@ pub mod logger;
 pub mod memory;
 pub mod net;
 pub mod pci;
+pub mod report;
 pub mod scheme;
 pub mod serial;
 pub mod shell;

@@ -25,7 +25,12 @@ pub struct Command {
 
 /// Every command: the shell's own, then each service's.
 fn all_commands() -> impl Iterator<Item = &'static Command> {
-    COMMANDS.iter().chain(crate::net::COMMANDS).chain(crate::block::COMMANDS).chain(crate::bench::COMMANDS)
+    COMMANDS
+        .iter()
+        .chain(crate::net::COMMANDS)
+        .chain(crate::block::COMMANDS)
+        .chain(crate::bench::COMMANDS)
+        .chain(crate::report::COMMANDS)
 }
 
 static COMMANDS: &[Command] = &[

@@ -9,6 +9,7 @@
 //! ```
 
 mod build;
+mod console_tests;
 mod disk_tests;
 mod fixtures;
 mod net_tests;
