@@ -1,6 +1,10 @@
-//! The NIC's interrupt: legacy INTx through the I/O APIC, with polling as the fallback.
+//! The NIC's interrupt: MSI when the function offers it, else legacy INTx through the I/O APIC,
+//! with polling as the fallback.
 //!
-//! The 82540EM in QEMU offers no MSI capability, so its interrupt is a level-triggered wire.
+//! MSI (PCI Local Bus Spec 3.0 §6.8) needs no routing knowledge: the device writes the vector to
+//! the local APIC itself, and the message is edge-like, so nothing stays asserted. Some 8254x
+//! parts have the capability (the 82546GB, 82541 and 82547 families); the 82540EM that QEMU
+//! emulates does not, so there its interrupt is a level-triggered wire.
 //! The firmware routes the function's PIRQ link to an ISA IRQ and writes its number into the
 //! interrupt-line register; on q35, ICH9 drives the I/O APIC input of the same number.
 //! QEMU's MADT carries an interrupt source override for such IRQs (5, 9, 10, 11): level
@@ -28,6 +32,11 @@ pub enum IrqMode {
         /// Why not interrupts.
         reason: &'static str,
     },
+    /// Message-signalled: the device writes `vector` to the local APIC.
+    Msi {
+        /// CPU vector.
+        vector: u8,
+    },
     /// INTx routed through the I/O APIC.
     Intx {
         /// ISA IRQ (and I/O APIC input) from the interrupt-line register.
@@ -40,7 +49,7 @@ pub enum IrqMode {
 impl IrqMode {
     /// True when interrupts are delivered.
     pub fn is_interrupt(&self) -> bool {
-        matches!(self, IrqMode::Intx { .. })
+        matches!(self, IrqMode::Intx { .. } | IrqMode::Msi { .. })
     }
 }
 
@@ -48,6 +57,7 @@ impl fmt::Display for IrqMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IrqMode::Polling { reason } => write!(f, "polling ({reason})"),
+            IrqMode::Msi { vector } => write!(f, "MSI vector {vector:#x}"),
             IrqMode::Intx { irq, vector } => {
                 write!(f, "INTx IRQ {irq} (I/O APIC, level, active high) vector {vector:#x}")
             }
@@ -80,20 +90,54 @@ fn on_interrupt(_context: usize) {
 
 /// Wires the NIC's interrupt, proves it works, and records the mode in `NET`.
 pub fn setup(function: &PciFunction) {
-    let mode = match try_intx(function) {
+    let msi = match function.msi() {
+        Some(_) => try_msi(function),
+        None => Err("the function has no MSI capability"),
+    };
+    let mode = match msi {
         Ok(mode) => mode,
-        Err(reason) => IrqMode::Polling { reason },
+        Err(why_not_msi) => match try_intx(function) {
+            Ok(mode) => {
+                log::info!("net: {}: no MSI ({why_not_msi}); using INTx", pci::Bdf(function.address));
+                mode
+            }
+            Err(reason) => IrqMode::Polling { reason },
+        },
     };
     super::with_net(|net| {
         net.irq = mode;
         match mode {
-            IrqMode::Intx { .. } => log::info!("net: {}: interrupts: {mode}", net.bdf),
+            IrqMode::Intx { .. } | IrqMode::Msi { .. } => log::info!("net: {}: interrupts: {mode}", net.bdf),
             IrqMode::Polling { .. } => {
                 net.nic.disable_interrupts();
                 log::warn!("net: {}: interrupts unavailable, {mode}", net.bdf);
             }
         }
     });
+}
+
+/// Programs MSI to a fresh vector and proves delivery with a test interrupt.
+fn try_msi(function: &PciFunction) -> Result<IrqMode, &'static str> {
+    if !crate::apic::is_ready() {
+        return Err("no APIC");
+    }
+    let vector = crate::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
+    let (address, data) = crate::apic::msi_message(vector);
+    if function.enable_msi(crate::pci::access(), address, data).is_err() {
+        crate::interrupts::free_vector(vector);
+        return Err("the MSI capability refused to enable");
+    }
+    let before = count();
+    super::with_net(|net| {
+        net.nic.enable_interrupts();
+        net.nic.raise_interrupt(e1000::regs::int::TXDW);
+    });
+    if crate::time::poll_until(20_000, || count() > before) {
+        return Ok(IrqMode::Msi { vector });
+    }
+    super::with_net(|net| net.nic.disable_interrupts());
+    crate::interrupts::free_vector(vector);
+    Err("a test MSI never arrived")
 }
 
 fn try_intx(function: &PciFunction) -> Result<IrqMode, &'static str> {
