@@ -109,6 +109,21 @@ impl DmaDevice {
     ///
     /// Refused, with the mask unchanged, when the width is outside 12..=64 bits or the mapper
     /// cannot serve it (for example no bounce area below the mask while RAM extends above it).
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use dma::{sim::{SimDevice, SimMemory}, mapper::Direct, DmaDevice, PhysMemory, PageBuffer};
+    /// # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+    /// # let phys: Arc<dyn PhysMemory> = mem.clone();
+    /// # let dev = DmaDevice::new("00:02.0 demo", phys.clone(), Arc::new(Direct::new(phys.clone())));
+    /// assert_eq!(dev.mask(), 0xffff_ffff); // 32 bits until the driver says more
+    /// dev.set_mask(64).unwrap();
+    /// assert_eq!(dev.mask(), u64::MAX);
+    /// // RAM reaches above 4 GiB and this Direct mapper has no bounce area: 24 bits cannot work.
+    /// assert!(dev.set_mask(24).is_err());
+    /// assert_eq!(dev.mask(), u64::MAX); // unchanged
+    /// ```
     pub fn set_mask(&self, bits: u32) -> Result<(), MaskError> {
         if bits == 0 || bits > 64 {
             return Err(MaskError::OutOfRange { bits });
@@ -258,6 +273,24 @@ impl DmaDevice {
     /// Unmaps a raw mapping (Linux's `dma_unmap_single`). An address that is not mapped, a size
     /// or direction that differs from the map, or a second unmap is reported and refused:
     /// nothing is freed and the tracker is unchanged.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use dma::{sim::{SimDevice, SimMemory}, mapper::Direct, DmaDevice, PhysMemory, PageBuffer};
+    /// # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+    /// # let phys: Arc<dyn PhysMemory> = mem.clone();
+    /// # let dev = DmaDevice::new("00:02.0 demo", phys.clone(), Arc::new(Direct::new(phys.clone())));
+    /// use dma::{DmaBuf, DmaDirection, ReportKind};
+    /// let buf = PageBuffer::alloc(&phys, 64, 0xffff_ffff).unwrap();
+    /// // SAFETY: `buf` outlives the mapping and the CPU leaves it alone meanwhile.
+    /// let bus = unsafe { dev.map_single_raw(buf.dma_ptr(), 64, DmaDirection::ToDevice) }.unwrap();
+    /// // Unmapping with another size is the classic C mistake: refused and reported.
+    /// let report = dev.unmap_single_raw(bus, 32, DmaDirection::ToDevice).unwrap_err();
+    /// assert!(matches!(report.kind, ReportKind::SizeMismatch { mapped_len: 64, unmap_len: 32, .. }));
+    /// dev.unmap_single_raw(bus, 64, DmaDirection::ToDevice).unwrap();
+    /// assert!(dev.unmap_single_raw(bus, 64, DmaDirection::ToDevice).is_err()); // twice: DoubleUnmap
+    /// ```
     pub fn unmap_single_raw(&self, bus: BusAddr, len: usize, dir: DmaDirection) -> Result<(), DebugReport> {
         let mut tracker = self.inner.tracker.lock();
         match tracker.check_unmap(bus, len, dir) {

@@ -516,6 +516,26 @@ impl fmt::Debug for DmaPool {
 impl DmaPool {
     /// Creates a pool of `size`-byte blocks aligned to `align` that never cross a multiple of
     /// `boundary` (0: none), for `dev` (Linux's `dma_pool_create`). Memory is taken lazily.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use dma::{sim::{SimDevice, SimMemory}, mapper::Direct, DmaDevice, PhysMemory, PageBuffer};
+    /// # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+    /// # let phys: Arc<dyn PhysMemory> = mem.clone();
+    /// # let dev = DmaDevice::new("00:02.0 demo", phys.clone(), Arc::new(Direct::new(phys.clone())));
+    /// use dma::DmaPool;
+    /// // 48-byte command blocks, 16-byte aligned, never crossing a 128-byte line.
+    /// let pool = DmaPool::create("demo-cmd", &dev, 48, 16, 128).unwrap();
+    /// let mut block = pool.zalloc().unwrap();
+    /// block.write::<u32>(0, 0xc0ffee).unwrap();
+    /// let bus = block.bus_addr().as_u64();
+    /// assert_eq!(bus % 16, 0);
+    /// assert_eq!(bus / 128, (bus + 47) / 128);
+    /// assert_eq!(pool.stats().total_blocks, 64); // two per 128-byte window, 32 windows per page
+    /// drop(block); // back to the pool
+    /// pool.destroy().unwrap();
+    /// ```
     pub fn create(
         name: &str,
         dev: &DmaDevice,

@@ -35,6 +35,19 @@ pub struct BusSegment {
 /// Turns mapped pieces (bus address, length), in transfer order, into device segments:
 /// adjacent pieces are merged, and no segment is longer than `max_segment_size` or crosses a
 /// multiple of `segment_boundary`.
+///
+/// # Examples
+/// ```
+/// use dma::{BusAddr, BusSegment, mapper::DeviceLimits, sg::build_segments};
+/// let limits = DeviceLimits { mask: u64::MAX, max_segment_size: 0x3000, segment_boundary: 0x1_0000 };
+/// let pieces = [(BusAddr(0x1000), 0x1000), (BusAddr(0x2000), 0x1000), (BusAddr(0xf000), 0x2000)];
+/// let segs = build_segments(&pieces, &limits);
+/// assert_eq!(segs, [
+///     BusSegment { bus: BusAddr(0x1000), len: 0x2000 },  // adjacent pieces merged
+///     BusSegment { bus: BusAddr(0xf000), len: 0x1000 },  // split at the 64 KiB boundary
+///     BusSegment { bus: BusAddr(0x1_0000), len: 0x1000 },
+/// ]);
+/// ```
 pub fn build_segments(pieces: &[(BusAddr, usize)], limits: &DeviceLimits) -> Vec<BusSegment> {
     let max = limits.max_segment_size.max(1) as u64;
     let boundary = limits.segment_boundary.max(1);
@@ -83,6 +96,27 @@ pub struct SgMapping<B: DmaBuf, D: Direction> {
 impl DmaDevice {
     /// Maps every buffer of `bufs` (in order) as one transfer. On failure everything mapped so
     /// far is unmapped and all buffers come back in the error.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use dma::{sim::{SimDevice, SimMemory}, mapper::Direct, DmaDevice, PhysMemory, PageBuffer};
+    /// # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+    /// # let phys: Arc<dyn PhysMemory> = mem.clone();
+    /// # let dev = DmaDevice::new("00:02.0 demo", phys.clone(), Arc::new(Direct::new(phys.clone())));
+    /// use dma::FromDevice;
+    /// let hw = SimDevice::new(&dev);
+    /// let bufs = vec![
+    ///     PageBuffer::alloc(&phys, 512, 0xffff_ffff).unwrap(),
+    ///     PageBuffer::alloc(&phys, 1024, 0xffff_ffff).unwrap(),
+    /// ];
+    /// let mut sg = dev.map_sg(bufs, FromDevice).unwrap();
+    /// // Program these into the device (a PRDT, a descriptor chain); the device scatters into them.
+    /// let written = hw.write_segments(sg.segments(), &[0xab; 1536]).unwrap();
+    /// assert_eq!(written, 1536);
+    /// let bufs = sg.unmap();
+    /// assert!(bufs.iter().all(|b| b.iter().all(|&x| x == 0xab)));
+    /// ```
     pub fn map_sg<B: DmaBuf, D: Direction>(&self, bufs: Vec<B>, _dir: D) -> Result<SgMapping<B, D>, MapFailed<Vec<B>>> {
         if bufs.is_empty() {
             return Err(MapFailed { error: MapError::ZeroLength, buffer: bufs });

@@ -87,6 +87,25 @@ pub struct Mapping<B: DmaBuf, D: Direction> {
 impl DmaDevice {
     /// Maps all of `buf` for the device (Linux's `dma_map_single`). On failure the buffer
     /// comes back inside the error.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use dma::{sim::{SimDevice, SimMemory}, mapper::Direct, DmaDevice, PhysMemory, PageBuffer};
+    /// # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+    /// # let phys: Arc<dyn PhysMemory> = mem.clone();
+    /// # let dev = DmaDevice::new("00:02.0 demo", phys.clone(), Arc::new(Direct::new(phys.clone())));
+    /// use dma::ToDevice;
+    /// let hw = SimDevice::new(&dev);
+    /// let mut buf = PageBuffer::alloc(&phys, 64, 0xffff_ffff).unwrap();
+    /// buf[..4].copy_from_slice(b"ping");
+    /// let tx = dev.map(buf, ToDevice).unwrap(); // `buf` now belongs to the mapping
+    /// let mut seen = [0u8; 4];
+    /// hw.read(tx.bus_addr(), &mut seen).unwrap(); // what the device reads at the bus address
+    /// assert_eq!(&seen, b"ping");
+    /// let buf = tx.unmap(); // and back to the CPU
+    /// assert_eq!(&buf[..4], b"ping");
+    /// ```
     pub fn map<B: DmaBuf, D: Direction>(&self, buf: B, dir: D) -> Result<Mapping<B, D>, MapFailed<B>> {
         let len = buf.dma_len();
         self.map_range(buf, 0, len, dir)
@@ -179,6 +198,23 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
 
     /// Takes the whole mapped range back for the CPU (the device must be done with it) and
     /// returns the CPU's view.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use dma::{sim::{SimDevice, SimMemory}, mapper::Direct, DmaDevice, PhysMemory, PageBuffer};
+    /// # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+    /// # let phys: Arc<dyn PhysMemory> = mem.clone();
+    /// # let dev = DmaDevice::new("00:02.0 demo", phys.clone(), Arc::new(Direct::new(phys.clone())));
+    /// use dma::FromDevice;
+    /// let hw = SimDevice::new(&dev);
+    /// let mut rx = dev.map(PageBuffer::alloc(&phys, 64, 0xffff_ffff).unwrap(), FromDevice).unwrap();
+    /// hw.write(rx.bus_addr(), b"frame").unwrap(); // the device fills the buffer
+    /// let view = rx.sync_for_cpu(); // the CPU's turn: FromDevice may be read
+    /// assert_eq!(&view.as_slice()[..5], b"frame");
+    /// rx.sync_for_device(); // the view is gone; the device may write again
+    /// let _buf = rx.unmap();
+    /// ```
     pub fn sync_for_cpu(&mut self) -> CpuAccess<'_, D> {
         let len = self.mapped.len;
         self.view_after_cpu_sync(0, len)
