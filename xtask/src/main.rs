@@ -11,6 +11,7 @@
 mod build;
 mod console_tests;
 mod disk_tests;
+mod docs_check;
 mod fixtures;
 mod net_tests;
 mod qemu;

@@ -411,9 +411,10 @@ fn runner_self_check(machine: &MachineConfig, images: &boot::DiskImages, work: &
 /// Host benchmarks are criterion runs of the `dma` crate (`pool`: DMA pool against a bare free
 /// list and linked_list_allocator; `vtd`: page-table and IOVA cost of map+unmap). QEMU
 /// benchmarks boot the kernel under TCG and report ratios against a floor measured in the same
-/// boot (`iommu`: Direct vs strict vs deferred VT-d; `net`: e1000 frames per second).
+/// boot (`iommu`: Direct vs strict vs deferred VT-d; `net`: e1000 frames per second; `disk`:
+/// AHCI throughput and IOPS beside a command round-trip floor).
 pub fn bench(args: &[String]) -> Result<ExitCode, String> {
-    const ALL: [&str; 4] = ["pool", "vtd", "iommu", "net"];
+    const ALL: [&str; 5] = ["pool", "vtd", "iommu", "net", "disk"];
     let chosen: Vec<&str> = if args.is_empty() { ALL.to_vec() } else { args.iter().map(String::as_str).collect() };
     if let Some(bad) = chosen.iter().find(|c| !ALL.contains(c)) {
         return Err(format!("unknown benchmark `{bad}` (choose from {})", ALL.join(", ")));
@@ -430,6 +431,7 @@ pub fn bench(args: &[String]) -> Result<ExitCode, String> {
                 if status.success() { Ok(()) } else { Err(format!("cargo bench --bench {name} failed")) }
             }
             "iommu" => bench_iommu(),
+            "disk" => crate::disk_tests::bench(&[]),
             _ => {
                 let images = build::build_images(Profile::Debug)?;
                 let work = build::target_dir().join("xtask-bench");

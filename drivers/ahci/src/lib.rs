@@ -1,2 +1,62 @@
-//! AHCI SATA driver — under construction (issue 6).
+//! AHCI SATA driver, following *Serial ATA AHCI 1.3.1* and *ATA8-ACS* (sections cited in the code).
+//!
+//! An AHCI host bus adapter (HBA) is a DMA engine in front of up to 32 SATA ports. For each
+//! port the driver keeps, in memory the HBA reads by bus address:
+//!
+//! ```text
+//!  PxCLB ──► command list (32 × 32-byte headers) ──CTBA──► command table: FIS | ATAPI | PRDT ──► data buffers
+//!  PxFB  ──► received-FIS area (the HBA copies D2H Register / Set Device Bits FISes here)
+//! ```
+//!
+//! A command is sent by filling a command table (the ATA command as a Register H2D FIS, and a
+//! Physical Region Descriptor Table listing the data buffers' bus segments), pointing a command
+//! header at it, and setting the slot's bit in PxCI (and in PxSACT for a native-command-queuing
+//! command). The HBA clears PxCI when it has sent the command, and for NCQ the device clears
+//! PxSACT bits with Set Device Bits FISes when each command finishes, in any order.
+//!
+//! The driver is written against [`device_io::Registers`] and [`device_io::Clock`], and reaches
+//! memory only through its [`dma::DmaDevice`]: DMA pools for the structures, streaming
+//! scatter-gather mappings for data. The same code therefore runs on the machine and, in host
+//! tests, against a simulated HBA (the `sim` test module) that executes commands by reading the
+//! structures through the DMA service's simulated bus.
+//!
+//! Modules: [`regs`] (register map), [`ata`] (commands and FIS), [`identify`] (IDENTIFY data),
+//! [`prdt`] (PRD tables), [`controller`] (bring-up, submission, completion, recovery),
+//! [`error`], [`buffer`], [`pattern`] (test data shared with the host-side checks).
 #![no_std]
+#![warn(missing_docs)]
+extern crate alloc;
+
+pub mod ata;
+pub mod buffer;
+pub mod controller;
+pub mod error;
+pub mod identify;
+pub mod pattern;
+pub mod prdt;
+pub mod regs;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+pub use ata::{AtaCommand, CommandKind, TaskFile};
+pub use buffer::IoBuffer;
+pub use controller::{
+    Capabilities, Completion, Controller, DeviceKind, Port, PortStats, Request, RequestId, SubmitOptions,
+};
+pub use error::{CommandError, InitError, PortError, SubmitError};
+pub use identify::DeviceInfo;
+
+/// PCI class of an AHCI controller: mass storage (01), SATA (06), AHCI 1.0 interface (01).
+pub const PCI_CLASS: (u8, u8, u8) = (0x01, 0x06, 0x01);
+/// The BAR holding the AHCI registers (ABAR), AHCI 1.3.1 §2.1.11.
+pub const ABAR: u8 = 5;
+
+/// Whether `function` is an AHCI controller this driver can take (class 01/06/01, AHCI 1.3.1
+/// §2.1.2) with a memory BAR5.
+pub fn matches(function: &pci::PciFunction) -> bool {
+    let c = function.class;
+    (c.base, c.sub, c.prog_if) == PCI_CLASS && function.bar(ABAR).is_some_and(|b| b.is_memory())
+}

@@ -1,5 +1,178 @@
-//! In-kernel storage tests (issue 6).
+//! In-kernel storage tests (issue 6), on QEMU's AHCI controller: the boot disk on port 0 and
+//! the scratch disk xtask attaches on port 1 (which these tests may overwrite).
 
-use super::KernelTest;
+use super::{KernelTest, TestResult};
+use crate::block::{self, BlockError, BlockOp, Disk};
+use crate::check;
+use ahci::pattern::{check_sector, fill_sector};
+use ahci::{CommandError, SubmitError, SubmitOptions};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
 
-pub static TESTS: &[KernelTest] = &[];
+pub static TESTS: &[KernelTest] = &[
+    KernelTest { name: "block::controller_and_disks_found", run: controller_and_disks_found },
+    KernelTest { name: "block::structures_in_dma_pools", run: structures_in_dma_pools },
+    KernelTest { name: "block::boot_disk_is_read_only", run: boot_disk_is_read_only },
+    KernelTest { name: "block::write_read_round_trip_interrupts", run: || round_trip(false, 2048) },
+    KernelTest { name: "block::write_read_round_trip_polling", run: || round_trip(true, 4096) },
+    KernelTest { name: "block::ncq_32_outstanding", run: ncq_32_outstanding },
+    KernelTest { name: "block::bad_requests_refused_before_sending", run: bad_requests_refused_before_sending },
+    KernelTest { name: "block::device_error_reported_and_recovered", run: device_error_reported_and_recovered },
+];
+
+fn scratch() -> Result<Disk, String> {
+    let disks = block::disks();
+    disks.iter().copied().find(|d| d.port() == 1 && !d.read_only()).ok_or_else(|| {
+        format!("no writable disk on port 1 among {:?}", disks.iter().map(|d| d.name()).collect::<Vec<_>>())
+    })
+}
+
+fn e(err: BlockError) -> String {
+    format!("{err}")
+}
+
+fn controller_and_disks_found() -> TestResult {
+    let disks = block::disks();
+    check!(disks.iter().any(|d| d.port() == 0), "no disk on port 0 (the boot disk)");
+    let d = scratch()?;
+    let info = d.info();
+    check!(info.sectors == (64 << 20) / 512, "scratch disk has {} sectors, expected 64 MiB worth", info.sectors);
+    check!(info.logical_sector_size == 512, "sector size {}", info.logical_sector_size);
+    check!(!info.model.is_empty() && !info.serial.is_empty(), "empty model/serial: {info:?}");
+    check!(info.lba48 && info.ncq && info.queue_depth == 32, "QEMU disks do LBA48 and NCQ depth 32: {info:?}");
+    let view = crate::scheme::read("disk:info").ok_or("no disk:info view")?;
+    check!(view.contains(&d.name()) && view.contains("ncq_depth=32"), "disk:info lacks the scratch disk:\n{view}");
+    Ok(())
+}
+
+fn structures_in_dma_pools() -> TestResult {
+    let view = dma::view("dma:pools").ok_or("no dma:pools")?;
+    for name in ["ahci-cmd-list", "ahci-rx-fis", "ahci-cmd-table"] {
+        let line = view.lines().find(|l| l.starts_with(name)).ok_or_else(|| format!("{name} missing:\n{view}"))?;
+        check!(line.contains("ahci"), "pool {name} not named after the AHCI function: {line}");
+        let in_use: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+        check!(in_use > 0, "pool {name} has no blocks in use: {line}");
+    }
+    Ok(())
+}
+
+fn boot_disk_is_read_only() -> TestResult {
+    let boot = block::disks().into_iter().find(|d| d.port() == 0).ok_or("no boot disk")?;
+    check!(boot.read_only(), "the boot disk on port 0 is not marked read-only");
+    let before = boot.stats().issued;
+    match boot.write(1, vec![0; 512]) {
+        Err(BlockError::ReadOnly(_)) => {}
+        other => return Err(format!("write to the boot disk gave {other:?}")),
+    }
+    check!(boot.stats().issued == before, "a command was sent to the boot disk");
+    let sector0 = boot.read(0, 1).map_err(e)?;
+    check!(sector0[510] == 0x55 && sector0[511] == 0xAA, "boot disk sector 0 lacks its signature");
+    Ok(())
+}
+
+fn round_trip(polling: bool, lba: u64) -> TestResult {
+    let d = scratch()?;
+    block::set_polling(polling);
+    let result = (|| {
+        let irqs = d.interrupts();
+        let seed = crate::time::now_us() | 1;
+        let mut data = vec![0u8; 64 * 512];
+        for (i, s) in data.chunks_mut(512).enumerate() {
+            fill_sector(s, lba + i as u64, seed);
+        }
+        d.write(lba, data).map_err(e)?;
+        d.flush().map_err(e)?;
+        let back = d.read(lba, 64).map_err(e)?;
+        for (i, s) in back.chunks(512).enumerate() {
+            check_sector(s, lba + i as u64, seed)
+                .map_err(|(at, want, got)| format!("sector {}: byte {at} {want:#x} != {got:#x}", lba + i as u64))?;
+        }
+        let irqs_after = d.interrupts();
+        match (polling, d.irq_mode()) {
+            (false, block::IrqMode::Msi { .. } | block::IrqMode::Intx { .. }) => {
+                check!(irqs_after > irqs, "no interrupt delivered for 3 commands")
+            }
+            (true, _) => check!(irqs_after == irqs, "interrupts counted while polling"),
+            _ => {}
+        }
+        Ok(())
+    })();
+    block::set_polling(false);
+    result
+}
+
+fn ncq_32_outstanding() -> TestResult {
+    let d = scratch()?;
+    let base = 8192;
+    let seed = 0x0C32;
+    let mut data = vec![0u8; 256 * 512];
+    for (i, s) in data.chunks_mut(512).enumerate() {
+        fill_sector(s, base + i as u64, seed);
+    }
+    d.write(base, data).map_err(e)?;
+    // All 32 in one batch: none can be reaped before the last is issued.
+    let ops = (0..32u64).map(|i| BlockOp::Read { lba: base + i * 8, sectors: 8 }).collect();
+    let mut tickets = Vec::new();
+    for (i, t) in d.submit_many(ops).into_iter().enumerate() {
+        tickets.push((t.map_err(e)?, base + i as u64 * 8));
+    }
+    // A 33rd finds the queue full unless a completion was already reaped.
+    match d.submit(BlockOp::Read { lba: base, sectors: 1 }) {
+        Err(BlockError::Refused(SubmitError::QueueFull { .. })) => {}
+        Ok(t) => {
+            d.wait(t).map_err(e)?;
+        }
+        Err(other) => return Err(format!("33rd submission: {other}")),
+    }
+    for (t, lba) in tickets {
+        let done = d.wait(t).map_err(e)?;
+        for (i, s) in done.data.chunks(512).enumerate() {
+            check_sector(s, lba + i as u64, seed).map_err(|x| format!("sector {}: {x:?}", lba + i as u64))?;
+        }
+    }
+    check!(d.stats().max_outstanding >= 32, "at most {} commands were outstanding", d.stats().max_outstanding);
+    Ok(())
+}
+
+fn bad_requests_refused_before_sending() -> TestResult {
+    let d = scratch()?;
+    let capacity = d.info().sectors;
+    let before = d.stats().issued;
+    let refused = |r: Result<(), BlockError>, what: &str, ok: fn(&SubmitError) -> bool| -> TestResult {
+        match r {
+            Err(BlockError::Refused(err)) if ok(&err) => Ok(()),
+            other => Err(format!("{what}: {other:?}")),
+        }
+    };
+    refused(d.read(capacity, 1).map(|_| ()), "read at capacity", |e| matches!(e, SubmitError::PastEnd { .. }))?;
+    refused(d.read(capacity - 1, 2).map(|_| ()), "read across the end", |e| matches!(e, SubmitError::PastEnd { .. }))?;
+    refused(d.write(capacity, vec![0; 512]), "write past the end", |e| matches!(e, SubmitError::PastEnd { .. }))?;
+    refused(d.read(0, 0).map(|_| ()), "zero-length read", |e| *e == SubmitError::ZeroLength)?;
+    refused(d.write(0, vec![0; 100]), "100-byte write", |e| matches!(e, SubmitError::Misaligned { .. }))?;
+    check!(d.stats().issued == before, "{} commands reached the device", d.stats().issued - before);
+    Ok(())
+}
+
+fn device_error_reported_and_recovered() -> TestResult {
+    let d = scratch()?;
+    let capacity = d.info().sectors;
+    let before = d.stats();
+    // Bypass the range check so the device itself refuses an LBA it does not have.
+    let unchecked = SubmitOptions { queued: false, check_range: false, ..SubmitOptions::default() };
+    let t = d.submit_with(BlockOp::Read { lba: capacity + 8, sectors: 1 }, unchecked).map_err(e)?;
+    match d.wait(t) {
+        Err(BlockError::Failed(CommandError::Device { port, task_file, .. })) => {
+            check!(port == 1, "error names port {port}");
+            check!(task_file.status & 1 != 0, "status lacks ERR: {task_file}");
+        }
+        other => return Err(format!("expected a device error, got {other:?}")),
+    }
+    let after = d.stats();
+    check!(after.recoveries == before.recoveries + 1, "no port recovery ran: {after:?}");
+    // The port works again, queued and not.
+    d.read(0, 8).map_err(e)?;
+    d.flush().map_err(e)?;
+    Ok(())
+}
