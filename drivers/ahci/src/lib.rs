@@ -60,3 +60,34 @@ pub fn matches(function: &pci::PciFunction) -> bool {
     let c = function.class;
     (c.base, c.sub, c.prog_if) == PCI_CLASS && function.bar(ABAR).is_some_and(|b| b.is_memory())
 }
+
+/// Whether `function` is a SATA controller set to RAID mode in the firmware (class 01/04, as
+/// Intel's "RST" setting makes it) that still has an AHCI register set in BAR5. Such controllers
+/// speak AHCI underneath (Linux's ahci driver takes Intel ones too); the kernel uses them as
+/// AHCI and says so, since the RAID metadata on the disks is then ignored.
+pub fn raid_mode_with_abar(function: &pci::PciFunction) -> bool {
+    let c = function.class;
+    (c.base, c.sub) == (0x01, 0x04) && function.vendor_id == 0x8086 && function.bar(ABAR).is_some_and(|b| b.is_memory())
+}
+
+#[cfg(test)]
+mod class_tests {
+    use pci::ClassCode;
+    use pci::sim::{SimConfigSpace, SimFunction, bdf};
+
+    fn function(class: ClassCode, vendor: u16) -> pci::PciFunction {
+        let sim = SimConfigSpace::new()
+            .with(bdf(0, 2, 0), SimFunction::endpoint(vendor, 0x2822, class).bar32(5, 0xfebf_1000, 0x800, false));
+        pci::enumerate(&sim, 0).into_iter().next().expect("one function")
+    }
+
+    #[test]
+    fn ahci_class_matches_and_raid_mode_is_recognised() {
+        let ahci = function(ClassCode { base: 1, sub: 6, prog_if: 1 }, 0x8086);
+        assert!(super::matches(&ahci) && !super::raid_mode_with_abar(&ahci));
+        let raid = function(ClassCode { base: 1, sub: 4, prog_if: 0 }, 0x8086);
+        assert!(!super::matches(&raid) && super::raid_mode_with_abar(&raid));
+        let other_raid = function(ClassCode { base: 1, sub: 4, prog_if: 0 }, 0x1000);
+        assert!(!super::raid_mode_with_abar(&other_raid), "only Intel RAID mode is known to be AHCI underneath");
+    }
+}

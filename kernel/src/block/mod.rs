@@ -108,8 +108,14 @@ fn interrupt(context: usize) {
 /// Finds and starts the AHCI controllers.
 pub fn init() {
     let mut entries = Vec::new();
-    for f in crate::pci::functions().iter().filter(|f| ahci::matches(f)) {
+    for f in crate::pci::functions().iter().filter(|f| ahci::matches(f) || ahci::raid_mode_with_abar(f)) {
         let bdf = format!("{}", Bdf(f.address));
+        if ahci::raid_mode_with_abar(f) {
+            log::warn!(
+                "{bdf}: SATA controller in RAID mode (class 01/04); using it as AHCI. Set SATA mode to AHCI in \
+                 the firmware setup if disks are missing."
+            );
+        }
         let name = format!("{bdf} ahci");
         let regs = match crate::pci::map_bar(f, ahci::ABAR) {
             Ok(regs) => regs,
