@@ -854,14 +854,19 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         }
         let n = self.ports[index].number;
         let p = PortRegs::new(&self.regs, n);
-        // Snapshot CI and SACT before PxIS: an error that lands in between then shows up in
-        // PxIS, and recovery (not success) handles the command whose bits it cleared.
-        let ci = p.read(preg::CI);
-        let sact = p.read(preg::SACT);
+        // Read and clear PxIS *before* snapshotting CI and SACT (AHCI 1.3.1 §10.6.2 order).
+        // The other order loses completions: a command that finishes after the CI snapshot but
+        // before PxIS is cleared has its interrupt status cleared while it still looks busy, and
+        // with MSI nothing ever signals it again. In this order, anything that completes after
+        // the clear sets PxIS anew and interrupts again; a command that fails keeps its CI bit
+        // (the HBA stops on error, §6.2.2), so it is never mistaken for a success, and its error
+        // bits in PxIS bring us back here for recovery.
         let port_is = p.read(preg::IS);
         if port_is != 0 && port_is != u32::MAX {
             p.write(preg::IS, port_is);
         }
+        let ci = p.read(preg::CI);
+        let sact = p.read(preg::SACT);
         if port_is != u32::MAX && port_is & is::ERRORS != 0 {
             self.recover(index, Cause::Error { port_is });
         } else if port_is & (is::PCS | is::PRCS) != 0 {
