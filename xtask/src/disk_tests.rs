@@ -21,27 +21,9 @@ use std::time::Duration;
 
 const SECTOR: usize = 512;
 
-/// Fills `sector` with the pattern for `lba` and `seed` (copy of `ahci::pattern::fill_sector`).
-pub fn fill_sector(sector: &mut [u8], lba: u64, seed: u64) {
-    let mut state = lba.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
-    if state == 0 {
-        state = 0x2545_F491_4F6C_DD1D;
-    }
-    for (i, chunk) in sector.chunks_mut(8).enumerate() {
-        let word = match i {
-            0 => lba,
-            1 => seed,
-            _ => {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-            }
-        };
-        let bytes = word.to_le_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
-}
+/// The kernel's sector pattern: the same function builds the images here and checks sectors in
+/// the guest, so the two can never disagree.
+pub use ahci::pattern::fill_sector;
 
 /// One test image: size and the seed of its pattern.
 struct Image {

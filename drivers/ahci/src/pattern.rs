@@ -2,9 +2,8 @@
 //!
 //! Sector `lba` written with `seed`: bytes 0..8 are `lba` (u64 LE), 8..16 are `seed` (u64 LE),
 //! the rest comes from xorshift64* seeded with `lba × 0x9E3779B97F4A7C15 ^ seed`. xtask writes
-//! the same pattern into image files (`xtask/src/disk_tests.rs` has a copy and a test against
-//! the same known value), so a sector read from the wrong LBA, a stale one, or one written with
-//! the wrong seed is caught.
+//! the same pattern into image files (`xtask/src/disk_tests.rs` uses this very function), so a
+//! sector read from the wrong LBA, a stale one, or one written with the wrong seed is caught.
 
 /// Fills `sector` with the pattern for `lba` and `seed`.
 pub fn fill_sector(sector: &mut [u8], lba: u64, seed: u64) {
