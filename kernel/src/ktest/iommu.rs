@@ -136,6 +136,13 @@ fn descriptor(buffer: u64, len: u16) -> [u8; 16] {
     d
 }
 
+/// A zeroed page holding a transmit ring whose descriptor 0 sends 60 bytes from `frame`.
+fn transmit_ring(frame: u64) -> Result<PageBuffer, String> {
+    let mut ring = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
+    ring[..16].copy_from_slice(&descriptor(frame, 60));
+    Ok(ring)
+}
+
 /// The DD (descriptor done) bit of descriptor 0: byte 12, bit 0.
 fn descriptor_done(ring: &[u8]) -> bool {
     ring[12] & 1 != 0
@@ -192,8 +199,7 @@ fn mapped_dma_goes_through() -> TestResult {
     let p = probe()?;
     p.reset();
     let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
-    let mut ring = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
-    ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
+    let ring = transmit_ring(tx.bus_addr().as_u64())?;
     let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
     p.transmit_one(ring.bus_addr().as_u64());
     let done = crate::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
@@ -240,8 +246,7 @@ fn access_after_strict_unmap_faults() -> TestResult {
     let p = probe()?;
     p.reset();
     let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
-    let mut ring = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
-    ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
+    let ring = transmit_ring(tx.bus_addr().as_u64())?;
     let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
     let iova = ring.bus_addr().as_u64();
     p.transmit_one(iova);
@@ -311,8 +316,7 @@ fn device_write_to_a_to_device_mapping_faults() -> TestResult {
     frame[32..38].fill(0);
     frame[38..42].copy_from_slice(&[10, 0, 2, 2]);
     let tx = p.dev.map(frame, ToDevice).map_err(|e| format!("{}", e.error))?;
-    let mut tx_ring = page(0)?;
-    tx_ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
+    let tx_ring = transmit_ring(tx.bus_addr().as_u64())?;
     let tx_ring = p.dev.map(tx_ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
     p.transmit_one(tx_ring.bus_addr().as_u64());
     let fault = p.wait_fault();
