@@ -33,14 +33,14 @@ pub mod time;
 
 #[cfg(target_os = "none")]
 #[global_allocator]
-static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+static HEAP: memory::heap::InterruptSafeHeap = memory::heap::InterruptSafeHeap::empty();
 
 /// Hands the heap its memory. Called once by [`memory::init`] during boot.
 #[cfg(target_os = "none")]
 fn init_heap(start: *mut u8, size: usize) {
     // SAFETY: `start..start+size` is RAM reserved for the heap alone (memory::init removes it from
     // the frame allocator) and mapped writable by the bootloader's direct map; init runs once.
-    unsafe { HEAP.lock().init(start, size) };
+    unsafe { HEAP.init(start, size) };
 }
 
 /// Host builds have the host allocator; the heap memory is left alone.
@@ -51,10 +51,7 @@ fn init_heap(_start: *mut u8, _size: usize) {}
 pub fn heap_usage() -> (usize, usize) {
     #[cfg(target_os = "none")]
     {
-        x86_64::instructions::interrupts::without_interrupts(|| {
-            let heap = HEAP.lock();
-            (heap.used(), heap.free())
-        })
+        HEAP.usage()
     }
     #[cfg(not(target_os = "none"))]
     {

@@ -273,6 +273,9 @@ pub struct Port {
     disabled: bool,
     /// NCQ tags usable (0: no NCQ).
     ncq_depth: u8,
+    /// PxIS bits the interrupt handler read and cleared, not yet acted on by
+    /// [`Controller::service`] (the top half's note to the bottom half).
+    pending_is: u32,
     stats: PortStats,
 }
 
@@ -546,6 +549,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
             retry_queue: VecDeque::new(),
             disabled: false,
             ncq_depth: 0,
+            pending_is: 0,
             stats: PortStats::default(),
         });
         let index = self.ports.len() - 1;
@@ -806,25 +810,47 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         core::mem::take(&mut self.completions).into_values().collect()
     }
 
-    /// The interrupt handler's work (§10.7.2): read IS; for each port with its bit set, clear
-    /// PxIS and process completions and errors; then clear those IS bits. False when no port of
-    /// this HBA asked for attention (a shared line, or a spurious interrupt).
+    /// The interrupt handler's work: the *top half* (AHCI 1.3.1 §10.7.2 steps 1–3). Reads IS;
+    /// for each port with its bit set, reads PxIS and clears it, and remembers the bits; then
+    /// clears those IS bits, which lowers an INTx line. False when no port of this HBA asked
+    /// for attention (a shared line, or a spurious interrupt).
+    ///
+    /// It deliberately does *not* complete commands. Completing means unmapping buffers (IOMMU
+    /// page tables, invalidation queue, bounce slots) and allocating the completion record, and
+    /// every one of those takes a lock that code interrupted by this handler may be holding: on
+    /// a single CPU that is a deadlock, not a wait. So the handler touches only this HBA's
+    /// registers and its own fields, and [`Controller::service`] (the *bottom half*, called by
+    /// waiters in thread context) finishes the work. Linux splits drivers the same way (hard
+    /// IRQ handler versus threaded handler or NAPI poll).
     pub fn handle_interrupt(&mut self) -> bool {
         let pending = self.regs.read32(hba::IS);
         if pending == 0 || pending == u32::MAX {
             return false;
         }
         self.interrupts += 1;
-        for index in 0..self.ports.len() {
-            if pending & (1 << self.ports[index].number) != 0 {
-                self.service_port(index);
+        for port in self.ports.iter_mut() {
+            if pending & (1 << port.number) != 0 {
+                let p = PortRegs::new(&self.regs, port.number);
+                let port_is = p.read(preg::IS);
+                if port_is != 0 && port_is != u32::MAX {
+                    p.write(preg::IS, port_is);
+                    port.pending_is |= port_is;
+                }
             }
         }
         self.regs.write32(hba::IS, pending);
         true
     }
 
-    /// Polls every port (completion without interrupts). Returns completions now waiting.
+    /// Whether the interrupt handler left work for [`Controller::service`].
+    pub fn has_pending_work(&self) -> bool {
+        self.ports.iter().any(|p| p.pending_is != 0)
+    }
+
+    /// The *bottom half*: looks at every port, completes finished commands (unmapping their
+    /// buffers), recovers from errors, enforces deadlines and re-issues retries. Call it from
+    /// thread context: after an interrupt (see [`Controller::has_pending_work`]) or, without
+    /// interrupts, to poll. Returns completions now waiting.
     pub fn service(&mut self) -> usize {
         let pending = self.regs.read32(hba::IS);
         for index in 0..self.ports.len() {
@@ -850,6 +876,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
 
     fn service_port(&mut self, index: usize) {
         if self.ports[index].disabled {
+            self.ports[index].pending_is = 0;
             return;
         }
         let n = self.ports[index].number;
@@ -861,10 +888,14 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         // the clear sets PxIS anew and interrupts again; a command that fails keeps its CI bit
         // (the HBA stops on error, §6.2.2), so it is never mistaken for a success, and its error
         // bits in PxIS bring us back here for recovery.
-        let port_is = p.read(preg::IS);
-        if port_is != 0 && port_is != u32::MAX {
-            p.write(preg::IS, port_is);
+        let fresh = p.read(preg::IS);
+        if fresh != 0 && fresh != u32::MAX {
+            p.write(preg::IS, fresh);
         }
+        // What the interrupt handler already cleared counts too (it cleared it before this
+        // snapshot, so the same order holds).
+        let port_is =
+            if fresh == u32::MAX { fresh } else { fresh | core::mem::take(&mut self.ports[index].pending_is) };
         let ci = p.read(preg::CI);
         let sact = p.read(preg::SACT);
         if port_is != u32::MAX && port_is & is::ERRORS != 0 {

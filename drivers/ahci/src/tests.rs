@@ -266,6 +266,12 @@ fn ncq_keeps_32_commands_outstanding_and_completes_them_out_of_order() {
     r.sim.run_deferred(0);
     assert!(r.ctl.handle_interrupt());
     assert!(!r.ctl.handle_interrupt(), "nothing left pending");
+    // The handler is only the top half: it completes nothing (completing unmaps and allocates,
+    // which an interrupt handler must not do), and leaves the work for `service`.
+    assert!(r.ctl.has_pending_work());
+    assert!(r.ctl.take_completion(ids[0].0).is_none());
+    assert_eq!(r.ctl.service(), 32);
+    assert!(!r.ctl.has_pending_work());
     for (id, lba) in ids {
         let c = r.ctl.take_completion(id).expect("completed");
         c.result.unwrap();

@@ -12,8 +12,10 @@
 //!
 //! # Completion
 //! With a local APIC, each controller gets a vector and its MSI (or INTx through the I/O APIC
-//! when there is no MSI capability): the handler runs the driver's interrupt work and waiters
-//! only watch for their completion and for deadlines. Without interrupts, or after
+//! when there is no MSI capability). The handler is a top half: it acknowledges the HBA and
+//! notes which ports want attention. Waiters do the rest (the bottom half: completing,
+//! unmapping, recovery) in thread context when the handler left work, and otherwise only
+//! check deadlines, so they touch no register while nothing happened. Without interrupts, or after
 //! [`set_polling`]`(true)`, waiters poll the HBA's registers themselves.
 //!
 //! # Safety rails
@@ -97,6 +99,10 @@ pub fn polling() -> bool {
     FORCE_POLLING.load(Ordering::SeqCst)
 }
 
+/// The controller's interrupt handler: the top half only. It acknowledges the HBA and notes
+/// which ports want attention; waiters finish the work ([`Disk::poll`] calls `service` when
+/// work is pending). Completing a command here would unmap buffers and allocate, and the code
+/// this interrupt stopped may hold the heap's or the IOMMU's lock: on one CPU, a deadlock.
 fn interrupt(context: usize) {
     if let Some(c) = controllers().get(context) {
         // Interrupts are off in the handler, and every other holder of this lock has them off
@@ -333,6 +339,11 @@ impl Disk {
         with_hba(self.entry(), |h| h.interrupt_count())
     }
 
+    /// Whether the interrupt handler noted work that no waiter has done yet.
+    pub fn has_pending_work(&self) -> bool {
+        with_hba(self.entry(), |h| h.has_pending_work())
+    }
+
     /// How the controller completes commands.
     pub fn irq_mode(&self) -> IrqMode {
         self.entry().irq
@@ -371,7 +382,7 @@ impl Disk {
     pub fn poll(&self, ticket: Ticket) -> Option<Result<Done, BlockError>> {
         let poll = polling() || self.entry().irq == IrqMode::Polling;
         let done = with_hba(self.entry(), |h| {
-            if poll {
+            if poll || h.has_pending_work() {
                 h.service();
             } else {
                 h.check_timeouts();
@@ -413,7 +424,7 @@ impl Disk {
     pub fn poll_any(&self, tickets: &[Ticket]) -> Vec<(Ticket, Result<Done, BlockError>)> {
         let poll = polling() || self.entry().irq == IrqMode::Polling;
         let done: Vec<(Ticket, Completion)> = with_hba(self.entry(), |h| {
-            if poll {
+            if poll || h.has_pending_work() {
                 h.service();
             } else {
                 h.check_timeouts();

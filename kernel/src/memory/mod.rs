@@ -11,6 +11,7 @@
 //! 3. [`paging::map_mmio`] maps device registers uncached in a window of their own.
 
 pub mod frames;
+pub mod heap;
 pub mod paging;
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
