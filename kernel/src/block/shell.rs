@@ -181,27 +181,31 @@ fn depth_for(disk: &Disk, qd: Option<&str>) -> Result<usize, String> {
     Ok(qd)
 }
 
+/// What `disk fill` and `disk verify` do with each chunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PatternRun {
+    Fill,
+    Verify,
+}
+
 fn fill(name: &str, lba: &str, count: &str, seed: &str, qd: Option<&str>) -> Result<(), String> {
-    let disk = super::find(name).map_err(|e| format!("{e}"))?;
-    let (lba, count, seed) = (number(lba)?, number(count)?, number(seed)?);
-    let depth = depth_for(&disk, qd)?;
-    let sector = disk.info().logical_sector_size as usize;
-    let stats = pipeline(
-        &disk,
-        chunks(lba, count, CHUNK_SECTORS),
-        depth,
-        |l, n| BlockOp::Write { lba: l, data: patterned(l, n, seed, sector) },
-        |_, _, _| Ok(()),
-    )?;
-    disk.flush().map_err(|e| format!("flush: {e}"))?;
-    println!(
-        "disk: fill ok lba={lba} count={count} seed={seed:#x} qd={depth} max_outstanding={} us={}",
-        stats.max_outstanding, stats.elapsed_us
-    );
-    Ok(())
+    pattern_run(PatternRun::Fill, name, lba, count, seed, qd)
 }
 
 fn verify(name: &str, lba: &str, count: &str, seed: &str, qd: Option<&str>) -> Result<(), String> {
+    pattern_run(PatternRun::Verify, name, lba, count, seed, qd).map_err(|e| format!("verify FAILED: {e}"))
+}
+
+/// Writes (then flushes) or checks the test pattern over `count` sectors from `lba`, in 4 KiB
+/// requests with up to `qd` outstanding.
+fn pattern_run(
+    run: PatternRun,
+    name: &str,
+    lba: &str,
+    count: &str,
+    seed: &str,
+    qd: Option<&str>,
+) -> Result<(), String> {
     let disk = super::find(name).map_err(|e| format!("{e}"))?;
     let (lba, count, seed) = (number(lba)?, number(count)?, number(seed)?);
     let depth = depth_for(&disk, qd)?;
@@ -210,7 +214,10 @@ fn verify(name: &str, lba: &str, count: &str, seed: &str, qd: Option<&str>) -> R
         &disk,
         chunks(lba, count, CHUNK_SECTORS),
         depth,
-        |l, n| BlockOp::Read { lba: l, sectors: n },
+        |l, n| match run {
+            PatternRun::Fill => BlockOp::Write { lba: l, data: patterned(l, n, seed, sector) },
+            PatternRun::Verify => BlockOp::Read { lba: l, sectors: n },
+        },
         |l, _, d| {
             for (i, s) in d.data.chunks(sector).enumerate() {
                 check_sector(s, l + i as u64, seed).map_err(|(offset, want, got)| {
@@ -219,11 +226,15 @@ fn verify(name: &str, lba: &str, count: &str, seed: &str, qd: Option<&str>) -> R
             }
             Ok(())
         },
-    )
-    .map_err(|e| format!("verify FAILED: {e}"))?;
+    )?;
+    if run == PatternRun::Fill {
+        disk.flush().map_err(|e| format!("flush: {e}"))?;
+    }
     println!(
-        "disk: verify ok lba={lba} count={count} seed={seed:#x} qd={depth} max_outstanding={} us={}",
-        stats.max_outstanding, stats.elapsed_us
+        "disk: {} ok lba={lba} count={count} seed={seed:#x} qd={depth} max_outstanding={} us={}",
+        if run == PatternRun::Fill { "fill" } else { "verify" },
+        stats.max_outstanding,
+        stats.elapsed_us
     );
     Ok(())
 }
