@@ -248,8 +248,8 @@ fn run_one(base: MachineConfig, images: &boot::DiskImages, work: &Path, tally: &
     tally.record(&name("image_b_only_requested_sectors_changed"), b.check());
 }
 
-/// `cargo xtask bench` part for storage: boots the standard machine with a 64 MiB scratch disk
-/// on port 1 and runs `disk bench` there (sequential 1 MiB reads and writes at QD1, random 4 KiB
+/// `cargo xtask bench` part for storage: boots the standard machine (with VT-d, then without)
+/// with a 64 MiB scratch disk on port 1 and runs `disk bench` there (sequential 1 MiB reads and writes at QD1, random 4 KiB
 /// reads at QD1 and QD32, and the floors: a FLUSH round trip and a 1-sector read). Prints the
 /// kernel's `bench:` lines. `args` may hold `--release`.
 pub fn bench(args: &[String]) -> Result<(), String> {
@@ -260,25 +260,30 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let disk = work.join("bench-disk.img");
     crate::qemu::scratch_disk(&disk, 64 << 20)?;
-    let machine = MachineConfig { name: "bench-disk".into(), disks: vec![disk], ..MachineConfig::standard() };
-    let mut session = test::boot(&machine, &images, &work, "bench")?;
-    // Twice: completions by interrupt (the default), then by polling, so the cost of the
-    // interrupt path shows next to the floor.
-    for mode in ["off", "on"] {
-        test::command(&mut session, &format!("disk poll {mode}"))?;
-        session.send_line("disk bench ahci0p1 16")?;
-        let run = session
-            .expect("kernel> ", Duration::from_secs(900))
-            .map_err(|e| format!("disk bench did not finish: {e:?}"))?;
-        for line in run.lines().filter(|l| l.starts_with("bench:") || l.starts_with("disk:")) {
-            println!("{line}");
+    // With the VT-d mapper (the default) and with Direct, so the IOMMU's share of each
+    // command's cost shows; in each, completions by interrupt and then by polling.
+    for iommu in [true, false] {
+        let name = if iommu { "bench-disk-vtd" } else { "bench-disk-novtd" };
+        let machine =
+            MachineConfig { name: name.into(), disks: vec![disk.clone()], iommu, ..MachineConfig::standard() };
+        let mut session = test::boot(&machine, &images, &work, "bench")?;
+        for mode in ["off", "on"] {
+            test::command(&mut session, &format!("disk poll {mode}"))?;
+            println!("bench: machine={name}");
+            session.send_line("disk bench ahci0p1 16")?;
+            let run = session
+                .expect("kernel> ", Duration::from_secs(900))
+                .map_err(|e| format!("disk bench did not finish: {e:?}"))?;
+            for line in run.lines().filter(|l| l.starts_with("bench:") || l.starts_with("disk:")) {
+                println!("{line}");
+            }
+            if !run.contains("disk: bench ok") {
+                return Err(format!("disk bench failed:\n{run}"));
+            }
         }
-        if !run.contains("disk: bench ok") {
-            return Err(format!("disk bench failed:\n{run}"));
-        }
+        let _ = session.send_line("exit");
+        let _ = session.wait_exit(Duration::from_secs(30));
     }
-    let _ = session.send_line("exit");
-    let _ = session.wait_exit(Duration::from_secs(30));
     Ok(())
 }
 
