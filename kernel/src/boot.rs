@@ -45,6 +45,7 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Some(apic) => {
             crate::apic::init(apic);
             crate::interrupts::enable();
+            crate::apic::init_wakeup_timer();
         }
         None => log::warn!("no MADT: interrupts stay off; drivers poll"),
     }

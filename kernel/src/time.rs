@@ -84,6 +84,22 @@ pub fn poll_until(timeout_us: u64, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Sleeps (`hlt`) until any interrupt, or at most `max_us`: the CPU does nothing while a
+/// device works, instead of spinning. Without the APIC wake-up timer it only enables interrupts
+/// and returns (the caller's loop then spins, as before).
+///
+/// Call it with interrupts **disabled**, right after finding nothing to do: `sti; hlt` takes no
+/// interrupt between the two instructions (`sti` delays interrupts by one instruction), so a
+/// device interrupt that arrives after the check ends the `hlt` instead of slipping in before
+/// it and leaving the CPU asleep. Returns with interrupts enabled.
+pub fn sleep_until_interrupt(max_us: u64) {
+    if crate::apic::arm_wakeup_timer(max_us) {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    } else {
+        x86_64::instructions::interrupts::enable();
+    }
+}
+
 /// Busy-waits `us` microseconds.
 pub fn delay_us(us: u64) {
     let deadline = Deadline::after_us(us);

@@ -440,7 +440,27 @@ impl Disk {
             if let Some(result) = self.poll(ticket) {
                 return result;
             }
+            self.idle();
+        }
+    }
+
+    /// Waits a little for something to happen to this disk's commands. With interrupts, the
+    /// CPU sleeps (`hlt`) until the next interrupt, or 1 ms at most so deadlines are still
+    /// checked; when polling (or with interrupts off) it only pauses, and the caller polls again.
+    pub fn idle(&self) {
+        use x86_64::instructions::interrupts;
+        let entry = self.entry();
+        if polling() || entry.irq == IrqMode::Polling || !interrupts::are_enabled() {
             core::hint::spin_loop();
+            return;
+        }
+        // Check for work and go to sleep with interrupts off in between, so an interrupt that
+        // arrives after the check wakes the `hlt` (see `time::sleep_until_interrupt`).
+        interrupts::disable();
+        if entry.hba.lock().has_pending_work() {
+            interrupts::enable();
+        } else {
+            crate::time::sleep_until_interrupt(1_000);
         }
     }
 

@@ -148,7 +148,11 @@ pub fn pipeline(
             continue;
         }
         let tickets: Vec<Ticket> = inflight.iter().map(|f| f.0).collect();
-        for (ticket, result) in disk.poll_any(&tickets) {
+        let finished = disk.poll_any(&tickets);
+        if finished.is_empty() {
+            disk.idle();
+        }
+        for (ticket, result) in finished {
             let Some(pos) = inflight.iter().position(|f| f.0 == ticket) else { continue };
             let (_, lba, n) = inflight.remove(pos).unwrap_or((ticket, 0, 0));
             let result = result.map_err(|e| format!("LBA {lba}: {e}"))?;

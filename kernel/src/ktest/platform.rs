@@ -12,7 +12,29 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest { name: "pci::bars_are_sized", run: bars_are_sized },
     KernelTest { name: "time::tsc_agrees_with_pm_timer", run: tsc_agrees_with_pm_timer },
     KernelTest { name: "interrupts::self_ipi_reaches_its_handler", run: self_ipi_reaches_its_handler },
+    KernelTest { name: "time::wakeup_timer_ends_a_sleep", run: wakeup_timer_ends_a_sleep },
 ];
+
+/// `sleep_until_interrupt(2 ms)` halts the CPU and the APIC one-shot timer wakes it after
+/// about 2 ms. (Another interrupt may end a sleep early; one of 20 must run its course.)
+fn wakeup_timer_ends_a_sleep() -> TestResult {
+    check!(crate::apic::is_ready(), "the local APIC is not set up");
+    let fires = crate::apic::wakeup_timer_fires();
+    let mut slept = alloc::vec::Vec::new();
+    for _ in 0..20 {
+        let start = crate::time::now_us();
+        x86_64::instructions::interrupts::disable();
+        crate::time::sleep_until_interrupt(2_000);
+        let us = crate::time::now_us() - start;
+        slept.push(us);
+        if (1_500..=50_000).contains(&us) {
+            break;
+        }
+    }
+    check!(crate::apic::wakeup_timer_fires() > fires, "the wake-up timer never fired (sleeps: {slept:?} us)");
+    check!(slept.iter().any(|us| (1_500..=50_000).contains(us)), "no 2 ms sleep lasted 1.5..50 ms: {slept:?} us");
+    Ok(())
+}
 
 fn self_ipi_reaches_its_handler() -> TestResult {
     use core::sync::atomic::{AtomicUsize, Ordering};
