@@ -114,7 +114,7 @@ pub use device::DmaDevice;
 pub use direction::{Bidirectional, CpuReadable, CpuWritable, Direction, DmaDirection, FromDevice, ToDevice};
 pub use error::{AllocError, LimitError, MapError, MapFailed, MaskError, OutOfBounds};
 pub use phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
-pub use pool::{DmaPool, PoolBlock, PoolBusy, PoolError, PoolStats};
+pub use pool::{DmaPool, PoolBlock, PoolBusy, PoolCache, PoolError, PoolStats};
 pub use sg::{BusSegment, SgMapping};
 pub use streaming::{CpuAccess, Mapping};
 
