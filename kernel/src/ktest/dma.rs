@@ -21,6 +21,7 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest { name: "dma::scatter_gather_covers_every_byte", run: scatter_gather_covers_every_byte },
     KernelTest { name: "dma::pool_blocks_aligned_within_boundary", run: pool_blocks_aligned_within_boundary },
     KernelTest { name: "dma::pool_destroy_with_live_blocks_refused", run: pool_destroy_with_live_blocks_refused },
+    KernelTest { name: "dma::pool_cache_serves_device_visible_blocks", run: pool_cache_serves_device_visible_blocks },
     KernelTest { name: "dma::high_buffer_bounced_for_32bit_device", run: high_buffer_bounced_for_32bit_device },
     KernelTest { name: "dma::views_are_published", run: views_are_published },
 ];
@@ -146,6 +147,46 @@ fn pool_blocks_aligned_within_boundary() -> TestResult {
     check!(stats.blocks_in_use == 300, "pool says {} blocks in use", stats.blocks_in_use);
     drop(blocks);
     check!(pool.stats().blocks_in_use == 0, "freed blocks still counted");
+    pool.destroy().map_err(|e| format!("{e}"))?;
+    Ok(())
+}
+
+/// A per-owner cache on real memory: its blocks obey the pool's rules, are where the device
+/// looks, are counted as cached while on the cache's stack, and all come back when it drops.
+fn pool_cache_serves_device_visible_blocks() -> TestResult {
+    let dev = test_device("ktest pool-cache")?;
+    let pool = DmaPool::create("ktest-cache", &dev, 96, 32, 512).map_err(|e| format!("{e}"))?;
+    {
+        let mut cache = pool.cache(16);
+        let mut blocks = Vec::new();
+        for round in 0..3u32 {
+            for i in 0..40u32 {
+                let mut b = cache.zalloc().map_err(|e| format!("{e}"))?;
+                let bus = b.bus_addr().as_u64();
+                check!(bus % 32 == 0, "block at {bus:#x} not 32-byte aligned");
+                check!(bus / 512 == (bus + 95) / 512, "block at {bus:#x} crosses a 512-byte boundary");
+                check!(device_bytes(b.bus_addr(), 96).iter().all(|&x| x == 0), "zalloc block at {bus:#x} not zero");
+                b.write(0, round << 16 | i).map_err(|e| format!("{e}"))?;
+                blocks.push(b);
+            }
+            for (i, b) in blocks.iter().enumerate() {
+                let seen = device_bytes(b.bus_addr(), 4);
+                let want = round << 16 | i as u32;
+                check!(u32::from_le_bytes([seen[0], seen[1], seen[2], seen[3]]) == want, "block {i} overlaps another");
+            }
+            for b in blocks.drain(..) {
+                cache.free(b);
+            }
+            check!(cache.len() <= cache.capacity(), "cache holds {} of {}", cache.len(), cache.capacity());
+        }
+        check!(
+            pool.stats().blocks_in_use == cache.len(),
+            "in use {} != cached {}",
+            pool.stats().blocks_in_use,
+            cache.len()
+        );
+    }
+    check!(pool.stats().blocks_in_use == 0, "dropping the cache left {} blocks out", pool.stats().blocks_in_use);
     pool.destroy().map_err(|e| format!("{e}"))?;
     Ok(())
 }
