@@ -270,7 +270,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         for mode in ["off", "on"] {
             test::command(&mut session, &format!("disk poll {mode}"))?;
             println!("bench: machine={name}");
-            session.send_line("disk bench ahci0p1 16")?;
+            session.send_line("disk bench ahci0p1 48")?;
             let run = session
                 .expect("kernel> ", Duration::from_secs(900))
                 .map_err(|e| format!("disk bench did not finish: {e:?}"))?;

@@ -445,10 +445,11 @@ pub fn bench(args: &[String]) -> Result<ExitCode, String> {
                     .map_err(|e| format!("cannot run cargo bench: {e}"))?;
                 if status.success() { Ok(()) } else { Err(format!("cargo bench --bench {name} failed")) }
             }
+            // The kernel is measured as it would ship: an optimised (release) build.
             "iommu" => bench_iommu(),
-            "disk" => crate::disk_tests::bench(&[]),
+            "disk" => crate::disk_tests::bench(&["--release".to_string()]),
             _ => {
-                let images = build::build_images(Profile::Debug)?;
+                let images = build::build_images(Profile::Release)?;
                 let work = build::target_dir().join("xtask-bench");
                 std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
                 crate::net_tests::bench(&images, &work)
@@ -464,7 +465,7 @@ pub fn bench(args: &[String]) -> Result<ExitCode, String> {
 
 /// Boots with VT-d and runs the kernel's `bench iommu` (map+unmap cost per mapper).
 fn bench_iommu() -> Result<(), String> {
-    let images = build::build_images(Profile::Debug)?;
+    let images = build::build_images(Profile::Release)?;
     let work = build::target_dir().join("xtask-bench");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let machine = MachineConfig::standard();

@@ -288,10 +288,10 @@ fn bench(name: &str, mib: Option<&str>) -> Result<(), String> {
     );
 
     // Floors: the cost of a command round trip with no data, and with one sector.
-    let n = 200;
+    let n = 2000;
     let s = pipeline(&disk, (0..n).map(|_| (0, 0)), 1, |_, _| BlockOp::Flush, |_, _, _| Ok(()))?;
     report("floor_flush_qd1", n, 0, s.elapsed_us);
-    let n = 500;
+    let n = 2000;
     let s = pipeline(&disk, (0..n).map(|_| (0, 1)), 1, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
     report("floor_read_1_sector_qd1", n, n * sector, s.elapsed_us);
 
@@ -306,7 +306,7 @@ fn bench(name: &str, mib: Option<&str>) -> Result<(), String> {
 
     // Random 4 KiB reads over the region just written, at queue depth 1 and 32.
     let span = mib * per_mib / 8;
-    for (depth, count) in [(1usize, 1000u64), (qd_max.min(32), 4000)] {
+    for (depth, count) in [(1usize, 5000u64), (qd_max.min(32), 20000)] {
         let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
         let jobs: Vec<(u64, u32)> = (0..count).map(|_| ((rng.next() % span) * 8, 8)).collect();
         let s = pipeline(&disk, jobs, depth, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
