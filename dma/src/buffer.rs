@@ -7,6 +7,33 @@
 //! contiguous and translatable), and so does [`PageBuffer`], whole frames from `PhysMemory`
 //! with an address limit of your choosing. Stack arrays and borrowed slices do not: their
 //! address dies with the frame or the borrow, while the device may still be writing.
+//!
+//! # Example
+//! A [`PageBuffer`] for a 32-bit device: whole zeroed frames below 4 GiB that the CPU uses as a
+//! byte slice. Moving the value (into a mapping, for instance) does not move its bytes, which
+//! is what [`DmaBuf`] promises.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::{PhysMemory, sim::SimMemory};
+//! use dma::{AllocError, DmaBuf, PageBuffer};
+//! // Simulated RAM: 1 MiB at 1 MiB and 1 MiB at 4 GiB.
+//! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(1 << 20, 1 << 20);
+//!
+//! let mut buf = PageBuffer::alloc(&phys, 100, 0xffff_ffff).unwrap();
+//! assert!(buf.phys().as_u64() + 100 <= 1 << 32);
+//! assert_eq!(buf.len(), 100);
+//! assert!(buf.iter().all(|&b| b == 0)); // no earlier owner's data
+//! buf[..3].copy_from_slice(b"abc");
+//!
+//! let before = buf.dma_ptr();
+//! let moved = buf; // the value moves; the frames stay put
+//! assert_eq!(moved.dma_ptr(), before);
+//! assert_eq!(moved.dma_len(), 100);
+//!
+//! // This machine has no RAM below 1 MiB: an impossible limit is an error, not a panic.
+//! let err = PageBuffer::alloc(&phys, 64, 0xf_ffff).unwrap_err();
+//! assert!(matches!(err, AllocError::OutOfMemory { limit: 0xf_ffff, .. }));
+//! ```
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;

@@ -1,5 +1,37 @@
 //! Error types shared by the DMA service. Each variant says what went wrong in terms a driver
 //! author can act on; none of them is a sentinel address.
+//!
+//! # Example
+//! Linux's `dma_map_single` returns an address the driver must test with
+//! `dma_mapping_error` (Documentation/core-api/dma-api.rst); here a failed map is an `Err`
+//! that says why and gives the buffer back. A 32-bit device, a buffer above 4 GiB and a mapper
+//! with no bounce area: the map fails with [`MapError::BeyondMask`], and the driver recovers
+//! by copying the data below the mask and mapping again.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::{sim::SimMemory, mapper::Direct, DmaDevice, PhysMemory};
+//! # let mem = SimMemory::low_and_high(1 << 20, 1 << 20);
+//! # let phys: Arc<dyn PhysMemory> = mem.clone();
+//! # let dev = DmaDevice::new("00:02.0 demo", phys.clone(), Arc::new(Direct::new(phys.clone())));
+//! use dma::{MapError, MaskError, PageBuffer, ToDevice};
+//! let mut high = PageBuffer::alloc(&phys, 64, u64::MAX).unwrap(); // lands above 4 GiB
+//! high[..4].copy_from_slice(b"ping");
+//!
+//! let failed = dev.map(high, ToDevice).unwrap_err();
+//! assert!(matches!(failed.error, MapError::BeyondMask { mask: 0xffff_ffff, .. }));
+//! assert!(failed.to_string().contains("allocate it below the mask")); // what to do about it
+//!
+//! // The buffer came back untouched inside the error.
+//! let mut low = PageBuffer::alloc(&phys, 64, dev.mask()).unwrap();
+//! low.copy_from_slice(&failed.buffer);
+//! let tx = dev.map(low, ToDevice).unwrap();
+//! assert!(!tx.is_bounced());
+//! # let _ = tx.unmap();
+//!
+//! // Other calls refuse bad input the same way, leaving state unchanged.
+//! assert_eq!(dev.set_mask(8), Err(MaskError::BelowPage { bits: 8 }));
+//! assert_eq!(dev.mask(), 0xffff_ffff);
+//! ```
 
 use core::fmt;
 
@@ -156,7 +188,7 @@ impl<B> From<MapFailed<B>> for MapError {
 /// Why a DMA mask was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaskError {
-    /// Masks are 1..=64 bits wide.
+    /// A mask is at most 64 bits wide (and, see [`MaskError::BelowPage`], at least 12).
     OutOfRange {
         /// The width asked for.
         bits: u32,

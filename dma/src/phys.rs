@@ -3,6 +3,38 @@
 //! The DMA service never touches page tables or the frame allocator itself. The kernel (or, in host
 //! tests, a simulated physical memory) implements [`PhysMemory`], and every allocation the service
 //! makes goes through it.
+//!
+//! # Example
+//! The service asks for frames with constraints (how many, how high, how aligned) and reaches
+//! them through `phys_to_virt`. Here [`SimMemory`](crate::sim::SimMemory) plays the kernel,
+//! with RAM at 1 MiB and at 4 GiB, so a limit really decides where frames land.
+//! ```
+//! use dma::phys::{frames_for, mask_from_bits};
+//! use dma::{FrameRequest, PAGE_SIZE, PhysMemory};
+//! let mem = dma::sim::SimMemory::low_and_high(1 << 20, 1 << 20);
+//!
+//! // 12,000 bytes for a 32-bit device: three frames, below 4 GiB, aligned to 16 KiB.
+//! let req = FrameRequest { count: frames_for(12_000), max_addr: mask_from_bits(32), align: 16 * 1024 };
+//! assert_eq!(req.count, 3);
+//! let pa = mem.alloc_frames(req).unwrap();
+//! assert!(pa.as_u64() + 3 * PAGE_SIZE as u64 - 1 <= 0xffff_ffff);
+//! assert_eq!(pa.as_u64() % (16 * 1024), 0);
+//!
+//! // The CPU reaches the run through the kernel's mapping of it, and can translate back.
+//! let va = mem.phys_to_virt(pa);
+//! assert_eq!(mem.virt_to_phys(va.wrapping_add(5000)), pa.checked_add(5000));
+//!
+//! // With no limit the allocator picks high memory, keeping low frames for narrow devices.
+//! let high = mem.alloc_frames(FrameRequest { count: 1, max_addr: u64::MAX, align: 4096 }).unwrap();
+//! assert!(high.as_u64() >= 1 << 32);
+//!
+//! // SAFETY: both runs came from `alloc_frames` with these counts and nothing uses them.
+//! unsafe {
+//!     mem.free_frames(pa, 3);
+//!     mem.free_frames(high, 1);
+//! }
+//! assert_eq!(mem.frames_in_use(), 0);
+//! ```
 
 use core::fmt;
 

@@ -13,6 +13,37 @@
 //!
 //! This module is compiled in every build (it needs only `alloc`), so integration tests, doc
 //! tests and benchmarks can use it; the kernel simply never calls it.
+//!
+//! # Example
+//! A simulated NIC fetches a frame the CPU prepared and delivers one into a receive buffer;
+//! the test checks both from the device's side. Accesses real hardware could not make are
+//! faults, so a wrong address in a test fails loudly instead of scribbling on memory.
+//! ```
+//! use std::sync::Arc;
+//! use dma::sim::{SimDevice, SimFault, SimMemory};
+//! use dma::{BusAddr, DmaDevice, FromDevice, PageBuffer, PhysMemory, ToDevice, mapper::Direct};
+//! let mem = SimMemory::low_and_high(1 << 20, 1 << 20); // RAM at 1 MiB and at 4 GiB
+//! let phys: Arc<dyn PhysMemory> = mem.clone();
+//! let dev = DmaDevice::new("00:03.0 sim-nic", phys.clone(), Arc::new(Direct::new(phys.clone())));
+//! let nic = SimDevice::new(&dev);
+//!
+//! let mut frame = PageBuffer::alloc(&phys, 64, dev.mask()).unwrap();
+//! frame[..5].copy_from_slice(b"hello");
+//! let tx = dev.map(frame, ToDevice).unwrap();
+//! let mut wire = [0u8; 5];
+//! nic.read(tx.bus_addr(), &mut wire).unwrap(); // the NIC fetches the frame
+//! assert_eq!(&wire, b"hello");
+//!
+//! let rx = dev.map(PageBuffer::alloc(&phys, 64, dev.mask()).unwrap(), FromDevice).unwrap();
+//! nic.write(rx.bus_addr(), b"reply").unwrap(); // the NIC stores a received frame
+//! assert_eq!(&rx.unmap()[..5], b"reply");
+//!
+//! // Beyond the default 32-bit mask, and where there is no RAM: faults, memory untouched.
+//! let above = BusAddr(1 << 32);
+//! assert_eq!(nic.write(above, b"x"), Err(SimFault::BeyondMask { bus: above }));
+//! assert_eq!(nic.read(BusAddr(0x1000), &mut wire), Err(SimFault::Unmapped { bus: BusAddr(0x1000) }));
+//! # let _ = tx.unmap();
+//! ```
 
 use alloc::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use alloc::sync::Arc;

@@ -20,6 +20,43 @@
 //! Invariants of [`BounceArea`]: a slot run is handed to at most one mapping at a time (the
 //! bitmap bit of every slot in it is set while it is); slot runs are contiguous; the whole area
 //! lies at or below `last_addr()`.
+//!
+//! # Example
+//! The table above, watched through the area's counters with a [`Bounce`] mapper (every
+//! mapping bounces). `ToDevice` copies in at map and nothing back; `FromDevice` copies in at
+//! map (so the slot holds no stale data) and back at `sync_for_cpu` and at unmap. When no run
+//! of free slots is large enough, the map fails instead of waiting.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::sim::{SimDevice, SimMemory};
+//! # use dma::{DmaDevice, FromDevice, MapError, PageBuffer, PhysMemory, ToDevice};
+//! use dma::mapper::{Bounce, BounceArea};
+//! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(1 << 20, 1 << 20);
+//! let area = BounceArea::new(phys.clone(), 0xffff_ffff, 16 * 1024).unwrap(); // 8 slots
+//! let dev = DmaDevice::new("00:04.1 bounce-demo", phys.clone(), Arc::new(Bounce::new(phys.clone(), area.clone())));
+//! let hw = SimDevice::new(&dev);
+//! let copies = || (area.stats().copies_to_slot, area.stats().copies_from_slot);
+//!
+//! let mut buf = PageBuffer::alloc(&phys, 100, u64::MAX).unwrap();
+//! buf[..2].copy_from_slice(b"tx");
+//! let tx = dev.map(buf, ToDevice).unwrap();
+//! let mut seen = [0u8; 2];
+//! hw.read(tx.bus_addr(), &mut seen).unwrap(); // the device reads the slot's copy
+//! assert_eq!(&seen, b"tx");
+//! let buf = tx.unmap();
+//! assert_eq!(copies(), (1, 0));
+//!
+//! let mut rx = dev.map(buf, FromDevice).unwrap();
+//! hw.write(rx.bus_addr(), b"rx").unwrap();
+//! assert_eq!(&rx.sync_for_cpu().as_slice()[..2], b"rx"); // slot -> buffer
+//! let _buf = rx.unmap(); // slot -> buffer again, slot released
+//! assert_eq!(copies(), (2, 2));
+//! assert_eq!(area.stats().slots_used, 0);
+//!
+//! let big = PageBuffer::alloc(&phys, 20 * 1024, u64::MAX).unwrap(); // 10 slots' worth
+//! let err = dev.map(big, ToDevice).unwrap_err().error;
+//! assert_eq!(err, MapError::BounceExhausted { len: 20 * 1024 });
+//! ```
 
 use alloc::sync::Arc;
 use alloc::vec;

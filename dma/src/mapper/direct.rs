@@ -1,4 +1,39 @@
 //! The Direct mapper: bus address = physical address, with a swiotlb-style fallback.
+//!
+//! # Example
+//! A device with a 32-bit DMA mask (Documentation/core-api/dma-api-howto.rst, "DMA addressing
+//! capabilities") on a machine with RAM above 4 GiB. A buffer below 4 GiB is given to it in
+//! place; a buffer above is served from a bounce slot below 4 GiB, and the device's data
+//! reaches the buffer when the mapping ends (a `FromDevice` mapping is copied back at unmap).
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::sim::{SimDevice, SimMemory};
+//! # use dma::{DmaDevice, FromDevice, PageBuffer, PhysMemory, ToDevice};
+//! use dma::mapper::{BounceArea, Direct};
+//! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(1 << 20, 1 << 20);
+//! let area = BounceArea::new(phys.clone(), 0xffff_ffff, 16 * 1024).unwrap();
+//! let mapper = Arc::new(Direct::with_bounce(phys.clone(), area));
+//! let dev = DmaDevice::new("00:04.0 direct-demo", phys.clone(), mapper);
+//! dev.set_mask(32).unwrap();
+//! let hw = SimDevice::new(&dev);
+//!
+//! // Below the mask: the bus address is the physical one, nothing is copied.
+//! let low = PageBuffer::alloc(&phys, 64, 0xffff_ffff).unwrap();
+//! let low_phys = low.phys().as_u64();
+//! let tx = dev.map(low, ToDevice).unwrap();
+//! assert_eq!((tx.bus_addr().as_u64(), tx.is_bounced()), (low_phys, false));
+//! # let _ = tx.unmap();
+//!
+//! // Above it: the device gets a slot below 4 GiB instead.
+//! let high = PageBuffer::alloc(&phys, 64, u64::MAX).unwrap();
+//! assert!(high.phys().as_u64() >= 1 << 32);
+//! let rx = dev.map(high, FromDevice).unwrap();
+//! assert!(rx.is_bounced() && rx.bus_addr().as_u64() < 1 << 32);
+//! hw.write(rx.bus_addr(), b"pong").unwrap(); // lands in the slot...
+//! let high = rx.unmap(); // ...and is copied into the buffer here
+//! assert_eq!(&high[..4], b"pong");
+//! assert_eq!(dev.bounce_stats().unwrap().copies_from_slot, 1);
+//! ```
 
 use alloc::sync::Arc;
 

@@ -23,6 +23,45 @@
 //! In a deferred domain an IOVA stays reachable until the next domain flush. Pages this mapper
 //! owns (isolation pages, coherent frames) are therefore freed only after a flush it forces
 //! itself once [`PENDING_PAGES_LIMIT`] of them wait, never before.
+//!
+//! # Example
+//! A 32-bit NIC behind a simulated VT-d unit. Its buffer lies above 4 GiB, yet it is mapped
+//! in place: only the IOVA has to fit the mask. The mapping lets the device read and not
+//! write (`ToDevice`), and a strict unmap takes the page away from the device before it
+//! returns. `sim` plays the hardware: every access it makes is translated by the unit.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::sim::SimMemory;
+//! # use dma::{DmaDevice, PageBuffer, PhysMemory, ToDevice};
+//! use dma::mapper::Iommu;
+//! use dma::vtd::sim::{SimConfig, SimUnit};
+//! use dma::vtd::{FaultReason, SourceId, Unit, UnitConfig, UnmapPolicy};
+//! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
+//! let sim = SimUnit::new(phys.clone(), SimConfig::default());
+//! let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
+//! let (nic, domain) = (SourceId::new(0, 2, 0), unit.create_domain(UnmapPolicy::Strict).unwrap());
+//! domain.attach(nic).unwrap();
+//! let mapper = Arc::new(Iommu::new(domain, phys.clone(), true, UnmapPolicy::Strict));
+//! let dev = DmaDevice::new("00:02.0 iommu-demo", phys.clone(), mapper);
+//! dev.set_mask(32).unwrap();
+//!
+//! let mut buf = PageBuffer::alloc(&phys, 4096, u64::MAX).unwrap(); // above 4 GiB
+//! buf[..4].copy_from_slice(b"ping");
+//! let buf_phys = buf.phys();
+//! let tx = dev.map(buf, ToDevice).unwrap();
+//! let iova = tx.bus_addr();
+//! assert!(!tx.is_bounced() && iova.as_u64() < 1 << 32);
+//! assert_eq!(dev.mapper().bus_to_phys(iova), Some(buf_phys)); // walks the domain's tables
+//! let mut seen = [0u8; 4];
+//! sim.dma_read(nic, iova.as_u64(), &mut seen).unwrap();
+//! assert_eq!(&seen, b"ping");
+//!
+//! assert!(sim.dma_write(nic, iova.as_u64(), b"evil").is_err()); // read-only for the device
+//! assert_eq!(unit.poll_faults()[0].reason, FaultReason::WRITE_DENIED);
+//! let buf = tx.unmap();
+//! assert!(sim.dma_read(nic, iova.as_u64(), &mut seen).is_err()); // gone once unmap returned
+//! assert_eq!(&buf[..4], b"ping");
+//! ```
 
 use super::{CoherentRegion, DeviceLimits, DmaMapper, Mapped};
 use crate::direction::DmaDirection;

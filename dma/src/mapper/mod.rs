@@ -5,15 +5,46 @@
 //! be served by copying through a bounce area below its limit ([`Bounce`], Linux's swiotlb);
 //! behind an IOMMU, bus addresses are IOVAs that a translation table turns into physical ones.
 //!
-//! The [`DmaMapper`] trait is the vtable behind every `DmaDevice` (the "dev_dma whatsit" of the
-//! 2002 proposal that became Linux's `dma_map_ops`). One mapper may be shared by many devices
+//! The [`DmaMapper`] trait is the table of operations behind every `DmaDevice`, as Linux's
+//! `struct dma_map_ops` is behind every `struct device`. One mapper may be shared by many devices
 //! (every device behind one bridge, every device in one IOMMU domain), so a mapper never keeps
 //! per-device state; the device passes its [`DeviceLimits`] in.
 //!
-//! An IOMMU mapper (VT-d second-level tables) fits the same trait: `map` allocates an IOVA range
-//! within `limits.mask` and writes page-table entries with read/write permission from the
-//! direction, `unmap` clears them and invalidates the IOTLB, `bus_to_phys` walks the tables,
-//! `alloc_coherent` allocates frames anywhere and maps them.
+//! The IOMMU mapper ([`Iommu`], VT-d second-level tables) implements the same trait: `map`
+//! allocates an IOVA range within `limits.mask` and writes page-table entries with read/write
+//! permission from the direction, `unmap` clears them and invalidates the IOTLB, `bus_to_phys`
+//! walks the tables, and `alloc_coherent` allocates frames anywhere and maps them.
+//!
+//! # Example
+//! Drivers never call a mapper themselves (their [`DmaDevice`](crate::DmaDevice) does), but
+//! calling one by hand shows what the trait answers. The same buffer below 4 GiB, mapped for
+//! a 32-bit device by two mappers: [`Direct`] hands out its physical address, [`Bounce`]
+//! (`swiotlb=force`) the address of a slot holding a copy. Either way
+//! [`DmaMapper::bus_to_phys`] says where a device access to the bus address lands.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::{sim::SimMemory, PhysMemory, PageBuffer};
+//! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(1 << 20, 1 << 20);
+//! use dma::DmaDirection::ToDevice;
+//! use dma::mapper::{Bounce, BounceArea, DeviceLimits, Direct, DmaMapper};
+//! let limits = DeviceLimits { mask: 0xffff_ffff, max_segment_size: 65536, segment_boundary: 0xffff_ffff };
+//! let buf = PageBuffer::alloc(&phys, 64, 0xffff_ffff).unwrap();
+//!
+//! let direct = Direct::new(phys.clone());
+//! let m = direct.map(&limits, buf.phys(), 64, ToDevice).unwrap();
+//! assert_eq!(m.bus.as_u64(), buf.phys().as_u64()); // bus address = physical address
+//! assert_eq!(direct.bus_to_phys(m.bus), Some(buf.phys()));
+//! // SAFETY: `m` came from `direct.map` with this direction; `buf` is alive and unused.
+//! unsafe { direct.unmap(&m, ToDevice) };
+//!
+//! let bounce = Bounce::new(phys.clone(), BounceArea::new(phys.clone(), 0xffff_ffff, 8192).unwrap());
+//! let m = bounce.map(&limits, buf.phys(), 64, ToDevice).unwrap();
+//! assert_eq!(m.bounce.map(|slot| slot.as_u64()), Some(m.bus.as_u64())); // the device sees the slot
+//! assert_eq!(bounce.bus_to_phys(m.bus), m.bounce); // its accesses land in the slot, not in `buf`
+//! // SAFETY: as above, for `bounce`.
+//! unsafe { bounce.unmap(&m, ToDevice) };
+//! assert_eq!((direct.kind(), bounce.kind()), ("direct", "bounce"));
+//! ```
 
 mod bounce;
 mod direct;

@@ -20,6 +20,29 @@
 //! page-selective within a domain: a naturally aligned block of 2^AM pages (§6.5.1.2). A
 //! range that needs a mask above `CAP.MAMV`, or a unit without `CAP.PSI`, falls back to
 //! domain-selective: over-invalidating is always safe, under-invalidating never is.
+//!
+//! # Example
+//! What the driver puts in the queue after unmapping three pages at IOVA `0x5000` in domain 7:
+//! [`page_scope`] finds the smallest aligned block holding them (four pages at `0x4000`,
+//! address mask 2), and [`iotlb_descriptor`] encodes the 128-bit IOTLB invalidate descriptor
+//! of §6.5.2.3. Covering a fourth page too is harmless; missing one would not be.
+//! ```
+//! use dma::vtd::invalidation::{IotlbScope, iotlb_descriptor, page_scope};
+//! let scope = page_scope(7, 0x5000, 3 * 4096, 18, true).unwrap();
+//! assert_eq!(scope, IotlbScope::Pages { domain: 7, iova: 0x4000, am: 2, leaf_only: true });
+//!
+//! let [lo, hi] = iotlb_descriptor(scope, false, false);
+//! assert_eq!(lo & 0xf, 2); // bits 3:0, type 2: IOTLB invalidate
+//! assert_eq!((lo >> 4) & 3, 3); // bits 5:4, granularity 3: pages within one domain
+//! assert_eq!((lo >> 16) & 0xffff, 7); // bits 31:16, domain id
+//! assert_eq!(hi & !0xfff, 0x4000); // bits 127:76, the address
+//! assert_eq!((hi >> 6) & 1, 1); // bit 70, IH: only leaf entries changed
+//! assert_eq!(hi & 0x3f, 2); // bits 69:64, AM: 2^2 pages
+//!
+//! // 1 GiB needs a mask of 18; a unit whose CAP.MAMV is 9 cannot take it page-selectively,
+//! // so the caller invalidates the whole domain instead.
+//! assert_eq!(page_scope(7, 0, 1 << 30, 9, false), None);
+//! ```
 
 use core::fmt;
 

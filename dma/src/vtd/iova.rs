@@ -33,6 +33,35 @@
 //! # Invariants
 //! - Free blocks, live allocations, pending ranges and the reserved page 0 partition the space.
 //! - A free block of order k starts at a multiple of 2^k pages and its buddy is not free.
+//!
+//! # Example
+//! Natural alignment, the top-down choice below a device's mask, exhaustion as an error, and
+//! the invalidation rule: a range freed with [`IovaAllocator::free_deferred`] comes back only
+//! after the flush that covers it.
+//! ```
+//! use dma::vtd::iova::{IovaAllocator, IovaError};
+//! let mut space = IovaAllocator::new(39); // a 39-bit domain
+//!
+//! // Three pages for a 32-bit device: an aligned block of four, as high as the mask allows.
+//! let a = space.alloc(3 * 4096, 0xffff_ffff).unwrap();
+//! assert_eq!(a, 0x1_0000_0000 - 4 * 4096);
+//! assert_eq!(space.allocation(a), Some(3 * 4096)); // only the pages asked for get mapped
+//!
+//! // A device with a 14-bit mask can use pages 1, 2 and 3: page 0 is never handed out.
+//! let tiny = 0x3fff;
+//! let pages: Vec<u64> = (0..3).map(|_| space.alloc(4096, tiny).unwrap()).collect();
+//! assert!(!pages.contains(&0));
+//! assert_eq!(space.alloc(4096, tiny), Err(IovaError::NoSpace { len: 4096, limit: tiny }));
+//!
+//! // Freed is not free: the range waits for the IOTLB invalidation that covers it.
+//! space.free_deferred(pages[0]).unwrap();
+//! assert!(space.alloc(4096, tiny).is_err());
+//! let generation = space.begin_flush();
+//! // ... here the caller invalidates the domain's IOTLB and waits for completion ...
+//! assert_eq!(space.flush_completed(generation), 1);
+//! assert_eq!(space.alloc(4096, tiny), Ok(pages[0]));
+//! assert_eq!(space.check_invariants(), Ok(()));
+//! ```
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;

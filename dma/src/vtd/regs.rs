@@ -10,6 +10,32 @@
 //! (IVA, then IOTLB at +8), and the fault recording registers at `CAP.FRO × 16` (16 bytes
 //! each, `CAP.NFR + 1` of them). Their offsets come from the capability registers, which
 //! [`Cap`] and [`Ecap`] decode.
+//!
+//! # Example
+//! How the driver learns what a unit can do: read CAP and ECAP through [`VtdRegisters`] and
+//! decode them. The simulated unit answers here; after bring-up its status register (GSTS)
+//! reports translation on.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::{sim::SimMemory, PhysMemory};
+//! use dma::vtd::regs::{self, Cap, Ecap, SAGAW_48, VtdRegisters, gcmd};
+//! use dma::vtd::sim::{SIM_FAULT_OFFSET, SIM_IOTLB_OFFSET, SimConfig, SimUnit};
+//! use dma::vtd::{Unit, UnitConfig};
+//! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
+//! let sim = SimUnit::new(phys.clone(), SimConfig::default());
+//! let (cap, ecap) = (Cap(sim.read64(regs::CAP)), Ecap(sim.read64(regs::ECAP)));
+//! assert_eq!(cap.mgaw(), 48); // IOVAs up to 48 bits...
+//! assert_ne!(cap.sagaw() & SAGAW_48, 0); // ...with 4-level tables
+//! assert!(cap.supports_2m() && cap.supports_1g() && cap.psi());
+//! assert_eq!(cap.fault_recording_offset(), SIM_FAULT_OFFSET); // CAP.FRO x 16
+//! assert_eq!(ecap.iotlb_offset(), SIM_IOTLB_OFFSET); // ECAP.IRO x 16
+//! assert!(ecap.qi() && ecap.coherent());
+//! assert!(cap.to_string().starts_with("domains=256 sagaw=39,48 mgaw=48"));
+//!
+//! assert_eq!(sim.read32(regs::GSTS) & gcmd::TE, 0); // out of reset: translation off
+//! let _unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
+//! assert_ne!(sim.read32(regs::GSTS) & gcmd::TE, 0); // GSTS.TES
+//! ```
 
 use alloc::string::String;
 use alloc::sync::Arc;

@@ -20,6 +20,37 @@
 //! - Misuse the spec calls undefined (register invalidation while the queue is on, enabling
 //!   translation without a root table, a mask above MAMV) is recorded as a *violation* that
 //!   tests assert to be empty.
+//!
+//! # Example
+//! The driver runs against the simulated unit unchanged, and a simulated device's reads go
+//! through the unit's caches: the first read of a page walks the tables (an IOTLB miss), the
+//! next is served from the IOTLB. A blocked write comes back as the fault record the hardware
+//! would log, and the driver reads that same record from the fault recording registers.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::{sim::SimMemory, FrameRequest, PhysMemory};
+//! use dma::vtd::sim::{SimConfig, SimDmaError, SimUnit};
+//! use dma::vtd::{FaultReason, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
+//! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
+//! let sim = SimUnit::new(phys.clone(), SimConfig::default());
+//! let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
+//! let (nic, domain) = (SourceId::new(0, 2, 0), unit.create_domain(UnmapPolicy::Strict).unwrap());
+//! domain.attach(nic).unwrap();
+//! # let page = phys.alloc_frames(FrameRequest { count: 1, max_addr: u64::MAX, align: 4096 }).unwrap();
+//! let iova = domain.map(None, page, 4096, Perms::READ, u64::MAX).unwrap();
+//!
+//! let before = sim.stats();
+//! sim.dma_read(nic, iova, &mut [0; 8]).unwrap();
+//! sim.dma_read(nic, iova + 8, &mut [0; 8]).unwrap();
+//! let after = sim.stats();
+//! assert_eq!(after.iotlb_misses - before.iotlb_misses, 1);
+//! assert_eq!(after.iotlb_hits - before.iotlb_hits, 1);
+//!
+//! let Err(SimDmaError::Fault(record)) = sim.dma_write(nic, iova, b"x") else { panic!("write allowed") };
+//! assert_eq!((record.source, record.reason), (nic, FaultReason::WRITE_DENIED));
+//! assert_eq!(unit.poll_faults(), vec![record]);
+//! assert!(sim.violations().is_empty()); // the driver broke no rule of the spec
+//! ```
 
 use alloc::collections::BTreeMap;
 use alloc::format;

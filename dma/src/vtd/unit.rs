@@ -41,6 +41,39 @@
 //!   device can read or corrupt that memory during the window (Linux's "lazy" mode makes the
 //!   same trade). The IOVA itself is never reused before the flush, so at least no *new*
 //!   mapping can be reached through an old translation.
+//!
+//! # Example
+//! Bring-up on a simulated unit, then the life of one mapping: the NIC at 00:02.0 gets a
+//! domain, one page above 4 GiB is mapped read-only at an IOVA a 32-bit device can use, and
+//! after a strict unmap the IOVA translates to nothing. A device with no domain is refused
+//! from the start (deny-by-default).
+//! ```
+//! use std::sync::Arc;
+//! use dma::sim::SimMemory;
+//! use dma::vtd::sim::{SimConfig, SimUnit};
+//! use dma::vtd::{AccessKind, FaultReason, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
+//! use dma::{FrameRequest, PhysMemory};
+//! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
+//! let sim = SimUnit::new(phys.clone(), SimConfig::default()); // registers and caches
+//! let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
+//! assert!(sim.translation_enabled() && sim.violations().is_empty());
+//! assert!(sim.dma_read(SourceId::new(0, 3, 0), 0x1000, &mut [0; 4]).is_err()); // no domain
+//!
+//! let nic = SourceId::new(0, 2, 0);
+//! let domain = unit.create_domain(UnmapPolicy::Strict).unwrap();
+//! domain.attach(nic).unwrap();
+//! let page = phys.alloc_frames(FrameRequest { count: 1, max_addr: u64::MAX, align: 4096 }).unwrap();
+//! let iova = domain.map(None, page, 4096, Perms::READ, 0xffff_ffff).unwrap();
+//! assert!(page.as_u64() >= 1 << 32 && iova < 1 << 32);
+//! assert_eq!(domain.translate(iova + 8, AccessKind::Read).unwrap().phys, page.checked_add(8).unwrap());
+//! assert_eq!(domain.translate(iova, AccessKind::Write), Err(FaultReason::WRITE_DENIED));
+//!
+//! domain.unmap(iova, 4096).unwrap(); // strict: invalidated and waited for
+//! assert!(domain.translate(iova, AccessKind::Read).is_err());
+//! assert!(sim.dma_read(nic, iova, &mut [0; 4]).is_err());
+//! // SAFETY: the page was allocated above, and no device can reach it any more.
+//! unsafe { phys.free_frames(page, 1) };
+//! ```
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -95,6 +128,31 @@ impl Default for UnitConfig {
 }
 
 /// How a domain unmaps. See the module documentation for the trade-off.
+///
+/// # Examples
+/// The price of [`UnmapPolicy::Deferred`], made visible: the device read a page (so the
+/// unit's IOTLB holds its translation), the driver unmapped it, and the device can *still*
+/// read it until the domain is flushed.
+/// ```
+/// # use std::sync::Arc;
+/// # use dma::{sim::SimMemory, FrameRequest, PhysMemory};
+/// # use dma::vtd::{sim::{SimConfig, SimUnit}, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
+/// # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
+/// # let sim = SimUnit::new(phys.clone(), SimConfig::default());
+/// # let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
+/// let page = phys.alloc_frames(FrameRequest { count: 1, max_addr: u64::MAX, align: 4096 }).unwrap();
+/// let nic = SourceId::new(0, 2, 0);
+/// let domain = unit.create_domain(UnmapPolicy::Deferred { batch: 64 }).unwrap();
+/// domain.attach(nic).unwrap();
+/// let iova = domain.map(None, page, 4096, Perms::READ, u64::MAX).unwrap();
+/// sim.dma_read(nic, iova, &mut [0; 4]).unwrap(); // now cached in the IOTLB
+///
+/// domain.unmap(iova, 4096).unwrap(); // entry cleared, no invalidation yet
+/// assert!(domain.is_pending(iova)); // the IOVA is not reused meanwhile
+/// assert!(sim.dma_read(nic, iova, &mut [0; 4]).is_ok()); // the window
+/// domain.flush().unwrap();
+/// assert!(sim.dma_read(nic, iova, &mut [0; 4]).is_err()); // closed
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum UnmapPolicy {
     /// Invalidate before `unmap` returns.

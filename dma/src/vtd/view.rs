@@ -2,6 +2,30 @@
 //!
 //! Views are plain text a shell can `cat` and a test can grep: one block per unit, one line
 //! per fact, numbers in the units the spec uses.
+//!
+//! # Example
+//! What `cat iommu:units` and `cat iommu:faults` show for a simulated unit with one attached
+//! NIC, after the NIC wrote to an IOVA nobody mapped.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::{sim::SimMemory, PhysMemory};
+//! use dma::vtd::sim::{SimConfig, SimUnit};
+//! use dma::vtd::{SourceId, Unit, UnitConfig, UnmapPolicy, view};
+//! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
+//! let sim = SimUnit::new(phys.clone(), SimConfig::default());
+//! let units = [Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap()];
+//! let domain = units[0].create_domain(UnmapPolicy::Strict).unwrap();
+//! domain.attach(SourceId::new(0, 2, 0)).unwrap();
+//!
+//! let text = view::render_units(&units);
+//! assert!(text.starts_with("dmar0: VT-d 1.0, translation on, queued invalidation"));
+//! assert!(text.contains(&format!("devices: 00:02.0->{}", domain.id())));
+//!
+//! assert!(sim.dma_write(SourceId::new(0, 2, 0), 0x7000, b"?").is_err());
+//! let faults = view::render_faults(&units);
+//! assert!(faults.contains("dmar0: 1 faults"));
+//! assert!(faults.contains("DMA write fault from 00:02.0 at IOVA 0x7000"));
+//! ```
 
 use alloc::string::String;
 use alloc::sync::Arc;
