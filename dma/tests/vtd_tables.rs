@@ -121,6 +121,10 @@ fn overlapping_map_is_refused_and_rolled_back() {
     assert!(matches!(t.pt.map(&t.tm, 0x123, PhysAddr(0), 0x1000, Perms::READ), Err(TableError::Unaligned { .. })));
     assert!(matches!(t.pt.map(&t.tm, 1 << 39, PhysAddr(0), 0x1000, Perms::READ), Err(TableError::BeyondWidth { .. })));
     assert!(matches!(t.pt.map(&t.tm, 0, PhysAddr(1 << 60), 0x1000, Perms::READ), Err(TableError::PhysTooHigh { .. })));
+    assert_eq!(
+        t.pt.map(&t.tm, 0, PhysAddr(0x1234), 0x1000, Perms::READ),
+        Err(TableError::PhysUnaligned { phys: 0x1234 })
+    );
 }
 
 #[test]

@@ -151,6 +151,15 @@ fn write_report(out: &mut String) -> core::fmt::Result {
         Some(_) => writeln!(out, "interrupts: MADT found but the local APIC could not be mapped; drivers poll")?,
         None => writeln!(out, "interrupts: off (no usable MADT); drivers poll")?,
     }
+    let (sleeps, slept_us) = crate::time::sleep_stats();
+    let up_us = crate::time::now_us().max(1);
+    writeln!(
+        out,
+        "idle: halted {sleeps} times, {} ms of {} ms since the TSC started ({}%)",
+        slept_us / 1000,
+        up_us / 1000,
+        slept_us * 100 / up_us
+    )?;
 
     if acpi.ecam.is_empty() {
         writeln!(out, "pci config: port I/O 0xCF8/0xCFC (no usable MCFG; first 256 bytes of each function)")?;

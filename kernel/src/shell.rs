@@ -61,7 +61,10 @@ pub fn run() -> ! {
     loop {
         let Some(byte) = crate::console::try_read_byte() else {
             crate::net::poll_idle();
-            core::hint::spin_loop();
+            // Nothing typed: halt until an interrupt or for 2 ms (the network poll interval),
+            // so an idle kernel does not keep a host CPU busy. The serial port and the keyboard
+            // are polled, so a key waits at most that long.
+            crate::time::rest(2_000);
             continue;
         };
         match byte {

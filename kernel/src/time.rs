@@ -15,6 +15,15 @@ const PM_TIMER_HZ: u64 = 3_579_545;
 /// TSC ticks per microsecond (at least 1).
 static TSC_PER_US: AtomicU64 = AtomicU64::new(1000);
 
+/// How many times the CPU halted in [`sleep_until_interrupt`], and for how many TSC ticks.
+static SLEEPS: AtomicU64 = AtomicU64::new(0);
+static SLEPT_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Halts so far and the microseconds spent halted (for `sys:report` and idle checks).
+pub fn sleep_stats() -> (u64, u64) {
+    (SLEEPS.load(Ordering::Relaxed), SLEPT_TSC.load(Ordering::Relaxed) / TSC_PER_US.load(Ordering::Relaxed))
+}
+
 /// Reads the time-stamp counter.
 pub fn tsc() -> u64 {
     // SAFETY: RDTSC has no side effects and is available on every x86_64 CPU.
@@ -94,10 +103,24 @@ pub fn poll_until(timeout_us: u64, mut done: impl FnMut() -> bool) -> bool {
 /// it and leaving the CPU asleep. Returns with interrupts enabled.
 pub fn sleep_until_interrupt(max_us: u64) {
     if crate::apic::arm_wakeup_timer(max_us) {
+        let start = tsc();
         x86_64::instructions::interrupts::enable_and_hlt();
+        SLEEPS.fetch_add(1, Ordering::Relaxed);
+        SLEPT_TSC.fetch_add(tsc().saturating_sub(start), Ordering::Relaxed);
     } else {
         x86_64::instructions::interrupts::enable();
     }
+}
+
+/// Lets the CPU rest for up to `max_us`, or until an interrupt: for loops that poll for work
+/// (the shell waiting for a key). Falls back to a spin-loop hint when interrupts are off.
+pub fn rest(max_us: u64) {
+    if !x86_64::instructions::interrupts::are_enabled() {
+        core::hint::spin_loop();
+        return;
+    }
+    x86_64::instructions::interrupts::disable();
+    sleep_until_interrupt(max_us);
 }
 
 /// Busy-waits `us` microseconds.

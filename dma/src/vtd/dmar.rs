@@ -17,6 +17,40 @@
 //!        38  10 reserved bytes
 //!        48  remapping structures: type u16, length u16, body...
 //! ```
+//!
+//! # Example
+//! A machine with one remapping unit (a DRHD, §8.3) that translates the NIC at 00:02.0 and a
+//! USB controller behind the bridge at 00:1c.0, whose firmware keeps a legacy-keyboard buffer
+//! (an RMRR, §8.4). Parsing finds the unit's registers; a scope path through a bridge
+//! (§8.3.1) only becomes a requester id once PCI enumeration says which bus the bridge leads
+//! to. The bytes come from firmware, so a copy cut short or with one byte changed is refused
+//! with an error that says what is wrong, never half-trusted.
+//! ```
+//! use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeKind};
+//! use dma::vtd::SourceId;
+//! let endpoint = |start_bus, hops: &[(u8, u8)]| DeviceScope { kind: ScopeKind::PciEndpoint, enumeration_id: 0,
+//!     start_bus, path: hops.iter().map(|&(device, function)| PathEntry { device, function }).collect() };
+//! let usb = endpoint(0, &[(0x1c, 0), (0, 0)]); // hop 1 is a bridge, hop 2 the device below it
+//! let bytes = DmarBuilder::new(39, 0) // what firmware would hand over: header, checksum and all
+//!     .drhd(0, 0, 0xfed9_0000, &[endpoint(0, &[(2, 0)]), usb.clone()])
+//!     .rmrr(0, 0x7e00_0000, 0x7e00_ffff, &[usb])
+//!     .build();
+//!
+//! let dmar = Dmar::parse(&bytes).unwrap();
+//! let unit = &dmar.units[0];
+//! assert_eq!((unit.register_base, unit.register_size(), unit.include_pci_all()), (0xfed9_0000, 4096, false));
+//! let secondary_bus = |bus, dev, func| ((bus, dev, func) == (0, 0x1c, 0)).then_some(2); // from PCI config space
+//! assert_eq!(unit.scopes[1].resolve(secondary_bus), Ok(SourceId::new(2, 0, 0)));
+//! assert_eq!(dmar.unit_for(0, SourceId::new(2, 0, 0), secondary_bus), Some(unit));
+//! assert_eq!(dmar.unit_for(0, SourceId::new(0, 3, 0), secondary_bus), None); // nothing remaps its DMA
+//! assert_eq!((dmar.rmrrs[0].base, dmar.rmrrs[0].limit), (0x7e00_0000, 0x7e00_ffff)); // identity-map for 02:00.0
+//!
+//! let truncated = Dmar::parse(&bytes[..bytes.len() - 2]).unwrap_err();
+//! assert_eq!(truncated, DmarError::BadLength { declared: bytes.len() as u32, available: bytes.len() - 2 });
+//! let mut flipped = bytes.clone();
+//! flipped[60] ^= 0x10; // one bit of the register address: the driver would program the wrong page
+//! assert!(Dmar::parse(&flipped).unwrap_err().to_string().starts_with("DMAR checksum fails"));
+//! ```
 
 use alloc::vec::Vec;
 use core::fmt;

@@ -11,6 +11,32 @@
 //!       79..64  SID: requester id (bus/dev/fn) bit  126      T: 0 = write, 1 = read
 //!                                              bit  127      F: fault (RW1C)
 //! ```
+//!
+//! # Example
+//! What the driver reads after the NIC at 00:02.0 wrote to a page it may only read: the two
+//! 64-bit halves of a fault recording register (§10.4.14), decoded into the device, the page,
+//! the access type and the reason code (Appendix A). The record's `Display` is the log line,
+//! so a student sees which device did what, where, and why it was stopped. A register whose
+//! F bit is clear holds nothing.
+//! ```
+//! use dma::vtd::fault::{FRCD_F, FRCD_T, FaultRecord};
+//! use dma::vtd::{AccessKind, FaultReason, SourceId};
+//! let lo = 0x1234_5678; // FI: bits 63..12 are the page; bits 11..0 are reserved
+//! let hi = FRCD_F | (0x05 << 32) | 0x0010; // F set, T clear (a write), FR = 5h, SID = 0x0010
+//!
+//! let record = FaultRecord::decode(lo, hi).unwrap();
+//! assert_eq!((record.source, record.address), (SourceId::new(0, 2, 0), 0x1234_5000));
+//! assert_eq!((record.access, record.reason), (AccessKind::Write, FaultReason::WRITE_DENIED));
+//! assert_eq!(
+//!     record.to_string(),
+//!     "DMA write fault from 00:02.0 at IOVA 0x12345000: reason 0x05 (PTE write access is not set)"
+//! );
+//! assert_eq!(record.encode(), (0x1234_5000, hi)); // the simulated unit writes it back this way
+//!
+//! assert_eq!(FaultRecord::decode(lo, hi | FRCD_T).unwrap().access, AccessKind::Read); // T set: a read
+//! assert_eq!(FaultRecord::decode(lo, hi & !FRCD_F), None); // F clear: nothing recorded here
+//! assert_eq!(FaultReason::CONTEXT_NOT_PRESENT.to_string(), "0x02 present bit in context entry is clear");
+//! ```
 
 use core::fmt;
 

@@ -32,6 +32,40 @@
 //! - A table is unlinked only when the unmapped range covers everything the table maps
 //!   (Linux's rule), so its IOVA range is free-pending as a whole and nothing new is mapped
 //!   through a stale cached pointer to it before the invalidation.
+//!
+//! # Example
+//! The entries one domain needs, bit by bit (§9.1 root entry, §9.3 context entry, §9.8
+//! second-level entries): a page the device may only read gets a leaf with R set and W clear,
+//! so the unit refuses a write to it; a buffer that is 2 MiB aligned on both sides becomes one
+//! superpage leaf (PS) instead of 512 small ones, saving a table and IOTLB entries; and the
+//! context entry for the device at 03:00.0 carries the table's address, its depth and the
+//! domain id.
+//! ```
+//! # use std::sync::Arc;
+//! # use dma::{sim::SimMemory, PhysMemory};
+//! use dma::PhysAddr;
+//! use dma::vtd::tables::{ContextEntry, ContextTables, PTE_PS, PTE_R, PTE_W, PageTable, SIZE_2M, TableMemory};
+//! use dma::vtd::{Perms, SourceId};
+//! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
+//! let mem = TableMemory::new(phys, None, u64::MAX); // no flush hook: the unit's walks snoop caches
+//! let mut pt = PageTable::new(&mem, 3, true, false).unwrap(); // 3 levels, 2 MiB leaves allowed
+//! assert_eq!((pt.width(), pt.aw()), (39, 1)); // 4 levels would be 48 bits, AW = 2
+//!
+//! pt.map(&mem, 0x1000, PhysAddr(0x20_5000), 4096, Perms::READ).unwrap();
+//! let (base, size, pte) = pt.leaf(&mem, 0x1234).unwrap();
+//! assert_eq!((base, size, pte), (0x1000, 4096, 0x20_5001)); // frame | R
+//! assert_eq!(pte & (PTE_R | PTE_W), PTE_R);
+//!
+//! let big = pt.map(&mem, 0x4000_0000, PhysAddr(0x1_0020_0000), SIZE_2M, Perms::READ_WRITE).unwrap();
+//! assert_eq!((big.pages_2m, big.pages_4k), (1, 0));
+//! assert_eq!(pt.leaf(&mem, 0x4012_3456), Some((0x4000_0000, SIZE_2M, 0x1_0020_0000 | PTE_PS | PTE_W | PTE_R)));
+//!
+//! let mut contexts = ContextTables::new(&mem).unwrap(); // the root table (§9.1), all buses absent
+//! let entry = ContextEntry { domain_id: 7, table: pt.top(), aw: pt.aw() };
+//! contexts.set(&mem, SourceId::new(3, 0, 0), entry).unwrap();
+//! assert_eq!(entry.encode(), (pt.top().as_u64() | 1, 0x701)); // SLPTPTR | P; DID 7 << 8 | AW 1
+//! assert_eq!(contexts.get(&mem, SourceId::new(3, 0, 0)), Some(entry));
+//! ```
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -102,6 +136,11 @@ pub enum TableError {
         /// The length asked for.
         len: u64,
     },
+    /// The physical address to map is not 4 KiB aligned.
+    PhysUnaligned {
+        /// The physical address asked for.
+        phys: u64,
+    },
     /// The range does not fit the table's address width.
     BeyondWidth {
         /// The IOVA asked for.
@@ -132,6 +171,9 @@ impl fmt::Display for TableError {
             TableError::OutOfMemory => f.write_str("no free frame for an IOMMU page table; free memory or mappings"),
             TableError::Unaligned { iova, len } => {
                 write!(f, "IOMMU range {iova:#x}+{len:#x} is empty or not 4 KiB aligned")
+            }
+            TableError::PhysUnaligned { phys } => {
+                write!(f, "physical address {phys:#x} is not 4 KiB aligned; page tables map whole pages")
             }
             TableError::BeyondWidth { iova, width } => {
                 write!(f, "IOVA {iova:#x} is beyond the domain's {width}-bit address width")
@@ -421,7 +463,7 @@ impl PageTable {
     ) -> Result<MapReport, TableError> {
         self.check(iova, len)?;
         if !phys.0.is_multiple_of(PAGE_SIZE as u64) {
-            return Err(TableError::Unaligned { iova: phys.0, len });
+            return Err(TableError::PhysUnaligned { phys: phys.0 });
         }
         if phys.0.checked_add(len).is_none_or(|e| e - 1 > PTE_ADDR | 0xfff) {
             return Err(TableError::PhysTooHigh { phys: phys.0 });
@@ -520,7 +562,7 @@ impl PageTable {
         Ok(done)
     }
 
-    /// The leaf containing `iova`: (its first IOVA, its size), if mapped.
+    /// The leaf containing `iova`: (its first IOVA, its size, the raw entry), if mapped.
     pub fn leaf(&self, mem: &TableMemory, iova: u64) -> Option<(u64, u64, u64)> {
         if iova >= 1u64 << self.width() {
             return None;
