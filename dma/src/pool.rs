@@ -241,7 +241,9 @@ struct PoolState {
     /// touches one word and no other per-unit data even with 100,000 units; per-unit counts are
     /// computed from it when needed (destroy).
     allocated: Vec<u64>,
-    /// One bit per block: set while handed out through the raw API.
+    /// One bit per block: set while handed out through the raw API. Never set for a block held
+    /// by a [`PoolBlock`] or a cache, so allocating and freeing through a handle touch only
+    /// `allocated`: one bitmap word per operation, not two on two cache lines.
     raw: Vec<u64>,
     free_head: u64,
     free_blocks: usize,
@@ -294,7 +296,20 @@ struct BlockAddrs {
 }
 
 impl PoolInner {
+    /// Byte offset of block `block` in its unit.
+    ///
+    /// Every allocation computes this. A pool without a boundary has one window per unit, so every
+    /// block is below `per_window` and the offset is one multiplication. Only pools with a
+    /// boundary pay a 32-bit division (tens of cycles), in a function of its own so that the
+    /// allocation, which is inlined into its callers, stays small enough to be inlined.
+    #[inline]
     fn offset_of(&self, block: u32) -> usize {
+        if block < self.per_window { block as usize * self.block } else { self.offset_in_window(block) }
+    }
+
+    /// [`PoolInner::offset_of`] for a block past the first boundary window.
+    #[inline(never)]
+    fn offset_in_window(&self, block: u32) -> usize {
         (block / self.per_window) as usize * self.boundary + (block % self.per_window) as usize * self.block
     }
 
@@ -313,6 +328,7 @@ impl PoolInner {
     }
 
     /// Word index and bit mask of block `b` of unit `p` in the flat bitmaps.
+    #[inline]
     fn bit_of(&self, p: u32, b: u32) -> (usize, u64) {
         (p as usize * self.words_per_unit + (b / 64) as usize, 1 << (b % 64))
     }
@@ -349,12 +365,62 @@ impl PoolInner {
         Ok(())
     }
 
-    /// Pops the head of the free list, growing the pool if the list is empty. Sets `corrupt` if
-    /// a damaged list had to be abandoned on the way (the caller reports it, after unlocking).
-    fn pop_locked(&self, st: &mut PoolState, raw: bool, corrupt: &mut bool) -> Result<BlockAddrs, AllocError> {
+    /// Pops the head of the free list if it is a valid free block, marking it allocated (and
+    /// raw, for the raw API). `None` if the list is empty or its head is not a valid free block;
+    /// the caller then goes to the slow path ([`PoolInner::make_head_valid`]), which grows the
+    /// pool or abandons a damaged list, and tries again.
+    ///
+    /// This is all the work an allocation does under the lock, so it is written for the common
+    /// case: inlined into the caller, no loop, no error value, one bitmap word read and written.
+    /// The link read from memory is validated before it is used, as the module invariants
+    /// require: a unit that exists and is not released, a block index inside the unit, and an
+    /// `allocated` bit that is clear. The empty list needs no test of its own: `NIL` decodes to
+    /// unit `u32::MAX`, which never exists (`grow` stops below it).
+    #[inline]
+    fn pop_head(&self, st: &mut PoolState, raw: bool) -> Option<BlockAddrs> {
+        let (p, b) = decode(st.free_head);
+        let unit = st.units.get(p as usize)?;
+        if b >= self.blocks_per_unit || unit.released {
+            return None;
+        }
+        let (w, m) = self.bit_of(p, b);
+        debug_assert!(w < st.allocated.len() && w < st.raw.len());
+        // SAFETY: `p < units.len()` and `b < blocks_per_unit`, so `w < units.len() ×
+        // words_per_unit`, the length of both bitmaps (`grow` extends them with every unit).
+        let word = unsafe { st.allocated.get_unchecked_mut(w) };
+        if *word & m != 0 {
+            return None;
+        }
+        *word |= m;
+        if raw {
+            // SAFETY: as above.
+            unsafe { *st.raw.get_unchecked_mut(w) |= m };
+        }
+        let off = self.offset_of(b);
+        // SAFETY: `off` is the offset of block `b < blocks_per_unit`, inside unit `p`, which is
+        // live (not released).
+        let cpu = unsafe { unit.cpu.add(off) };
+        let bus = BusAddr(unit.region.bus.0 + off as u64);
+        // SAFETY: the block is free and ours; any 8 bytes are a valid u64, and the value is
+        // validated before it is used, on the next pop. The link may be unaligned.
+        st.free_head = unsafe { cpu.cast::<u64>().read_unaligned() };
+        st.free_blocks -= 1;
+        st.in_use += 1;
+        // SAFETY: `cpu` is inside a unit, whose pointer is non-null (checked in `grow`).
+        let cpu = unsafe { NonNull::new_unchecked(cpu) };
+        Some(BlockAddrs { unit: p, index: b, cpu, bus })
+    }
+
+    /// The slow side of a pop: leaves a valid free block at the head of the list, or fails. An
+    /// empty list grows the pool by a unit; a head that fails validation means a device wrote
+    /// into a free block and damaged its link, so the rest of the list is abandoned (those
+    /// blocks leak) rather than followed, and `corrupt` is set for the caller to report after
+    /// unlocking.
+    fn make_head_valid(&self, st: &mut PoolState, corrupt: &mut bool) -> Result<(), AllocError> {
         loop {
             if st.free_head == NIL {
-                self.grow(st)?;
+                // A new unit's blocks are all free and correctly linked.
+                return self.grow(st);
             }
             let (p, b) = decode(st.free_head);
             let valid =
@@ -362,65 +428,90 @@ impl PoolInner {
                     let (w, m) = self.bit_of(p, b);
                     st.allocated[w] & m == 0
                 };
-            if !valid {
-                // A device wrote into a free block and damaged its link: abandon the rest of
-                // the list (those blocks leak) rather than follow it.
-                st.free_head = NIL;
-                st.free_blocks = 0;
-                *corrupt = true;
-                continue;
+            if valid {
+                return Ok(());
             }
-            let off = self.offset_of(b);
-            let unit = &st.units[p as usize];
-            // SAFETY: `off` is a block inside unit `p`, which is live (not released).
-            let cpu = unsafe { unit.cpu.add(off) };
-            let bus = BusAddr(unit.region.bus.0 + off as u64);
-            // SAFETY: the block is free and ours; any 8 bytes are a valid u64, and the value is
-            // validated before it is used, on the next pop.
-            let next = unsafe { cpu.cast::<u64>().read_unaligned() };
-            let (w, m) = self.bit_of(p, b);
-            st.allocated[w] |= m;
-            if raw {
-                st.raw[w] |= m;
-            }
-            st.free_head = next;
-            st.free_blocks -= 1;
-            st.in_use += 1;
-            // SAFETY: `cpu` is inside a unit, whose pointer is non-null (checked in `grow`).
-            let cpu = unsafe { NonNull::new_unchecked(cpu) };
-            return Ok(BlockAddrs { unit: p, index: b, cpu, bus });
+            st.free_head = NIL;
+            st.free_blocks = 0;
+            *corrupt = true;
         }
     }
 
-    fn alloc(&self, raw: bool, zero: bool) -> Result<BlockAddrs, AllocError> {
+    /// Pops a block under a lock the caller holds, growing the pool or abandoning a damaged list
+    /// as needed (see [`PoolInner::make_head_valid`]; the caller reports `corrupt`). For batch
+    /// pops ([`PoolCache`]'s refill); single allocations use [`PoolInner::alloc`].
+    fn pop_locked(&self, st: &mut PoolState, raw: bool, corrupt: &mut bool) -> Result<BlockAddrs, AllocError> {
+        loop {
+            if let Some(at) = self.pop_head(st, raw) {
+                return Ok(at);
+            }
+            self.make_head_valid(st, corrupt)?;
+        }
+    }
+
+    /// The slow side of [`PoolInner::alloc`]: takes the lock, makes the list's head valid
+    /// ([`PoolInner::make_head_valid`]), and reports a damaged list or a failure to grow.
+    ///
+    /// It returns no block; `alloc` pops again. Handing a block back through the return value
+    /// would make the compiler merge that value, which lives in memory, with the fast path's
+    /// registers and send every block through the stack (as `PoolCache::prepare_pop` explains).
+    /// Another CPU may take the new head before `alloc` relocks; `alloc` then comes back here.
+    #[cold]
+    #[inline(never)]
+    fn refill_head(&self) -> Result<(), AllocError> {
         let mut corrupt = false;
-        let popped = self.pop_locked(&mut self.state.lock(), raw, &mut corrupt);
+        let result = self.make_head_valid(&mut self.state.lock(), &mut corrupt);
         if corrupt {
             self.dev.report(ReportKind::PoolFreeListCorrupt { pool: self.name.clone() });
         }
-        let at = match popped {
-            Ok(at) => at,
-            Err(e) => {
-                log::warn!("{}: dma_pool {} cannot grow: {}", self.dev.name(), self.name, e);
-                return Err(e);
+        if let Err(e) = &result {
+            log::warn!("{}: dma_pool {} cannot grow: {}", self.dev.name(), self.name, e);
+        }
+        result
+    }
+
+    /// One allocation through the shared path: [`DmaPool::alloc`], `zalloc` and `alloc_raw`.
+    ///
+    /// Inlined, with everything rare out of line: the common case is one lock round-trip around
+    /// [`PoolInner::pop_head`], and the block's addresses stay in registers from the pop to the
+    /// caller's `PoolBlock`. The first version went through three nested calls (`DmaPool::alloc`,
+    /// `alloc`, and a `pop_locked` with the pool's growth inlined into a large stack frame),
+    /// each handing a 32-byte `Result` back through memory, and some reads of it (an 8-byte load
+    /// of two 4-byte stores, 16-byte loads of two 8-byte stores) could not be forwarded from the
+    /// stores that wrote it. That structure cost about 10 of the 27 ns of a pair (`BENCHMARKS.md`).
+    #[inline]
+    fn alloc(&self, raw: bool, zero: bool) -> Result<BlockAddrs, AllocError> {
+        let at = loop {
+            // The guard is a temporary: the lock is released at the end of this statement.
+            let popped = self.pop_head(&mut self.state.lock(), raw);
+            match popped {
+                Some(at) => break at,
+                None => self.refill_head()?,
             }
         };
         if self.poison {
-            // The first bytes hold the free-list link, not poison.
-            self.check_freed_poison(at.cpu, at.bus, LINK_BYTES);
+            self.poison_on_alloc(at.cpu, at.bus, zero);
         }
-        let fill = if zero {
-            Some(0)
-        } else if self.poison {
-            Some(POOL_POISON_ALLOCATED)
-        } else {
-            None
-        };
-        if let Some(byte) = fill {
+        if zero {
             // SAFETY: the block is `block` bytes of our memory, now allocated to the caller.
-            unsafe { core::ptr::write_bytes(at.cpu.as_ptr(), byte, self.block) };
+            unsafe { core::ptr::write_bytes(at.cpu.as_ptr(), 0, self.block) };
         }
         Ok(at)
+    }
+
+    /// Poisoning, at allocation: checks the freed poison of the block at `cpu` (all but the
+    /// free-list link) and, unless the caller zeroes it, fills it with
+    /// [`POOL_POISON_ALLOCATED`]. Out of line, and given scalars, so that the fast path keeps the
+    /// block in registers and carries only a flag test.
+    #[cold]
+    #[inline(never)]
+    fn poison_on_alloc(&self, cpu: NonNull<u8>, bus: BusAddr, zero: bool) {
+        // The first bytes hold the free-list link, not poison.
+        self.check_freed_poison(cpu, bus, LINK_BYTES);
+        if !zero {
+            // SAFETY: the block is `block` bytes of our memory, now allocated to the caller.
+            unsafe { core::ptr::write_bytes(cpu.as_ptr(), POOL_POISON_ALLOCATED, self.block) };
+        }
     }
 
     /// Poisoning: checks that bytes `from..` of the block at `cpu` (bus address `bus`), about to
@@ -443,44 +534,69 @@ impl PoolInner {
         }
     }
 
-    /// Pushes block `b` of unit `p` at `cpu` (validated as allocated) back on the free list.
+    /// Pushes block `b` of unit `p` at `cpu` back on the free list and clears its `allocated`
+    /// bit. The caller has checked that the bit is set, and has cleared the block's `raw` bit if
+    /// it was a raw block: handle and cache blocks never have it set, so their frees touch one
+    /// bitmap word.
+    #[inline]
     fn push(&self, st: &mut PoolState, p: u32, b: u32, cpu: *mut u8) {
         let (w, m) = self.bit_of(p, b);
+        debug_assert!(st.raw[w] & m == 0, "raw bit still set on push");
         st.allocated[w] &= !m;
-        st.raw[w] &= !m;
         if self.poison {
-            // SAFETY: `cpu` is this block, `block` bytes of a live unit.
-            unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.block) };
+            self.poison_freed(cpu);
         }
-        // SAFETY: as above; the link may be unaligned.
+        // SAFETY: `cpu` is this block, `block` bytes of a live unit; the link may be unaligned.
         unsafe { cpu.cast::<u64>().write_unaligned(st.free_head) };
         st.free_head = encode(p, b);
         st.free_blocks += 1;
         st.in_use -= 1;
     }
 
+    /// Poisoning, at free: fills the block at `cpu` with [`POOL_POISON_FREED`]. Out of line so
+    /// that the push carries only the flag test.
+    #[cold]
+    #[inline(never)]
+    fn poison_freed(&self, cpu: *mut u8) {
+        // SAFETY: `cpu` is a block being freed, `block` bytes of a live unit, reachable by no one
+        // else now.
+        unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.block) };
+    }
+
     /// Frees a handle's block and, if it was the last block of an orphaned pool, drops the
-    /// pool's reference to itself.
+    /// pool's reference to itself: one lock round-trip, one bitmap word, the link and two
+    /// counters; the orphan's release and the poisoning are out of line.
+    ///
+    /// Deliberately not inlined, and given scalars, which arrive in registers. Every place that
+    /// may drop a `PoolBlock` would otherwise carry the lock loop, including places where the
+    /// drop never runs, such as overwriting a slot that holds `None`. In a burst through a
+    /// [`PoolCache`] that dead copy took registers from the cache's fast path and made it spill
+    /// each block to the stack: 9 % slower per pair. Out of line, a shared-path free costs about
+    /// 0.5 ns more than inlined (`BENCHMARKS.md`).
     ///
     /// # Safety
-    /// `this` must point to a live `PoolInner` in which block (`p`, `b`) at `cpu` is allocated
-    /// to the caller's handle; the caller must not use `this` afterwards.
-    unsafe fn free_handle(this: *const PoolInner, p: u32, b: u32, cpu: *mut u8) {
+    /// `pool` must point to a live `PoolInner` in which block (`p`, `b`) at `cpu` is allocated
+    /// to the caller's handle; the caller must not use `pool` afterwards.
+    #[inline(never)]
+    unsafe fn free_handle(pool: NonNull<PoolInner>, p: u32, b: u32, cpu: NonNull<u8>) {
+        // SAFETY: live while the block is allocated (module invariant).
+        let this = unsafe { pool.as_ref() };
         let release = {
-            // SAFETY: live while the block is allocated (module invariant).
-            let pool = unsafe { &*this };
-            let mut st = pool.state.lock();
-            let (w, m) = pool.bit_of(p, b);
+            let mut st = this.state.lock();
+            let (w, m) = this.bit_of(p, b);
+            // Always set for a handle's block. Checked rather than trusted: a bug elsewhere must
+            // not put a free block on the list twice.
             if st.allocated.get(w).is_some_and(|word| word & m != 0) {
-                pool.push(&mut st, p, b, cpu);
+                this.push(&mut st, p, b, cpu.as_ptr());
             }
-            st.orphaned && st.in_use == 0
+            // `in_use` was just written, so it is tested first; `orphaned` is read only when
+            // the pool has just become empty.
+            st.in_use == 0 && st.orphaned
         };
         if release {
-            // SAFETY: the orphan reference was leaked from an `Arc` of this pool in
-            // `shutdown`; the last allocated block is gone and no reference to the pool is
-            // held here any more.
-            unsafe { Arc::decrement_strong_count(this) };
+            // SAFETY: the pool is orphaned and its last block is gone; nothing here uses the
+            // pool any more.
+            unsafe { release_orphan(pool) };
         }
     }
 
@@ -508,6 +624,7 @@ impl PoolInner {
         if st.raw[w] & m == 0 {
             return Err(bad("block belongs to a PoolBlock handle, which frees itself on drop"));
         }
+        st.raw[w] &= !m;
         self.push(&mut st, p, b, block_cpu);
         Ok(())
     }
@@ -571,6 +688,19 @@ impl PoolInner {
         self.dev.report(ReportKind::PoolDestroyedBusy { pool: self.name.clone(), live: live.len() });
         Err(PoolBusy { pool: self.name.clone(), device: self.dev.name().into(), live })
     }
+}
+
+/// The last block of an orphaned pool was freed: drops the reference the pool kept to itself
+/// (see `PoolState::orphaned`), which may free the pool. Out of line: it happens once per pool.
+///
+/// # Safety
+/// `pool` is orphaned, has no block allocated, and the caller holds no reference into it.
+#[cold]
+#[inline(never)]
+unsafe fn release_orphan(pool: NonNull<PoolInner>) {
+    // SAFETY: the orphan reference was leaked from an `Arc` of this pool in `shutdown`; the
+    // caller's guarantee says nothing else uses it.
+    unsafe { Arc::decrement_strong_count(pool.as_ptr()) };
 }
 
 impl Drop for PoolInner {
@@ -738,12 +868,14 @@ impl DmaPool {
 
     /// A block with unspecified contents (Linux's `dma_pool_alloc`). O(1), plus a unit
     /// allocation when the pool is empty.
+    #[inline]
     pub fn alloc(&self) -> Result<PoolBlock, AllocError> {
         let at = self.inner.alloc(false, false)?;
         Ok(PoolBlock { pool: NonNull::from(&*self.inner), at })
     }
 
     /// A zeroed block (Linux's `dma_pool_zalloc`).
+    #[inline]
     pub fn zalloc(&self) -> Result<PoolBlock, AllocError> {
         let at = self.inner.alloc(false, true)?;
         Ok(PoolBlock { pool: NonNull::from(&*self.inner), at })
@@ -926,9 +1058,10 @@ impl PoolBlock {
 }
 
 impl Drop for PoolBlock {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: the block is allocated to this handle, which is going away.
-        unsafe { PoolInner::free_handle(self.pool.as_ptr(), self.at.unit, self.at.index, self.at.cpu.as_ptr()) };
+        unsafe { PoolInner::free_handle(self.pool, self.at.unit, self.at.index, self.at.cpu) };
     }
 }
 
@@ -1273,7 +1406,7 @@ impl CachedBlock {
 #[inline(never)]
 unsafe fn free_to_its_own_pool(pool: NonNull<PoolInner>, unit: u32, index: u32, cpu: NonNull<u8>) {
     // SAFETY: the caller's guarantee.
-    unsafe { PoolInner::free_handle(pool.as_ptr(), unit, index, cpu.as_ptr()) };
+    unsafe { PoolInner::free_handle(pool, unit, index, cpu) };
 }
 
 impl Drop for PoolCache<'_> {

@@ -215,6 +215,37 @@ fn a_damaged_free_list_is_reported_not_followed() {
     assert!(reported(name, "free list damaged"));
 }
 
+/// A device that zeroes a stale buffer writes zeros over a free block's link, and zero is a
+/// well-formed link: block 0 of unit 0. Here that block is allocated, so following the link would
+/// hand it out a second time. Both ways of popping (one allocation, a cache's batch refill) must
+/// refuse it, report the damage and carry on with fresh memory.
+#[test]
+fn a_free_list_link_to_a_live_block_is_not_followed() {
+    for (name, through_cache) in [("00:09.2 pool-zeroed-link", false), ("00:09.3 pool-zeroed-link-cache", true)] {
+        let m = Machine::direct(name, 32, 0);
+        let p = DmaPool::create("zeroed", &m.dev, 64, 8, 0).unwrap();
+        let a = p.alloc().unwrap(); // block 0 of unit 0
+        let b = p.alloc().unwrap();
+        let b_bus = b.bus_addr();
+        drop(b); // now the head of the free list
+        m.hw.write(b_bus, &[0; 8]).unwrap();
+        let mut cache = p.cache(8);
+        let got: Vec<_> = (0..3).map(|_| if through_cache { cache.alloc() } else { p.alloc() }.unwrap()).collect();
+        assert_eq!(got[0].bus_addr(), b_bus, "the damaged block itself is still good");
+        for (i, g) in got.iter().enumerate() {
+            assert_ne!(g.bus_addr(), a.bus_addr(), "a live block was handed out again");
+            assert!(got[..i].iter().all(|h| h.bus_addr() != g.bus_addr()), "a block was handed out twice");
+        }
+        assert!(reported(name, "free list damaged"));
+        assert_eq!(p.stats().pages, 2, "the abandoned list was replaced by a new unit");
+        drop(got);
+        drop(cache);
+        assert_eq!(p.stats().blocks_in_use, 1);
+        drop(a);
+        assert_eq!(p.stats().blocks_in_use, 0);
+    }
+}
+
 #[test]
 fn allocation_failure_is_an_error() {
     let sim = SimMemory::new(&[SimRegion { base: 0x10_0000, size: 8192 }]);
