@@ -197,6 +197,15 @@ pub fn route_isa_irq(irq: u8, vector: u8, level_default: bool, active_low_defaul
     route_gsi(gsi, vector, level, active_low)
 }
 
+/// Masks the I/O APIC input that ISA IRQ `irq` arrives on (after the MADT's overrides).
+pub fn mask_isa_irq(irq: u8) {
+    let gsi = OVERRIDES.lock().iter().find(|o| o.0 == irq).map_or(u32::from(irq), |o| o.1);
+    let io_apics = IO_APICS.lock();
+    if let Some(io) = io_apics.iter().find(|io| (io.gsi_base..io.gsi_base + io.pins).contains(&gsi)) {
+        io.redirect(gsi - io.gsi_base, 0, false, false, true, 0);
+    }
+}
+
 /// Routes global system interrupt `gsi` to `vector` on this CPU, unmasked.
 pub fn route_gsi(gsi: u32, vector: u8, level: bool, active_low: bool) -> bool {
     let dest = local_apic_id();

@@ -18,6 +18,7 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest { name: "block::write_read_round_trip_interrupts", run: || round_trip(false, 2048) },
     KernelTest { name: "block::write_read_round_trip_polling", run: || round_trip(true, 4096) },
     KernelTest { name: "block::interrupt_handler_is_a_top_half", run: interrupt_handler_is_a_top_half },
+    KernelTest { name: "block::completion_by_intx", run: completion_by_intx },
     KernelTest { name: "block::qd1_pipeline_with_interrupts", run: qd1_pipeline_with_interrupts },
     KernelTest { name: "block::ncq_32_outstanding", run: ncq_32_outstanding },
     KernelTest { name: "block::bad_requests_refused_before_sending", run: bad_requests_refused_before_sending },
@@ -124,6 +125,32 @@ fn interrupt_handler_is_a_top_half() -> TestResult {
     check!(done.data.len() == 8 * 512, "read returned {} bytes", done.data.len());
     check!(!d.has_pending_work(), "work still noted after the waiter serviced the HBA");
     Ok(())
+}
+
+/// The INTx path, which QEMU's AHCI never takes by itself (it offers MSI): MSI off, the
+/// function's interrupt pin routed through the I/O APIC to the same vector (level-triggered:
+/// the handler must clear PxIS and IS or the line stays asserted and interrupts forever), a
+/// write, flush and read completed by it, then MSI back on.
+fn completion_by_intx() -> TestResult {
+    let d = scratch()?;
+    let block::IrqMode::Msi { vector } = d.irq_mode() else {
+        return Ok(()); // already INTx, or polling: nothing to switch
+    };
+    let access = crate::pci::access();
+    let f = crate::pci::functions().iter().find(|f| ahci::matches(f)).ok_or("no AHCI function")?;
+    let msi = f.msi().ok_or("MSI in use but no MSI capability")?;
+    let line = f.interrupt_line;
+    check!(f.interrupt_pin != 0 && line < 16, "no INTx line (pin {}, line {line})", f.interrupt_pin);
+    msi.disable(&f.config(access));
+    let routed = crate::apic::route_isa_irq(line, vector, true, true);
+    f.config(access).enable_intx();
+    let result = if routed { round_trip(false, 6144) } else { Err(format!("no I/O APIC input for IRQ {line}")) };
+    // Back to MSI, whatever happened.
+    f.config(access).disable_intx();
+    crate::apic::mask_isa_irq(line);
+    let (address, data) = crate::apic::msi_message(vector);
+    f.enable_msi(access, address, data).map_err(|e| format!("cannot turn MSI back on: {e:?}"))?;
+    result
 }
 
 /// Many commands one at a time with interrupts on, allocating between them: the pattern that
