@@ -241,7 +241,7 @@ proptest! {
 
     #[test]
     fn built_tables_round_trip(
-        units in proptest::collection::vec((any::<u8>(), any::<u16>(), any::<u64>(),
+        units in proptest::collection::vec((any::<u8>(), any::<u16>(), (1u64..1 << 52).prop_map(|page| page << 12),
             proptest::collection::vec((1u8..6, any::<u8>(), proptest::collection::vec((0u8..32, 0u8..8), 0..4)), 0..4)), 0..4),
     ) {
         let mut b = DmarBuilder::new(48, 1);
@@ -290,4 +290,18 @@ fn sub_hierarchy_scope_covers_deeper_buses() {
     let deep = SourceId::new(2, 1, 0);
     assert_eq!(d.unit_for_in_hierarchy(0, deep, secondary, range).map(|u| u.register_base), Some(0xfed9_0000));
     assert_eq!(d.unit_for_in_hierarchy(0, SourceId::new(3, 0, 0), secondary, range), None);
+}
+
+#[test]
+fn drhd_register_base_must_be_a_nonzero_page() {
+    for base in [0u64, 0xfed9_0010] {
+        let t = DmarBuilder::new(39, 0).drhd(1, 0, base, &[]).build();
+        match Dmar::parse(&t) {
+            Err(DmarError::BadStructure { kind: 0, problem, .. }) => {
+                assert!(problem.contains("register base"), "{problem}")
+            }
+            other => panic!("base {base:#x}: {other:?}"),
+        }
+    }
+    assert!(Dmar::parse(&DmarBuilder::new(39, 0).drhd(1, 0, 0xfed9_0000, &[]).build()).is_ok());
 }

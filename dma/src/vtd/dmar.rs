@@ -413,11 +413,17 @@ impl Dmar {
                     if slen_u < 16 {
                         return Err(bad("DRHD is shorter than its 16-byte fixed part"));
                     }
+                    // The register set is at least one 4 KiB page, mapped as such (§8.3,
+                    // Register Base Address; §10.4): a zero or unaligned base cannot be a unit.
+                    let base = u64_at(body, 8).unwrap_or(0);
+                    if base == 0 || base % 4096 != 0 {
+                        return Err(bad("DRHD register base address is zero or not 4 KiB aligned"));
+                    }
                     out.units.push(Drhd {
                         flags: body[4],
                         size: body[5] & 0xf,
                         segment: u16_at(body, 6).unwrap_or(0),
-                        register_base: u64_at(body, 8).unwrap_or(0),
+                        register_base: base,
                         scopes: parse_scopes(body, 16, off)?,
                     });
                 }
