@@ -186,33 +186,42 @@ pub fn send_self_ipi(vector: u8) {
     }
 }
 
+/// The GSI ISA IRQ `irq` arrives on, with its trigger mode and polarity: the MADT's override
+/// for it if there is one, else the IRQ number itself with the defaults given.
+fn isa_irq_input(irq: u8, level_default: bool, active_low_default: bool) -> (u32, bool, bool) {
+    OVERRIDES.lock().iter().find(|o| o.0 == irq).map(|o| (o.1, o.3, o.2)).unwrap_or((
+        u32::from(irq),
+        level_default,
+        active_low_default,
+    ))
+}
+
 /// Routes ISA IRQ `irq` (as the firmware's interrupt-line register names it) to `vector`,
 /// applying the MADT's overrides. ISA interrupts are edge-triggered active-high by default.
 pub fn route_isa_irq(irq: u8, vector: u8, level_default: bool, active_low_default: bool) -> bool {
-    let (gsi, active_low, level) = OVERRIDES.lock().iter().find(|o| o.0 == irq).map(|o| (o.1, o.2, o.3)).unwrap_or((
-        u32::from(irq),
-        active_low_default,
-        level_default,
-    ));
+    let (gsi, level, active_low) = isa_irq_input(irq, level_default, active_low_default);
     route_gsi(gsi, vector, level, active_low)
 }
 
 /// Masks the I/O APIC input that ISA IRQ `irq` arrives on (after the MADT's overrides).
 pub fn mask_isa_irq(irq: u8) {
-    let gsi = OVERRIDES.lock().iter().find(|o| o.0 == irq).map_or(u32::from(irq), |o| o.1);
-    let io_apics = IO_APICS.lock();
-    if let Some(io) = io_apics.iter().find(|io| (io.gsi_base..io.gsi_base + io.pins).contains(&gsi)) {
-        io.redirect(gsi - io.gsi_base, 0, false, false, true, 0);
-    }
+    let (gsi, _, _) = isa_irq_input(irq, false, false);
+    redirect_gsi(gsi, 0, false, false, true);
 }
 
 /// Routes global system interrupt `gsi` to `vector` on this CPU, unmasked.
 pub fn route_gsi(gsi: u32, vector: u8, level: bool, active_low: bool) -> bool {
+    redirect_gsi(gsi, vector, level, active_low, false)
+}
+
+/// Programs the redirection entry of the I/O APIC input that serves `gsi`; false (and an error
+/// line) if no I/O APIC serves it.
+fn redirect_gsi(gsi: u32, vector: u8, level: bool, active_low: bool, masked: bool) -> bool {
     let dest = local_apic_id();
     let io_apics = IO_APICS.lock();
     match io_apics.iter().find(|io| (io.gsi_base..io.gsi_base + io.pins).contains(&gsi)) {
         Some(io) => {
-            io.redirect(gsi - io.gsi_base, vector, level, active_low, false, dest);
+            io.redirect(gsi - io.gsi_base, vector, level, active_low, masked, dest);
             true
         }
         None => {

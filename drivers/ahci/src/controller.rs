@@ -564,7 +564,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
                     info.firmware,
                     info.sectors,
                     info.logical_sector_size,
-                    info.sectors.saturating_mul(u64::from(info.logical_sector_size)) >> 20,
+                    info.capacity_mib(),
                     depth
                 );
                 let port = &mut self.ports[index];

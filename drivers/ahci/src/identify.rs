@@ -31,6 +31,13 @@ pub struct DeviceInfo {
     pub queue_depth: u8,
 }
 
+impl DeviceInfo {
+    /// The capacity in MiB (whole MiB, rounded down), as the log and `disk:info` show it.
+    pub fn capacity_mib(&self) -> u64 {
+        self.sectors.saturating_mul(u64::from(self.logical_sector_size)) >> 20
+    }
+}
+
 /// Why IDENTIFY data was not usable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdentifyError {

@@ -111,6 +111,16 @@ fn interrupt(context: usize) {
     }
 }
 
+/// What a waiter does on each look at the HBA: the bottom half (`service`) when it polls or the
+/// interrupt handler left work, otherwise only a deadline check, which touches no register.
+fn service_or_check_deadlines(h: &mut Hba, poll: bool) {
+    if poll || h.has_pending_work() {
+        h.service();
+    } else {
+        h.check_timeouts();
+    }
+}
+
 /// Finds and starts the AHCI controllers.
 pub fn init() {
     let mut entries = Vec::new();
@@ -382,11 +392,7 @@ impl Disk {
     pub fn poll(&self, ticket: Ticket) -> Option<Result<Done, BlockError>> {
         let poll = polling() || self.entry().irq == IrqMode::Polling;
         let done = with_hba(self.entry(), |h| {
-            if poll || h.has_pending_work() {
-                h.service();
-            } else {
-                h.check_timeouts();
-            }
+            service_or_check_deadlines(h, poll);
             h.take_completion(ticket.id)
         })?;
         Some(finish(done))
@@ -424,11 +430,7 @@ impl Disk {
     pub fn poll_any(&self, tickets: &[Ticket]) -> Vec<(Ticket, Result<Done, BlockError>)> {
         let poll = polling() || self.entry().irq == IrqMode::Polling;
         let done: Vec<(Ticket, Completion)> = with_hba(self.entry(), |h| {
-            if poll || h.has_pending_work() {
-                h.service();
-            } else {
-                h.check_timeouts();
-            }
+            service_or_check_deadlines(h, poll);
             tickets.iter().filter_map(|t| h.take_completion(t.id).map(|c| (*t, c))).collect()
         });
         done.into_iter().map(|(t, c)| (t, finish(c))).collect()
@@ -560,7 +562,7 @@ fn render_info() -> String {
                     info.firmware,
                     info.sectors,
                     info.logical_sector_size,
-                    info.sectors.saturating_mul(u64::from(info.logical_sector_size)) >> 20,
+                    info.capacity_mib(),
                     info.lba48,
                     p.ncq_depth(),
                     if c.read_only & (1 << p.number()) != 0 { "read-only(boot)" } else { "writable" },

@@ -18,6 +18,8 @@ pub static TESTS: &[KernelTest] = &[
 /// `sleep_until_interrupt(2 ms)` halts the CPU and the APIC one-shot timer wakes it after
 /// about 2 ms. (Another interrupt may end a sleep early; one of 20 must run its course.)
 fn wakeup_timer_ends_a_sleep() -> TestResult {
+    // A 2 ms sleep that the timer, not another interrupt, ended.
+    const TIMER_ENDED_US: core::ops::RangeInclusive<u64> = 1_500..=50_000;
     check!(crate::apic::is_ready(), "the local APIC is not set up");
     let fires = crate::apic::wakeup_timer_fires();
     let mut slept = alloc::vec::Vec::new();
@@ -27,7 +29,7 @@ fn wakeup_timer_ends_a_sleep() -> TestResult {
         crate::time::sleep_until_interrupt(2_000);
         let us = crate::time::now_us() - start;
         slept.push(us);
-        if (1_500..=50_000).contains(&us) {
+        if TIMER_ENDED_US.contains(&us) {
             break;
         }
     }
