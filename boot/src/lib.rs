@@ -10,17 +10,28 @@
 //!
 //! Both are plain raw disk images: QEMU boots them as `-drive format=raw`, and `dd` writes them to
 //! a USB stick.
+//!
+//! The images carry the kernel **stripped of its symbols and debug info** (`llvm-objcopy
+//! --strip-all`, from the pinned toolchain's `llvm-tools` component). The BIOS stages read the
+//! whole kernel file through the firmware's disk calls before the kernel runs, about 0.7 s per MB
+//! under QEMU's TCG: a 26 MB ELF with DWARF took 12–19 s to reach the prompt, the 1.1 MB stripped
+//! one under 2 s. Nothing at run time needs the symbols; the full ELF stays beside the images for
+//! gdb and for symbolising backtraces ([`DiskImages::kernel`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-/// The two disk images made from one kernel.
+/// The two disk images made from one kernel, and that kernel.
 #[derive(Debug, Clone)]
 pub struct DiskImages {
     /// MBR image for legacy BIOS (and CSM) firmware.
     pub bios: PathBuf,
     /// GPT image for UEFI firmware.
     pub uefi: PathBuf,
+    /// The kernel ELF with symbols and DWARF, as built: what gdb and the backtrace symboliser
+    /// read. The images hold a stripped copy of it.
+    pub kernel: PathBuf,
 }
 
 /// Why an image could not be made.
@@ -30,6 +41,8 @@ pub enum ImageError {
     MissingKernel(PathBuf),
     /// The bootloader crate failed to write the image.
     Create { which: &'static str, reason: String },
+    /// `llvm-objcopy` could not make the stripped copy.
+    Strip(String),
 }
 
 impl fmt::Display for ImageError {
@@ -39,24 +52,73 @@ impl fmt::Display for ImageError {
                 write!(f, "kernel ELF {} not found: build it first (`cargo xtask build`)", p.display())
             }
             ImageError::Create { which, reason } => write!(f, "could not create the {which} image: {reason}"),
+            ImageError::Strip(reason) => write!(f, "could not strip the kernel for its images: {reason}"),
         }
     }
 }
 
 impl std::error::Error for ImageError {}
 
-/// Writes `<out_dir>/<stem>-bios.img` and `<out_dir>/<stem>-uefi.img` for `kernel`.
+/// Writes `<out_dir>/<stem>-bios.img` and `<out_dir>/<stem>-uefi.img` for `kernel`, each holding
+/// `<out_dir>/<stem>.stripped`, a copy of `kernel` without symbols or debug info.
 pub fn create_images(kernel: &Path, out_dir: &Path, stem: &str) -> Result<DiskImages, ImageError> {
     if !kernel.is_file() {
         return Err(ImageError::MissingKernel(kernel.to_path_buf()));
     }
-    let images =
-        DiskImages { bios: out_dir.join(format!("{stem}-bios.img")), uefi: out_dir.join(format!("{stem}-uefi.img")) };
-    bootloader::BiosBoot::new(kernel)
+    let stripped = out_dir.join(format!("{stem}.stripped"));
+    strip(kernel, &stripped)?;
+    let images = DiskImages {
+        bios: out_dir.join(format!("{stem}-bios.img")),
+        uefi: out_dir.join(format!("{stem}-uefi.img")),
+        kernel: kernel.to_path_buf(),
+    };
+    bootloader::BiosBoot::new(&stripped)
         .create_disk_image(&images.bios)
         .map_err(|e| ImageError::Create { which: "BIOS", reason: format!("{e:#}") })?;
-    bootloader::UefiBoot::new(kernel)
+    bootloader::UefiBoot::new(&stripped)
         .create_disk_image(&images.uefi)
         .map_err(|e| ImageError::Create { which: "UEFI", reason: format!("{e:#}") })?;
     Ok(images)
+}
+
+/// Copies `elf` to `out` without symbols and debug info. The dynamic section and relocations,
+/// which the bootloader applies to our position-independent kernel, are kept.
+pub fn strip(elf: &Path, out: &Path) -> Result<(), ImageError> {
+    let objcopy = llvm_tool("llvm-objcopy")?;
+    let output = Command::new(&objcopy)
+        .arg("--strip-all")
+        .arg(elf)
+        .arg(out)
+        .output()
+        .map_err(|e| ImageError::Strip(format!("cannot run {}: {e}", objcopy.display())))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ImageError::Strip(format!("{}: {}", objcopy.display(), String::from_utf8_lossy(&output.stderr).trim())))
+    }
+}
+
+/// A program of the toolchain's `llvm-tools` component: `<sysroot>/lib/rustlib/<host>/bin/NAME`.
+fn llvm_tool(name: &str) -> Result<PathBuf, ImageError> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let ask = |arg: &str| -> Result<String, ImageError> {
+        let out = Command::new(&rustc)
+            .arg(arg)
+            .output()
+            .map_err(|e| ImageError::Strip(format!("cannot run rustc {arg}: {e}")))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let sysroot = ask("--print=sysroot")?;
+    let version = ask("-vV")?;
+    let host = version.lines().find_map(|l| l.strip_prefix("host: ")).unwrap_or("x86_64-unknown-linux-gnu");
+    let path = Path::new(sysroot.trim()).join("lib/rustlib").join(host.trim()).join("bin").join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ImageError::Strip(format!(
+            "{} not found: the toolchain lacks its llvm-tools component (rust-toolchain.toml lists it; \
+             `rustup component add llvm-tools-preview` installs it)",
+            path.display()
+        )))
+    }
 }

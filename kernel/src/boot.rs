@@ -3,17 +3,31 @@
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::BootInfo;
 
-/// What we ask of the bootloader: all physical memory mapped (at an offset it chooses), and a
-/// kernel stack big enough for the tests.
+/// The kernel stack's size. The bootloader maps it with a guard page below.
+pub const KERNEL_STACK_SIZE: u64 = 512 * 1024;
+
+/// Where the bootloader places the kernel: the ELF's address 0 is mapped here, so a symbol at
+/// ELF address `a` runs at `KERNEL_BASE + a`. A fixed base (the top 2 GiB, as Linux's
+/// `__START_KERNEL_map`) lets gdb and `cargo xtask` find symbols without asking the kernel
+/// where it is; `xtask/src/symbols.rs` holds the same number.
+pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
+
+/// What we ask of the bootloader: the kernel at [`KERNEL_BASE`], all physical memory mapped (at
+/// an offset it chooses), and a kernel stack big enough for the tests.
 pub static BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
+    config.mappings.kernel_base = Mapping::FixedAddress(KERNEL_BASE);
     config.mappings.physical_memory = Some(Mapping::Dynamic);
-    config.kernel_stack_size = 512 * 1024;
+    config.kernel_stack_size = KERNEL_STACK_SIZE;
     config
 };
 
 /// The kernel's main function, called by the entry point in `main.rs`.
+///
+/// Never inlined: its frame is the outermost one a backtrace reads (see [`crate::backtrace`]).
+#[inline(never)]
 pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    crate::backtrace::record_outermost_frame();
     crate::serial::init();
     crate::logger::init(log::LevelFilter::Info);
     crate::println!();

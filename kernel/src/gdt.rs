@@ -22,6 +22,12 @@ struct IstStack(#[expect(dead_code, reason = "only the CPU uses the stack, throu
 
 static mut DOUBLE_FAULT_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
 
+/// The addresses of the double-fault stack, for the backtrace walker.
+pub fn double_fault_stack() -> core::ops::Range<u64> {
+    let start = core::ptr::addr_of!(DOUBLE_FAULT_STACK) as u64;
+    start..start + IST_STACK_SIZE as u64
+}
+
 static TSS: Lazy<TaskStateSegment> = Lazy::new(|| {
     let mut tss = TaskStateSegment::new();
     // Only the address of the static is taken, never a reference: the CPU is the only writer of

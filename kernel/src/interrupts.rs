@@ -6,6 +6,7 @@
 //! running test as failed. Vectors and error codes: Intel SDM Vol. 3A §6.15.
 
 use crate::gdt;
+use core::fmt;
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
@@ -120,26 +121,46 @@ static DEVICE_HANDLERS: [extern "x86-interrupt" fn(InterruptStackFrame); DEVICE_
 /// Spurious interrupts need no EOI (Intel SDM Vol. 3A §11.9).
 extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {}
 
-/// Reports an exception the kernel cannot continue from and stops.
-fn fatal(name: &str, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
-    let mut report = alloc::format!("{name} at rip {:#x}", frame.instruction_pointer.as_u64());
-    if let Some(code) = error_code {
-        report += &alloc::format!(", error code {code:#x}");
+/// What `fatal` prints about an exception: its name, where it struck, and the error code.
+struct ExceptionReport<'a> {
+    name: &'a dyn fmt::Display,
+    frame: &'a InterruptStackFrame,
+    error_code: Option<u64>,
+}
+
+impl fmt::Display for ExceptionReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at rip {:#x}", self.name, self.frame.instruction_pointer.as_u64())?;
+        if let Some(code) = self.error_code {
+            write!(f, ", error code {code:#x}")?;
+        }
+        write!(f, ", rsp {:#x}", self.frame.stack_pointer.as_u64())
     }
-    report += &alloc::format!(", rsp {:#x}", frame.stack_pointer.as_u64());
+}
+
+/// Reports an exception the kernel cannot continue from, with a backtrace, and stops.
+///
+/// Nothing here allocates: the exception may have struck while the heap's lock was held.
+/// Never inlined, so that its caller is always the exception handler: the backtrace starts two
+/// frames up, in the code the exception interrupted (see [`crate::backtrace::print_exception`]).
+#[inline(never)]
+fn fatal(name: &dyn fmt::Display, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
+    crate::backtrace::begin_crash_report();
+    let report = ExceptionReport { name, frame, error_code };
     crate::println!("EXCEPTION: {report}");
+    crate::backtrace::print_exception(frame.instruction_pointer.as_u64(), crate::backtrace::frame_pointer());
     crate::ktest::fail_running_test_and_stop(&report)
 }
 
 macro_rules! fatal_handler {
     ($fn_name:ident, $name:literal) => {
         extern "x86-interrupt" fn $fn_name(frame: InterruptStackFrame) {
-            fatal($name, &frame, None)
+            fatal(&$name, &frame, None)
         }
     };
     ($fn_name:ident, $name:literal, error_code) => {
         extern "x86-interrupt" fn $fn_name(frame: InterruptStackFrame, code: u64) {
-            fatal($name, &frame, Some(code))
+            fatal(&$name, &frame, Some(code))
         }
     };
 }
@@ -178,10 +199,9 @@ extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFault
     } else {
         "page not present"
     };
-    let name = alloc::format!("page fault (#PF): {access} of {address:#x}, {cause}");
-    fatal(&name, &frame, Some(code.bits()))
+    fatal(&format_args!("page fault (#PF): {access} of {address:#x}, {cause}"), &frame, Some(code.bits()))
 }
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
-    fatal("double fault (#DF)", &frame, Some(code))
+    fatal(&"double fault (#DF)", &frame, Some(code))
 }

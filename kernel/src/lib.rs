@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod apic;
+pub mod backtrace;
 pub mod bench;
 pub mod block;
 pub mod boot;

@@ -49,6 +49,22 @@ pub fn write_fmt(args: fmt::Arguments) {
         }
     }
     x86_64::instructions::interrupts::without_interrupts(|| {
+        // A crash report must get out even when the crash came while this lock was held (a
+        // panic inside a `println!`, a fault in the UART code): one CPU, interrupts off, so the
+        // holder will never run again. Then write through a port of our own.
+        if crate::backtrace::crashing() {
+            if let Some(mut port) = PORT.try_lock() {
+                if let Some(port) = port.as_mut() {
+                    let _ = Both(port).write_fmt(args);
+                }
+                return;
+            }
+            // SAFETY: COM1 as in `init`; the lock's holder is the interrupted code, which will
+            // not run again, so no one else writes to the UART while we do.
+            let mut port = unsafe { SerialPort::new(COM1) };
+            let _ = Both(&mut port).write_fmt(args);
+            return;
+        }
         if let Some(port) = PORT.lock().as_mut() {
             let _ = Both(port).write_fmt(args);
         }

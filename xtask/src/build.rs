@@ -3,14 +3,26 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Debug or release kernel.
+/// Which build of the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
+    /// The everyday kernel: cargo profile `kernel-dev` (opt-level 1, debug assertions, overflow
+    /// checks, full debug info; see the workspace Cargo.toml).
     Debug,
+    /// The kernel as benchmarked: cargo profile `release` (with debug info kept in the ELF).
     Release,
 }
 
 impl Profile {
+    /// The cargo profile, which is also its directory under `target/x86_64-unknown-none/`.
+    pub fn cargo_profile(self) -> &'static str {
+        match self {
+            Profile::Debug => "kernel-dev",
+            Profile::Release => "release",
+        }
+    }
+
+    /// The directory of its images under `target/images/`.
     fn dir(self) -> &'static str {
         match self {
             Profile::Debug => "debug",
@@ -49,16 +61,14 @@ pub fn cargo() -> Command {
 pub fn build_kernel(profile: Profile) -> Result<PathBuf, String> {
     let mut cmd = cargo();
     cmd.args(["build", "-p", "kernel", "--bin", "kernel", "--target", "x86_64-unknown-none"]);
-    if profile == Profile::Release {
-        cmd.arg("--release");
-    }
+    cmd.args(["--profile", profile.cargo_profile()]);
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("kernel build failed (if the error mentions x86_64-unknown-none or rust-src, install the pinned \
              toolchain: `rustup toolchain install` in the repository, see README)"
             .into());
     }
-    Ok(target_dir().join("x86_64-unknown-none").join(profile.dir()).join("kernel"))
+    Ok(target_dir().join("x86_64-unknown-none").join(profile.cargo_profile()).join("kernel"))
 }
 
 /// Builds the kernel and its images; returns the images.
@@ -66,7 +76,11 @@ pub fn build_images(profile: Profile) -> Result<boot::DiskImages, String> {
     let kernel = build_kernel(profile)?;
     let out = target_dir().join("images").join(profile.dir());
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let images = boot::DiskImages { bios: out.join("kernel-bios.img"), uefi: out.join("kernel-uefi.img") };
+    let images = boot::DiskImages {
+        bios: out.join("kernel-bios.img"),
+        uefi: out.join("kernel-uefi.img"),
+        kernel: kernel.clone(),
+    };
     let fresh = |img: &Path| {
         let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         matches!((modified(img), modified(&kernel)), (Some(i), Some(k)) if i >= k)
@@ -82,6 +96,7 @@ pub fn image(profile: Profile) -> Result<ExitCode, String> {
     let images = build_images(profile)?;
     println!("BIOS image: {}", images.bios.display());
     println!("UEFI image: {}", images.uefi.display());
+    println!("kernel with symbols (for gdb): {}", images.kernel.display());
     println!();
     println!("To boot a PC from a USB stick, write ONE image to the WHOLE stick (not a partition).");
     println!("Find the stick's device with `lsblk` first: writing to the wrong device destroys its data.");

@@ -4,6 +4,7 @@
 //! cargo xtask build [--release]          build the kernel and its BIOS/UEFI disk images
 //! cargo xtask image [--release]          build images for a USB stick and print how to write them
 //! cargo xtask run [options]              boot in QEMU with the serial console on this terminal
+//! cargo xtask gdb                        gdb attached to `cargo xtask run --gdb`
 //! cargo xtask test                       host tests, then the in-kernel tests in every QEMU setup
 //! cargo xtask bench                      benchmarks
 //! ```
@@ -13,8 +14,11 @@ mod console_tests;
 mod disk_tests;
 mod docs_check;
 mod fixtures;
+mod gdb;
 mod net_tests;
 mod qemu;
+mod setup;
+mod symbols;
 mod test;
 
 use std::process::ExitCode;
@@ -31,8 +35,10 @@ commands:
       --no-iommu          no intel-iommu device (DMA uses the Direct mapper)
       --kvm               use KVM instead of TCG (slow to boot under nested virtualisation)
       --timeout SECONDS   stop QEMU after this long (default: none)
+      --gdb               start halted, with QEMU's gdb stub on a local port
+  gdb [GDB ARGS]        gdb with the kernel's symbols, attached to `run --gdb` (second terminal)
   test                  host tests, then in-kernel tests in every QEMU configuration
-  bench                 benchmarks (criterion, host side)
+  bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";
 
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         "build" => build::parse_profile(rest).and_then(|p| build::build_images(p).map(|_| ExitCode::SUCCESS)),
         "image" => build::parse_profile(rest).and_then(build::image),
         "run" => qemu::RunOptions::parse(rest).and_then(qemu::run_interactive),
+        "gdb" => gdb::run(rest),
         "test" => test::run_all(rest),
         "bench" => test::bench(rest),
         "fixtures" => fixtures::capture(rest),

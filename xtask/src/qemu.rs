@@ -67,12 +67,15 @@ pub struct RunOptions {
     pub profile: Profile,
     pub machine: MachineConfig,
     pub timeout: Option<Duration>,
+    /// Start halted, with QEMU's gdb stub listening on 127.0.0.1.
+    pub gdb: bool,
 }
 
 impl RunOptions {
     /// Parses `run`'s flags.
     pub fn parse(args: &[String]) -> Result<Self, String> {
-        let mut opts = RunOptions { profile: Profile::Debug, machine: MachineConfig::standard(), timeout: None };
+        let mut opts =
+            RunOptions { profile: Profile::Debug, machine: MachineConfig::standard(), timeout: None, gdb: false };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -80,6 +83,7 @@ impl RunOptions {
                 "--uefi" => opts.machine.firmware = Firmware::Uefi,
                 "--no-iommu" => opts.machine.iommu = false,
                 "--kvm" => opts.machine.kvm = true,
+                "--gdb" => opts.gdb = true,
                 "--timeout" => {
                     let secs = it.next().and_then(|s| s.parse().ok()).ok_or("--timeout needs a number of seconds")?;
                     opts.timeout = Some(Duration::from_secs(secs));
@@ -91,26 +95,15 @@ impl RunOptions {
     }
 }
 
-/// Checks that QEMU is installed, with a one-line hint when it is not.
+/// Makes sure QEMU and OVMF are installed (installing them on Debian and Ubuntu).
 pub fn check_qemu() -> Result<(), String> {
-    match Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status() {
-        Ok(_) => Ok(()),
-        Err(_) => {
-            Err("qemu-system-x86_64 not found: install it with `sudo apt-get install qemu-system-x86 ovmf`".into())
-        }
-    }
+    crate::setup::ensure(&[crate::setup::Need::Qemu, crate::setup::Need::Ovmf])
 }
 
 /// OVMF firmware code and a writable copy of its variable store.
 fn ovmf(work: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let candidates = [
-        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-    ];
-    let (code, vars) = candidates
-        .iter()
-        .find(|(c, v)| Path::new(c).exists() && Path::new(v).exists())
-        .ok_or("OVMF (UEFI firmware) not found: install it with `sudo apt-get install ovmf`")?;
+    crate::setup::ensure(&[crate::setup::Need::Ovmf])?;
+    let (code, vars) = crate::setup::ovmf_files().ok_or("OVMF (UEFI firmware) not found")?;
     let vars_copy = work.join("ovmf-vars.fd");
     std::fs::copy(vars, &vars_copy).map_err(|e| format!("cannot copy {vars}: {e}"))?;
     Ok((PathBuf::from(code), vars_copy))
@@ -192,23 +185,35 @@ pub fn exit_code(status: Option<i32>) -> ExitCode {
 
 /// `cargo xtask run`.
 ///
-/// On a terminal, QEMU gets the terminal. When input is piped (`printf 'lspci\nexit\n' |
-/// cargo xtask run`), xtask holds the input back until the kernel prints its first prompt and
-/// then relays it: bytes that reach the UART while the firmware and bootloader run are lost.
+/// QEMU's serial output passes through xtask, which adds `function (file:line)` after each
+/// backtrace line the kernel prints. On a terminal, QEMU reads the terminal directly. When input
+/// is piped (`printf 'lspci\nexit\n' | cargo xtask run`), xtask holds the input back until the
+/// kernel prints its first prompt and then relays it: bytes that reach the UART while the
+/// firmware and bootloader run are lost.
+///
+/// With `--gdb`, QEMU starts halted with its gdb stub on a free local port, and xtask prints the
+/// command that attaches to it (`cargo xtask gdb`).
 pub fn run_interactive(opts: RunOptions) -> Result<ExitCode, String> {
     use std::io::IsTerminal;
     check_qemu()?;
+    if opts.gdb {
+        crate::setup::ensure(&[crate::setup::Need::Gdb])?;
+    }
     let images = build::build_images(opts.profile)?;
     let work = build::target_dir().join("qemu");
     let mut cmd = command(&opts.machine, &images, &work)?;
+    if opts.gdb {
+        let port = crate::gdb::free_port()?;
+        cmd.args(crate::gdb::qemu_args(port));
+        crate::gdb::announce(&images.kernel, port)?;
+    }
     let relay = !std::io::stdin().is_terminal();
     if relay {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        cmd.stdin(Stdio::piped());
     }
+    cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
-    if relay {
-        relay_after_prompt(&mut child);
-    }
+    relay_output(&mut child, &images.kernel, relay);
     let status = match opts.timeout {
         None => child.wait().map_err(|e| e.to_string())?,
         Some(limit) => {
@@ -226,13 +231,18 @@ pub fn run_interactive(opts: RunOptions) -> Result<ExitCode, String> {
             }
         }
     };
+    // Let the output thread write QEMU's last bytes.
+    std::thread::sleep(Duration::from_millis(100));
     Ok(exit_code(status.code()))
 }
 
-/// Copies QEMU's output to ours, and our input to QEMU once the shell prompt has appeared.
-fn relay_after_prompt(child: &mut Child) {
-    let (Some(mut qemu_out), Some(mut qemu_in)) = (child.stdout.take(), child.stdin.take()) else { return };
+/// Copies QEMU's output to ours, symbolising backtraces; with `relay_input`, copies our input to
+/// QEMU once the shell prompt has appeared.
+fn relay_output(child: &mut Child, kernel: &Path, relay_input: bool) {
+    let Some(mut qemu_out) = child.stdout.take() else { return };
+    let qemu_in = if relay_input { child.stdin.take() } else { None };
     let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<()>();
+    let mut annotator = crate::symbols::StreamAnnotator::new(kernel);
     std::thread::spawn(move || {
         let mut stdout = std::io::stdout();
         let mut seen = Vec::new();
@@ -242,7 +252,7 @@ fn relay_after_prompt(child: &mut Child) {
             if n == 0 {
                 break;
             }
-            let _ = stdout.write_all(&buf[..n]).and_then(|_| stdout.flush());
+            let _ = stdout.write_all(&annotator.feed(&buf[..n])).and_then(|_| stdout.flush());
             if !signalled {
                 seen.extend_from_slice(&buf[..n]);
                 if seen.windows(8).any(|w| w == b"kernel> ") {
@@ -252,12 +262,14 @@ fn relay_after_prompt(child: &mut Child) {
             }
         }
     });
-    std::thread::spawn(move || {
-        if prompt_rx.recv().is_err() {
-            return;
-        }
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut qemu_in);
-    });
+    if let Some(mut qemu_in) = qemu_in {
+        std::thread::spawn(move || {
+            if prompt_rx.recv().is_err() {
+                return;
+            }
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut qemu_in);
+        });
+    }
 }
 
 /// A QEMU whose serial console a test reads and types into.
@@ -268,6 +280,8 @@ pub struct Session {
     /// How much of `output` earlier `expect` calls consumed.
     cursor: usize,
     log_path: PathBuf,
+    /// The kernel ELF with symbols, to name the addresses of backtraces.
+    kernel: PathBuf,
 }
 
 /// How a wait for output ended without the awaited text.
@@ -310,12 +324,25 @@ impl Session {
             });
         }
         let stdin = child.stdin.take();
-        Ok(Session { child, stdin, output, cursor: 0, log_path })
+        Ok(Session { child, stdin, output, cursor: 0, log_path, kernel: images.kernel.clone() })
     }
 
     /// Everything QEMU printed so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().expect("output lock")).into_owned()
+    }
+
+    /// Everything QEMU printed so far, with each backtrace line followed by the function, file
+    /// and line of its address.
+    pub fn annotated_output(&self) -> String {
+        let text = self.output();
+        if !text.lines().any(|l| crate::symbols::backtrace_line(l).is_some()) {
+            return text;
+        }
+        match crate::symbols::Symbolizer::new(&self.kernel) {
+            Ok(symbols) => symbols.annotate(&text),
+            Err(e) => format!("{text}\n(xtask: backtraces not symbolised: {e})\n"),
+        }
     }
 
     /// Waits until `needle` appears after the cursor; returns the text up to and including it
@@ -386,6 +413,6 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::write(&self.log_path, self.output());
+        let _ = std::fs::write(&self.log_path, self.annotated_output());
     }
 }

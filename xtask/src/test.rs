@@ -107,6 +107,7 @@ pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
             qemu_suite(machine, &images, &work, &mut tally);
             if i == 0 {
                 runner_self_check(machine, &images, &work, &mut tally);
+                debugger_checks(machine, &images, &work, &mut tally);
             }
         }
         // The benchmarks measure the release kernel, so its in-kernel tests run too: an
@@ -210,16 +211,36 @@ fn kernel_prompt() -> &'static str {
     "kernel> "
 }
 
+/// What one `ktest` run gave: each test's verdict, and the symbolised crash report (the
+/// panic or exception line and its backtrace) of every test that crashed its boot.
+#[derive(Default)]
+pub struct KtestRun {
+    pub verdicts: Vec<(String, Result<(), String>)>,
+    pub crash_reports: Vec<String>,
+}
+
+/// The crash report in a boot's annotated output: from the first panic or exception line (or
+/// the failing test's line) through the backtrace, up to `ktest: aborted`.
+fn crash_report(annotated: &str) -> Option<String> {
+    let start = annotated
+        .find("EXCEPTION: ")
+        .or_else(|| annotated.find("KERNEL PANIC"))
+        .or_else(|| annotated.find("backtrace ("))?;
+    // Begin at the start of that line.
+    let start = annotated[..start].rfind('\n').map_or(0, |i| i + 1);
+    let end = annotated[start..].find("ktest: aborted").map_or(annotated.len(), |i| start + i);
+    Some(annotated[start..end].trim_end().to_string())
+}
+
 /// Runs `ktest` args in as many boots as panics require; records every test's verdict.
-/// Returns the number of tests seen.
 pub fn run_ktests(
     machine: &MachineConfig,
     images: &boot::DiskImages,
     work: &Path,
     args: &str,
     tally: &mut Tally,
-) -> Vec<(String, Result<(), String>)> {
-    let mut verdicts = Vec::new();
+) -> KtestRun {
+    let mut run = KtestRun::default();
     let mut from = 0;
     let mut attempt = 0;
     loop {
@@ -228,12 +249,12 @@ pub fn run_ktests(
             Ok(s) => s,
             Err(why) => {
                 tally.record(&format!("{}::boot", machine.name), Err(why));
-                return verdicts;
+                return run;
             }
         };
         if let Err(why) = session.send_line(&format!("ktest --from {from} {args}")) {
             tally.record(&format!("{}::ktest", machine.name), Err(why));
-            return verdicts;
+            return run;
         }
         let result = session.expect("ktest: done", KTEST_TIMEOUT);
         let text = session.output();
@@ -253,7 +274,7 @@ pub fn run_ktests(
                         Err(why) => format!("FAILED: {why}"),
                     }
                 );
-                verdicts.push((name, result.clone()));
+                run.verdicts.push((name, result.clone()));
                 match result {
                     Ok(()) => tally.passed += 1,
                     Err(why) => {
@@ -276,20 +297,24 @@ pub fn run_ktests(
                         Err(format!("`exit` ended QEMU with {other:?}, expected status 0")),
                     ),
                 }
-                return verdicts;
+                return run;
             }
             Err(WaitError::Exited(_)) => {
-                // A test panicked or faulted: it has been reported; go on after it.
+                // A test panicked or faulted: it has been reported; show where, and go on after it.
+                if let Some(report) = crash_report(&session.annotated_output()) {
+                    println!("kernel: [{}] crash report:\n{report}", machine.name);
+                    run.crash_reports.push(report);
+                }
                 let next = last_index.map_or(from + 1, |i| i + 1);
                 if total.is_some_and(|t| next >= t) {
-                    return verdicts;
+                    return run;
                 }
                 if last_index.is_none() {
                     tally.record(
                         &format!("{}::ktest", machine.name),
                         Err("QEMU exited before any test reported (see the serial log)".into()),
                     );
-                    return verdicts;
+                    return run;
                 }
                 from = next;
             }
@@ -300,7 +325,7 @@ pub fn run_ktests(
                     Err(format!("hung: no result within {}s; QEMU stopped", KTEST_TIMEOUT.as_secs())),
                 );
                 if total.is_some_and(|t| hung + 1 >= t) {
-                    return verdicts;
+                    return run;
                 }
                 from = hung + 1;
             }
@@ -314,8 +339,8 @@ fn qemu_suite(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, t
         Ok(mut session) => shell_checks(machine, &mut session, tally),
         Err(why) => tally.record(&format!("{}::boot", machine.name), Err(why)),
     }
-    let verdicts = run_ktests(machine, images, work, "", tally);
-    if verdicts.is_empty() {
+    let run = run_ktests(machine, images, work, "", tally);
+    if run.verdicts.is_empty() {
         tally.record(&format!("{}::ktest_ran", machine.name), Err("no in-kernel test reported".into()));
     }
 }
@@ -404,7 +429,7 @@ fn check_lspci(text: &str) -> Result<(), String> {
 fn runner_self_check(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
     println!("(the demo failures below are expected: they check that the runner reports failures)");
     let mut scratch = Tally::default();
-    let verdicts = run_ktests(machine, images, work, "--demo-failures", &mut scratch);
+    let KtestRun { verdicts, crash_reports } = run_ktests(machine, images, work, "--demo-failures", &mut scratch);
     let verdict = |name: &str| verdicts.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
     let failed_with = |name: &str, needle: &str| -> Result<(), String> {
         match verdict(name) {
@@ -421,10 +446,95 @@ fn runner_self_check(machine: &MachineConfig, images: &boot::DiskImages, work: &
             "runner::runs_tests_after_a_crash",
             if verdict("demo::passes") == Some(Ok(())) { Ok(()) } else { Err(format!("verdicts: {verdicts:?}")) },
         ),
+        // Each crash prints a frame-pointer backtrace that xtask names from the ELF's DWARF: the
+        // function that panicked or faulted must be there, with its file.
+        (
+            "runner::panic_backtrace_names_the_panicking_function",
+            backtrace_names(
+                &crash_reports,
+                "this test panics on purpose",
+                "kernel::ktest::demo_panic (kernel/src/ktest/mod.rs:",
+            ),
+        ),
+        (
+            "runner::page_fault_backtrace_names_the_faulting_function",
+            backtrace_names(
+                &crash_reports,
+                "page fault (#PF)",
+                "kernel::ktest::demo_page_fault (kernel/src/ktest/mod.rs:",
+            ),
+        ),
+        (
+            "runner::double_fault_backtrace_names_the_overflowing_function",
+            backtrace_names(
+                &crash_reports,
+                "double fault (#DF)",
+                "kernel::ktest::demo_stack_overflow::recurse (kernel/src/ktest/mod.rs:",
+            ),
+        ),
     ];
     for (name, result) in checks {
         tally.record(name, result);
     }
+}
+
+/// `cargo xtask gdb` really debugs the kernel: gdb, in batch mode against QEMU's stub, stops at
+/// a breakpoint set by a generic Rust function's path. The same check must fail without the
+/// symbols (the stripped kernel of the boot image) and without a reachable stub.
+fn debugger_checks(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
+    if let Err(e) = crate::setup::ensure(&[crate::setup::Need::Gdb]) {
+        tally.record("gdb::installed", Err(e));
+        return;
+    }
+    const FUNCTION: &str = "e1000::E1000::transmit_with";
+    let stop_with = |symbols: &Path, tag: &str, limit: Duration| -> Result<crate::gdb::BatchStop, String> {
+        let port = crate::gdb::free_port()?;
+        let mut halted = machine.clone();
+        halted.extra_args.extend(crate::gdb::qemu_args(port));
+        let log = work.join(format!("{}-{tag}.log", machine.name));
+        let _qemu = Session::start(&halted, images, work, log)?;
+        crate::gdb::break_and_stop(symbols, port, FUNCTION, &["p len", "p self.tx.tail"], limit)
+    };
+    let stop = stop_with(&images.kernel, "gdb", Duration::from_secs(120));
+    let transcript = stop.as_ref().map(|s| s.transcript.clone()).unwrap_or_default();
+    tally.record("gdb::breakpoint_by_rust_path_stops_in_that_function", stop.map(|_| ()));
+    // The stop has its arguments and fields: `p len` printed a frame length.
+    tally.record(
+        "gdb::prints_the_stopped_functions_variables",
+        match transcript.lines().find(|l| l.starts_with("$1 = ")) {
+            Some(line) if line[5..].trim().parse::<usize>().is_ok_and(|n| (14..=1514).contains(&n)) => Ok(()),
+            _ => Err(format!("`p len` printed no frame length:\n{transcript}")),
+        },
+    );
+    let stripped = images.bios.with_file_name("kernel.stripped");
+    tally.record(
+        "gdb::check_fails_without_symbols",
+        match stop_with(&stripped, "gdb-nosymbols", Duration::from_secs(30)) {
+            Ok(stop) => Err(format!("stopped in {FUNCTION} without symbols?\n{}", stop.transcript)),
+            Err(_) => Ok(()),
+        },
+    );
+    tally.record(
+        "gdb::check_fails_without_a_stub",
+        match crate::gdb::free_port()
+            .and_then(|port| crate::gdb::break_and_stop(&images.kernel, port, FUNCTION, &[], Duration::from_secs(30)))
+        {
+            Ok(stop) => Err(format!("stopped with no QEMU listening?\n{}", stop.transcript)),
+            Err(_) => Ok(()),
+        },
+    );
+}
+
+/// Whether the crash report that mentions `crash` has a symbolised backtrace line naming
+/// `function` (the line xtask adds under `  #N 0x…`).
+fn backtrace_names(reports: &[String], crash: &str, function: &str) -> Result<(), String> {
+    let report = reports
+        .iter()
+        .find(|r| r.contains(crash))
+        .ok_or_else(|| format!("no crash report mentions `{crash}`; reports: {reports:#?}"))?;
+    let named =
+        report.lines().skip_while(|l| !l.starts_with("backtrace (")).any(|l| l.trim_start().starts_with(function));
+    if named { Ok(()) } else { Err(format!("the backtrace does not name `{function}`:\n{report}")) }
 }
 
 /// `cargo xtask bench [pool|vtd|iommu|net|disk]...`: every benchmark by default.

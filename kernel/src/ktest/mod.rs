@@ -52,13 +52,20 @@ fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
 /// Tests that fail on purpose, to prove the runner reports failures (`ktest --demo-failures`).
 static DEMO_FAILURES: &[KernelTest] = &[
     KernelTest { name: "demo::returns_an_error", run: || Err("this test fails on purpose".into()) },
-    KernelTest { name: "demo::panics", run: || panic!("this test panics on purpose") },
+    KernelTest { name: "demo::panics", run: demo_panic },
     KernelTest { name: "demo::page_fault", run: demo_page_fault },
     KernelTest { name: "demo::stack_overflow", run: demo_stack_overflow },
     KernelTest { name: "demo::passes", run: || Ok(()) },
 ];
 
+/// Panics. Never inlined, so that the backtrace has a frame of its own to name.
+#[inline(never)]
+fn demo_panic() -> TestResult {
+    panic!("this test panics on purpose")
+}
+
 /// Reads an address nothing maps: the page-fault handler must name it.
+#[inline(never)]
 fn demo_page_fault() -> TestResult {
     let unmapped = 0x0000_0dea_dbee_f000 as *const u64;
     // SAFETY: not sound, on purpose: this read faults, and the test shows how a fault is reported.
@@ -111,24 +118,30 @@ pub fn run(from: usize, filter: &str, demo_failures: bool) -> (usize, usize) {
     (passed, failed)
 }
 
-/// Called by the panic handler.
+/// Called by the panic handler: reports the panic (as the running test's failure, if a test is
+/// running), prints a backtrace, and stops. Nothing here allocates: the panic may have come
+/// from inside the allocator, with the heap's lock held.
 pub fn panicked(info: &core::panic::PanicInfo) -> ! {
-    let location = info.location().map(|l| alloc::format!("{}:{}", l.file(), l.line()));
-    let location = location.as_deref().unwrap_or("unknown location");
+    crate::backtrace::begin_crash_report();
+    let location = info.location().map(|l| (l.file(), l.line())).unwrap_or(("unknown location", 0));
+    let (file, line) = location;
     let index = RUNNING.load(Ordering::SeqCst);
     if index == NO_TEST {
-        crate::println!("KERNEL PANIC at {location}: {}", info.message());
-        crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
+        crate::println!("KERNEL PANIC at {file}:{line}: {}", info.message());
+    } else {
+        // Do not take RUNNING_NAME's lock if the panic happened while it was held.
+        let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
+        crate::println!("ktest: [{index}] {name} ... FAILED: panicked at {file}:{line}: {}", info.message());
     }
-    // Do not take RUNNING_NAME's lock if the panic happened while it was held.
-    let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
-    crate::println!("ktest: [{index}] {name} ... FAILED: panicked at {location}: {}", info.message());
-    crate::println!("ktest: aborted at {index}");
+    crate::backtrace::print_here();
+    if index != NO_TEST {
+        crate::println!("ktest: aborted at {index}");
+    }
     crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
 }
 
 /// Called by exception handlers with their report: fail the running test, if any, and stop.
-pub fn fail_running_test_and_stop(exception: &str) -> ! {
+pub fn fail_running_test_and_stop(exception: &dyn core::fmt::Display) -> ! {
     let index = RUNNING.load(Ordering::SeqCst);
     if index != NO_TEST {
         let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
