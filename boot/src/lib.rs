@@ -81,6 +81,17 @@ pub fn create_images(kernel: &Path, out_dir: &Path, stem: &str) -> Result<DiskIm
     Ok(images)
 }
 
+/// A BIOS image holding `kernel` as it is, debug info and all: how images were made before they
+/// were stripped. Only `cargo xtask bench boot` uses it, as the baseline it measures against.
+pub fn create_unstripped_bios_image(kernel: &Path, out: &Path) -> Result<(), ImageError> {
+    if !kernel.is_file() {
+        return Err(ImageError::MissingKernel(kernel.to_path_buf()));
+    }
+    bootloader::BiosBoot::new(kernel)
+        .create_disk_image(out)
+        .map_err(|e| ImageError::Create { which: "BIOS", reason: format!("{e:#}") })
+}
+
 /// Copies `elf` to `out` without symbols and debug info. The dynamic section and relocations,
 /// which the bootloader applies to our position-independent kernel, are kept.
 pub fn strip(elf: &Path, out: &Path) -> Result<(), ImageError> {

@@ -43,7 +43,7 @@ pub fn crashing() -> bool {
 }
 
 /// The deepest backtrace printed.
-pub const MAX_FRAMES: usize = 48;
+pub const MAX_FRAMES: usize = 32;
 
 /// The kernel stack's size, as asked of the bootloader (`boot::BOOTLOADER_CONFIG`).
 const BOOT_STACK_SIZE: u64 = crate::boot::KERNEL_STACK_SIZE;

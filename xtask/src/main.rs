@@ -9,6 +9,7 @@
 //! cargo xtask bench                      benchmarks
 //! ```
 
+mod boot_bench;
 mod build;
 mod console_tests;
 mod disk_tests;

@@ -222,10 +222,10 @@ pub struct KtestRun {
 /// The crash report in a boot's annotated output: from the first panic or exception line (or
 /// the failing test's line) through the backtrace, up to `ktest: aborted`.
 fn crash_report(annotated: &str) -> Option<String> {
-    let start = annotated
-        .find("EXCEPTION: ")
-        .or_else(|| annotated.find("KERNEL PANIC"))
-        .or_else(|| annotated.find("backtrace ("))?;
+    let start = ["EXCEPTION: ", "KERNEL PANIC", "FAILED: panicked at", "backtrace ("]
+        .iter()
+        .filter_map(|marker| annotated.find(marker))
+        .min()?;
     // Begin at the start of that line.
     let start = annotated[..start].rfind('\n').map_or(0, |i| i + 1);
     let end = annotated[start..].find("ktest: aborted").map_or(annotated.len(), |i| start + i);
@@ -537,15 +537,16 @@ fn backtrace_names(reports: &[String], crash: &str, function: &str) -> Result<()
     if named { Ok(()) } else { Err(format!("the backtrace does not name `{function}`:\n{report}")) }
 }
 
-/// `cargo xtask bench [pool|vtd|iommu|net|disk]...`: every benchmark by default.
+/// `cargo xtask bench [pool|vtd|iommu|net|disk|boot]...`: every benchmark by default.
 ///
 /// Host benchmarks are criterion runs of the `dma` crate (`pool`: DMA pool against a bare free
 /// list and linked_list_allocator; `vtd`: page-table and IOVA cost of map+unmap). QEMU
 /// benchmarks boot the kernel under TCG and report ratios against a floor measured in the same
 /// boot (`iommu`: Direct vs strict vs deferred VT-d; `net`: e1000 frames per second; `disk`:
-/// AHCI throughput and IOPS beside a command round-trip floor).
+/// AHCI throughput and IOPS beside a command round-trip floor; `boot`: QEMU start to the prompt,
+/// beside the unstripped image).
 pub fn bench(args: &[String]) -> Result<ExitCode, String> {
-    const ALL: [&str; 5] = ["pool", "vtd", "iommu", "net", "disk"];
+    const ALL: [&str; 6] = ["pool", "vtd", "iommu", "net", "disk", "boot"];
     let chosen: Vec<&str> = if args.is_empty() { ALL.to_vec() } else { args.iter().map(String::as_str).collect() };
     if let Some(bad) = chosen.iter().find(|c| !ALL.contains(c)) {
         return Err(format!("unknown benchmark `{bad}` (choose from {})", ALL.join(", ")));
@@ -564,6 +565,7 @@ pub fn bench(args: &[String]) -> Result<ExitCode, String> {
             // The kernel is measured as it would ship: an optimised (release) build.
             "iommu" => bench_iommu(),
             "disk" => crate::disk_tests::bench(&["--release".to_string()]),
+            "boot" => crate::boot_bench::bench(),
             _ => {
                 let images = build::build_images(Profile::Release)?;
                 let work = build::target_dir().join("xtask-bench");
