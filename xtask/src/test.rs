@@ -81,17 +81,39 @@ impl Tally {
     }
 }
 
+/// The QEMU half of the suite, in independent jobs. Each job boots its own machines, in its own
+/// work folder (`target/xtask-test/<job>/`), so two can run at once; `cargo xtask test` runs
+/// them in child processes, two at a time on a 2-core machine (each QEMU under TCG keeps one
+/// core busy), and prints each job's output whole, in this order.
+const QEMU_JOBS: [&str; 9] = [
+    "bios-vtd",
+    "bios-novtd",
+    "uefi-vtd",
+    "bios-6g-novtd",
+    "bios-vtd-bridged",
+    "bios-vtd-release",
+    "net",
+    "disk",
+    "console",
+];
+
 pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
     let mut only_qemu = false;
     let mut only_host = false;
-    for a in args {
+    let mut job = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--qemu-only" => only_qemu = true,
             "--host-only" => only_host = true,
+            "--job" => job = Some(it.next().ok_or("--job needs a name")?.clone()),
             other => {
-                return Err(format!("unknown option `{other}` for test (--host-only, --qemu-only)"));
+                return Err(format!("unknown option `{other}` for test (--host-only, --qemu-only, --job NAME)"));
             }
         }
+    }
+    if let Some(job) = job {
+        return run_job(&job);
     }
     let mut tally = Tally::default();
     if !only_qemu {
@@ -99,27 +121,11 @@ pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
     }
     if !only_host {
         crate::qemu::check_qemu()?;
-        let images = build::build_images(Profile::Debug)?;
-        let work = build::target_dir().join("xtask-test");
-        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-        for (i, machine) in configurations().iter().enumerate() {
-            println!("\n== QEMU configuration {} ==", machine.name);
-            qemu_suite(machine, &images, &work, &mut tally);
-            if i == 0 {
-                runner_self_check(machine, &images, &work, &mut tally);
-                debugger_checks(machine, &images, &work, &mut tally);
-            }
-        }
-        // The benchmarks measure the release kernel, so its in-kernel tests run too: an
-        // optimiser may expose what the debug build hides (a missing volatile, a race).
-        let release = build::build_images(Profile::Release)?;
-        let machine = MachineConfig { name: "bios-vtd-release".into(), ..MachineConfig::standard() };
-        println!("\n== QEMU configuration {} ==", machine.name);
-        qemu_suite(&machine, &release, &work, &mut tally);
-        // Device evidence checked from the host: frames on the wire, bytes in disk images.
-        crate::net_tests::run(&images, &work, &mut tally);
-        crate::disk_tests::run(&images, &work, &mut tally);
-        crate::console_tests::run(&images, &work, &mut tally);
+        crate::setup::ensure(&[crate::setup::Need::Gdb])?;
+        // Build both kernels once, before the jobs start (they find them fresh).
+        build::build_images(Profile::Debug)?;
+        build::build_images(Profile::Release)?;
+        run_jobs_in_parallel(&mut tally)?;
     }
     println!();
     for f in &tally.failures {
@@ -127,6 +133,129 @@ pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
     }
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How many QEMU jobs run at once: one per core, at most 2 unless `XTASK_TEST_JOBS` says.
+fn parallel_jobs() -> usize {
+    std::env::var("XTASK_TEST_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(2))
+        .max(1)
+}
+
+/// Runs every job of [`QEMU_JOBS`] as `xtask test --job NAME`, [`parallel_jobs`] at a time, and
+/// adds their results to `tally`.
+fn run_jobs_in_parallel(tally: &mut Tally) -> Result<(), String> {
+    use std::sync::mpsc;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find xtask's own binary: {e}"))?;
+    let width = parallel_jobs();
+    println!("\n== QEMU jobs: {} jobs, {width} at a time ==", QEMU_JOBS.len());
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<std::process::Output, String>, Duration)>();
+    let mut next = 0;
+    let mut running = 0;
+    let mut finished: Vec<Option<(Result<std::process::Output, String>, Duration)>> =
+        QEMU_JOBS.iter().map(|_| None).collect();
+    let mut printed = 0;
+    while printed < QEMU_JOBS.len() {
+        while running < width && next < QEMU_JOBS.len() {
+            let (index, exe, tx) = (next, exe.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                let output = std::process::Command::new(exe)
+                    .args(["test", "--job", QEMU_JOBS[index]])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot start job {}: {e}", QEMU_JOBS[index]));
+                let _ = tx.send((index, output, start.elapsed()));
+            });
+            next += 1;
+            running += 1;
+        }
+        let (index, output, took) = done_rx.recv().map_err(|e| e.to_string())?;
+        running -= 1;
+        finished[index] = Some((output, took));
+        // Print in the jobs' order, as soon as every earlier job has been printed.
+        while let Some(Some((output, took))) = finished.get_mut(printed).map(Option::take) {
+            absorb_job(QEMU_JOBS[printed], output, took, tally);
+            printed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Prints one job's output and adds its counts to `tally`.
+fn absorb_job(job: &str, output: Result<std::process::Output, String>, took: Duration, tally: &mut Tally) {
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => return tally.record(&format!("job::{job}"), Err(e)),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut summary = None;
+    for line in stdout.lines() {
+        if let Some(rest) = line.strip_prefix("job-summary: ") {
+            let count = |key: &str| {
+                rest.split_whitespace().find_map(|kv| kv.strip_prefix(key)).and_then(|n| n.parse::<usize>().ok())
+            };
+            summary = count("passed=").zip(count("failed="));
+        } else if let Some(failure) = line.strip_prefix("job-failure: ") {
+            tally.failures.push(failure.to_string());
+        } else {
+            println!("{line}");
+        }
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !stderr.trim().is_empty() {
+        eprint!("{stderr}");
+    }
+    println!("(job {job}: {:.0} s)", took.as_secs_f64());
+    match summary {
+        Some((passed, failed)) => {
+            tally.passed += passed;
+            tally.failed += failed;
+        }
+        None => tally
+            .record(&format!("job::{job}"), Err(format!("the job ended ({}) without its summary line", output.status))),
+    }
+}
+
+/// `xtask test --job NAME`: one job of [`QEMU_JOBS`], ending in a `job-summary:` line.
+fn run_job(job: &str) -> Result<ExitCode, String> {
+    let images = build::build_images(Profile::Debug)?;
+    let work = build::target_dir().join("xtask-test").join(job);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let mut tally = Tally::default();
+    let configuration = |name: &str| configurations().into_iter().find(|m| m.name == name);
+    match job {
+        "bios-vtd-release" => {
+            // The benchmarks measure the release kernel, so its in-kernel tests run too: an
+            // optimiser may expose what the debug build hides (a missing volatile, a race).
+            let release = build::build_images(Profile::Release)?;
+            let machine = MachineConfig { name: "bios-vtd-release".into(), ..MachineConfig::standard() };
+            println!("\n== QEMU configuration {} ==", machine.name);
+            qemu_suite(&machine, &release, &work, &mut tally);
+        }
+        // Device evidence checked from the host: frames on the wire, bytes in disk images.
+        "net" => crate::net_tests::run(&images, &work, &mut tally),
+        "disk" => {
+            crate::disk_tests::run(&images, &work, &mut tally);
+        }
+        "console" => crate::console_tests::run(&images, &work, &mut tally),
+        name => {
+            let machine = configuration(name).ok_or_else(|| format!("unknown job `{name}`"))?;
+            println!("\n== QEMU configuration {} ==", machine.name);
+            qemu_suite(&machine, &images, &work, &mut tally);
+            if machine.name == "bios-vtd" {
+                runner_self_check(&machine, &images, &work, &mut tally);
+                debugger_checks(&machine, &images, &work, &mut tally);
+            }
+        }
+    }
+    for f in &tally.failures {
+        println!("job-failure: {f}");
+    }
+    println!("job-summary: passed={} failed={}", tally.passed, tally.failed);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cargo test --workspace`, counting its results.
