@@ -19,6 +19,8 @@ pub enum Need {
     Ovmf,
     /// gdb, the debugger `cargo xtask gdb` starts.
     Gdb,
+    /// python3, which regenerates the guide's diagrams for the check that they are current.
+    Python,
 }
 
 impl Need {
@@ -28,6 +30,7 @@ impl Need {
             Need::Qemu => "QEMU, to boot the kernel",
             Need::Ovmf => "OVMF, the UEFI firmware for QEMU",
             Need::Gdb => "gdb, the debugger",
+            Need::Python => "python3, for the guide's diagram check",
         }
     }
 
@@ -36,6 +39,7 @@ impl Need {
             Need::Qemu => runs("qemu-system-x86_64"),
             Need::Ovmf => ovmf_files().is_some(),
             Need::Gdb => runs("gdb"),
+            Need::Python => runs("python3"),
         }
     }
 
@@ -45,6 +49,7 @@ impl Need {
             Need::Qemu => ["qemu-system-x86", "qemu-system-x86", "qemu-system-x86", "qemu"],
             Need::Ovmf => ["ovmf", "edk2-ovmf", "edk2-ovmf", "(none: use a BIOS boot)"],
             Need::Gdb => ["gdb", "gdb", "gdb", "gdb"],
+            Need::Python => ["python3", "python3", "python", "python"],
         }
     }
 }
@@ -125,14 +130,20 @@ fn install_hint(missing: &[Need]) -> String {
     )
 }
 
-/// Whether /etc/os-release names Debian or a derivative (Ubuntu, Mint, …).
+/// Whether this is Debian or a derivative (Ubuntu, Mint, …) with apt-get.
 fn is_debian_like() -> bool {
     let Ok(text) = std::fs::read_to_string("/etc/os-release") else { return false };
+    os_release_is_debian_like(&text) && runs_quietly("apt-get", &["--version"])
+}
+
+/// Whether an os-release file (`man 5 os-release`) names Debian or Ubuntu as the system or one
+/// it is like.
+fn os_release_is_debian_like(text: &str) -> bool {
     text.lines().any(|line| {
         let Some((key, value)) = line.split_once('=') else { return false };
         (key == "ID" || key == "ID_LIKE")
             && value.trim_matches('"').split_whitespace().any(|id| id == "debian" || id == "ubuntu")
-    }) && runs_quietly("apt-get", &["--version"])
+    })
 }
 
 fn runs_quietly(program: &str, args: &[&str]) -> bool {
@@ -147,6 +158,15 @@ fn is_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debian_and_its_derivatives_are_recognised() {
+        assert!(os_release_is_debian_like("PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\n"));
+        assert!(os_release_is_debian_like("ID=ubuntu\nID_LIKE=debian\n"));
+        assert!(os_release_is_debian_like("ID=linuxmint\nID_LIKE=\"ubuntu debian\"\n"));
+        assert!(!os_release_is_debian_like("ID=fedora\n"));
+        assert!(!os_release_is_debian_like("ID=arch\nID_LIKE=archlinux\n"));
+    }
 
     #[test]
     fn the_hint_names_each_systems_packages() {

@@ -117,6 +117,7 @@ pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
     }
     let mut tally = Tally::default();
     if !only_qemu {
+        crate::setup::ensure(&[crate::setup::Need::Python])?;
         host_tests(&mut tally)?;
     }
     if !only_host {
