@@ -248,45 +248,6 @@ fn run_one(base: MachineConfig, images: &boot::DiskImages, work: &Path, tally: &
     tally.record(&name("image_b_only_requested_sectors_changed"), b.check());
 }
 
-/// `cargo xtask bench` part for storage: boots the standard machine (with VT-d, then without)
-/// with a 64 MiB scratch disk on port 1 and runs `disk bench` there (sequential 1 MiB reads and writes at QD1, random 4 KiB
-/// reads at QD1 and QD32, and the floors: a FLUSH round trip and a 1-sector read). Prints the
-/// kernel's `bench:` lines. `args` may hold `--release`.
-pub fn bench(args: &[String]) -> Result<(), String> {
-    crate::qemu::check_qemu()?;
-    let profile = crate::build::parse_profile(args)?;
-    let images = crate::build::build_images(profile)?;
-    let work = crate::build::target_dir().join("xtask-test");
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let disk = work.join("bench-disk.img");
-    crate::qemu::scratch_disk(&disk, 64 << 20)?;
-    // With the VT-d mapper (the default) and with Direct, so the IOMMU's share of each
-    // command's cost shows; in each, completions by interrupt and then by polling.
-    for iommu in [true, false] {
-        let name = if iommu { "bench-disk-vtd" } else { "bench-disk-novtd" };
-        let machine =
-            MachineConfig { name: name.into(), disks: vec![disk.clone()], iommu, ..MachineConfig::standard() };
-        let mut session = test::boot(&machine, &images, &work, "bench")?;
-        for mode in ["off", "on"] {
-            test::command(&mut session, &format!("disk poll {mode}"))?;
-            println!("bench: machine={name}");
-            session.send_line("disk bench ahci0p1 48")?;
-            let run = session
-                .expect("kernel> ", Duration::from_secs(900))
-                .map_err(|e| format!("disk bench did not finish: {e:?}"))?;
-            for line in run.lines().filter(|l| l.starts_with("bench:") || l.starts_with("disk:")) {
-                println!("{line}");
-            }
-            if !run.contains("disk: bench ok") {
-                return Err(format!("disk bench failed:\n{run}"));
-            }
-        }
-        let _ = session.send_line("exit");
-        let _ = session.wait_exit(Duration::from_secs(30));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +280,6 @@ mod runners {
     #[test]
     #[ignore = "boots QEMU and runs the storage benchmark"]
     fn disk_bench_alone() {
-        super::bench(&[]).expect("disk bench");
+        crate::bench::disk(&[]).expect("disk bench");
     }
 }

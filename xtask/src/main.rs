@@ -9,7 +9,7 @@
 //! cargo xtask bench                      benchmarks
 //! ```
 
-mod boot_bench;
+mod bench;
 mod build;
 mod console_tests;
 mod disk_tests;
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         "run" => qemu::RunOptions::parse(rest).and_then(qemu::run_interactive),
         "gdb" => gdb::run(rest),
         "test" => test::run_all(rest),
-        "bench" => test::bench(rest),
+        "bench" => bench::run(rest),
         "fixtures" => fixtures::capture(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

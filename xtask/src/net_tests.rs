@@ -25,13 +25,13 @@ const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// The peer's MAC (locally administered).
 const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// IEEE 802 "local experimental" EtherType: frames of the test protocol.
-const TEST_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+pub(crate) const TEST_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// Frames the raw-frame check exchanges.
 const RAW_FRAMES: usize = 200;
 /// Frames in flight at once (the pacing).
 const RAW_WINDOW: usize = 8;
 
-const LONG: Duration = Duration::from_secs(60);
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 
 /// Runs the host-side network checks.
 pub fn run(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
@@ -262,7 +262,7 @@ fn check_pcap(path: &Path) -> Result<(), String> {
 }
 
 /// The `i`th test frame: to the guest, from the peer, test EtherType, sequence number, pattern.
-fn test_frame(i: usize) -> Vec<u8> {
+pub(crate) fn test_frame(i: usize) -> Vec<u8> {
     let len = match i {
         0 => 60,
         1 => 1514,
@@ -288,7 +288,7 @@ fn expected_echo(frame: &[u8]) -> Vec<u8> {
 }
 
 /// A socket netdev whose far end is `peer`. Returns the QEMU arguments and QEMU's port.
-fn socket_network(peer: &UdpSocket) -> Result<(Vec<String>, u16), String> {
+pub(crate) fn socket_network(peer: &UdpSocket) -> Result<(Vec<String>, u16), String> {
     let peer_port = peer.local_addr().map_err(|e| e.to_string())?.port();
     let qemu_port = free_udp_port()?;
     let args = vec![
@@ -362,93 +362,6 @@ fn raw_frames(config: &str, iommu: bool, images: &boot::DiskImages, work: &Path,
     let _ = session.wait_exit(LONG);
 }
 
-/// One benchmark figure from a `netbench` line: the value after `key=`.
-fn field(text: &str, key: &str) -> Option<u64> {
-    let line = text.lines().rev().find(|l| l.contains("netbench:"))?;
-    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-}
-
-/// `cargo xtask bench` (network part): transmit and receive frames per second for 64- and
-/// 1514-byte frames through the socket netdev under TCG, beside the cost floor of the same
-/// QEMU (a guest loop writing only TDT: one MMIO exit, no frame).
-pub fn bench(images: &boot::DiskImages, work: &Path) -> Result<(), String> {
-    const TX_FRAMES: u64 = 20_000;
-    const RX_FRAMES: usize = 30_000;
-    const FLOOR_WRITES: u64 = 200_000;
-    let peer = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("cannot bind the peer: {e}"))?;
-    let (network, qemu_port) = socket_network(&peer)?;
-    let machine =
-        MachineConfig { name: "netbench".into(), iommu: false, network: Some(network), ..MachineConfig::standard() };
-    let mut session = boot(&machine, images, work, "bench")?;
-    // Drain the peer in the background, counting test frames (transmit cross-check).
-    let counter = peer.try_clone().map_err(|e| e.to_string())?;
-    counter.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
-    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let drain = {
-        let (received, stop) = (received.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(n) = counter.recv(&mut buf)
-                    && n >= 14
-                    && buf[12..14] == TEST_ETHERTYPE
-                {
-                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let floor_text = command(&mut session, &format!("netbench floor {FLOOR_WRITES}"))?;
-    let floor = field(&floor_text, "per_second").ok_or(format!("no floor figure in:\n{floor_text}"))?;
-    let mut rows = vec![("floor: TDT write only".to_string(), floor, String::new())];
-    for size in [64u64, 1514] {
-        let before = received.load(std::sync::atomic::Ordering::Relaxed);
-        let text = command(&mut session, &format!("netbench tx {size} {TX_FRAMES}"))?;
-        let fps = field(&text, "fps").ok_or(format!("no tx figure in:\n{text}"))?;
-        std::thread::sleep(Duration::from_millis(500));
-        let got = received.load(std::sync::atomic::Ordering::Relaxed) - before;
-        rows.push((format!("tx {size} B"), fps, format!("peer received {got}/{TX_FRAMES}")));
-    }
-    for size in [64usize, 1514] {
-        session.send_line(&format!("netbench rx {RX_FRAMES} 2"))?;
-        session.expect("netbench: rx ready", LONG).map_err(|e| format!("netbench rx did not start: {e:?}"))?;
-        let mut frame = test_frame(2);
-        frame.resize(size, 0xa5);
-        let start = Instant::now();
-        for i in 0..RX_FRAMES {
-            frame[14..18].copy_from_slice(&(i as u32).to_be_bytes());
-            peer.send_to(&frame, ("127.0.0.1", qemu_port)).map_err(|e| format!("send: {e}"))?;
-        }
-        let host_us = start.elapsed().as_micros();
-        let text = session.expect("kernel> ", LONG).map_err(|e| format!("netbench rx did not return: {e:?}"))?;
-        let fps = field(&text, "fps").ok_or(format!("no rx figure in:\n{text}"))?;
-        let frames = field(&text, "frames").unwrap_or(0);
-        rows.push((
-            format!("rx {size} B"),
-            fps,
-            format!(
-                "guest received {frames}/{RX_FRAMES} (host sent in {} ms; the rest overflowed QEMU's socket)",
-                host_us / 1000
-            ),
-        ));
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = drain.join();
-    let stats = command(&mut session, "cat net:stats").unwrap_or_default();
-    let _ = session.send_line("exit");
-    let _ = session.wait_exit(LONG);
-    println!("\nnetwork benchmark (QEMU TCG, e1000 on a socket netdev, polling):");
-    println!("  {:<24} {:>12} {:>10}", "what", "per second", "of floor");
-    for (what, rate, note) in &rows {
-        println!("  {what:<24} {rate:>12} {:>9.3}  {note}", *rate as f64 / floor.max(1) as f64);
-    }
-    let drops = stats.lines().find(|l| l.starts_with("drops ")).unwrap_or("drops ?");
-    println!("  kernel {drops} (receive overload shows here as hw.MPC / RNBC)");
-    let _ = work;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,13 +431,5 @@ mod tests {
         assert_eq!(e[..6], PEER_MAC);
         assert_eq!(e[6..12], GUEST_MAC);
         assert_eq!(e[12..], f[12..]);
-    }
-
-    #[test]
-    fn bench_fields_parse() {
-        let text = "netbench: tx size=64 frames=20000 failed=0 us=1000 fps=20000000\nkernel> ";
-        assert_eq!(field(text, "fps"), Some(20_000_000));
-        assert_eq!(field(text, "size"), Some(64));
-        assert_eq!(field(text, "nope"), None);
     }
 }

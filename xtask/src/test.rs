@@ -667,69 +667,6 @@ fn backtrace_names(reports: &[String], crash: &str, function: &str) -> Result<()
     if named { Ok(()) } else { Err(format!("the backtrace does not name `{function}`:\n{report}")) }
 }
 
-/// `cargo xtask bench [pool|vtd|iommu|net|disk|boot]...`: every benchmark by default.
-///
-/// Host benchmarks are criterion runs of the `dma` crate (`pool`: DMA pool against a bare free
-/// list and linked_list_allocator; `vtd`: page-table and IOVA cost of map+unmap). QEMU
-/// benchmarks boot the kernel under TCG and report ratios against a floor measured in the same
-/// boot (`iommu`: Direct vs strict vs deferred VT-d; `net`: e1000 frames per second; `disk`:
-/// AHCI throughput and IOPS beside a command round-trip floor; `boot`: QEMU start to the prompt,
-/// beside the unstripped image).
-pub fn bench(args: &[String]) -> Result<ExitCode, String> {
-    const ALL: [&str; 6] = ["pool", "vtd", "iommu", "net", "disk", "boot"];
-    let chosen: Vec<&str> = if args.is_empty() { ALL.to_vec() } else { args.iter().map(String::as_str).collect() };
-    if let Some(bad) = chosen.iter().find(|c| !ALL.contains(c)) {
-        return Err(format!("unknown benchmark `{bad}` (choose from {})", ALL.join(", ")));
-    }
-    let mut failed = false;
-    for name in chosen {
-        println!("\n== benchmark: {name} ==");
-        let result = match name {
-            "pool" | "vtd" => {
-                let status = build::cargo()
-                    .args(["bench", "-p", "dma", "--bench", name])
-                    .status()
-                    .map_err(|e| format!("cannot run cargo bench: {e}"))?;
-                if status.success() { Ok(()) } else { Err(format!("cargo bench --bench {name} failed")) }
-            }
-            // The kernel is measured as it would ship: an optimised (release) build.
-            "iommu" => bench_iommu(),
-            "disk" => crate::disk_tests::bench(&["--release".to_string()]),
-            "boot" => crate::boot_bench::bench(),
-            _ => {
-                let images = build::build_images(Profile::Release)?;
-                let work = build::target_dir().join("xtask-bench");
-                std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-                crate::net_tests::bench(&images, &work)
-            }
-        };
-        if let Err(e) = result {
-            println!("benchmark {name} failed: {e}");
-            failed = true;
-        }
-    }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-/// Boots with VT-d and runs the kernel's `bench iommu` (map+unmap cost per mapper).
-fn bench_iommu() -> Result<(), String> {
-    let images = build::build_images(Profile::Release)?;
-    let work = build::target_dir().join("xtask-bench");
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let machine = MachineConfig::standard();
-    let mut session = boot(&machine, &images, &work, "bench-iommu")?;
-    session.send_line("bench iommu")?;
-    let out = session
-        .expect("bench iommu: done", Duration::from_secs(900))
-        .map_err(|e| format!("bench iommu did not finish: {e:?}"))?;
-    for line in out.lines().filter(|l| !l.starts_with('[')) {
-        println!("{line}");
-    }
-    let _ = session.send_line("exit");
-    let _ = session.wait_exit(COMMAND_TIMEOUT);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
