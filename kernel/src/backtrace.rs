@@ -121,9 +121,24 @@ pub fn return_addresses(rbp: u64) -> impl Iterator<Item = u64> {
 pub fn print(first: Option<u64>, rbp: u64) {
     crate::println!("backtrace (innermost first; `cargo xtask` adds function, file and line):");
     let mut index = 0;
+    // Runs of one return address (a recursion) are printed once, then counted.
+    let mut previous = None;
+    let mut repeats = 0;
     for address in first.into_iter().chain(return_addresses(rbp)) {
-        crate::println!("  #{index} {address:#018x}");
+        if previous == Some(address) {
+            repeats += 1;
+        } else {
+            if repeats > 0 {
+                crate::println!("  ... the same return address {repeats} more time(s)");
+                repeats = 0;
+            }
+            crate::println!("  #{index} {address:#018x}");
+            previous = Some(address);
+        }
         index += 1;
+    }
+    if repeats > 0 {
+        crate::println!("  ... the same return address {repeats} more time(s)");
     }
     if index == 0 {
         crate::println!("  (no frame found on a known stack)");

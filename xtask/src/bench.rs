@@ -283,7 +283,8 @@ fn boot_time() -> Result<(), String> {
             };
             let [median, min, max] = measure(&machine, images, &work, RUNS)?;
             println!(
-                "| {firmware:?} {profile} | {:.2} MB | {median:.2} s | {min:.2} s | {max:.2} s | {:.2} |",
+                "| {} {profile} | {:.2} MB | {median:.2} s | {min:.2} s | {max:.2} s | {:.2} |",
+                format!("{firmware:?}").to_uppercase(),
                 size_mb(&stripped),
                 median / base
             );
