@@ -144,6 +144,8 @@ mod tests {
     #[test]
     fn mmio_accesses_inside_the_block_only() {
         let mut backing = vec![0u32; 4];
+        // SAFETY: `backing` is 16 bytes of ordinary memory that outlives `mmio`, and nothing else
+        // touches it while `mmio` is in use; it stands in for a device's register block.
         let mmio = unsafe { Mmio::new(NonNull::new(backing.as_mut_ptr().cast()).unwrap(), 16) };
         mmio.write32(4, 0xdead_beef);
         assert_eq!(mmio.read32(4), 0xdead_beef);
