@@ -40,7 +40,12 @@ pub enum ImageError {
     /// The kernel ELF does not exist (was the kernel built?).
     MissingKernel(PathBuf),
     /// The bootloader crate failed to write the image.
-    Create { which: &'static str, reason: String },
+    Create {
+        /// Which image: "BIOS" or "UEFI".
+        which: &'static str,
+        /// The bootloader crate's error, with its causes.
+        reason: String,
+    },
     /// `llvm-objcopy` could not make the stripped copy.
     Strip(String),
 }

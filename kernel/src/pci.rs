@@ -94,7 +94,10 @@ pub fn lspci_text() -> String {
 #[derive(Debug)]
 pub enum BarError {
     /// The function has no memory BAR in that slot.
-    NoMemoryBar { slot: u8 },
+    NoMemoryBar {
+        /// The BAR's index in the header (0–5).
+        slot: u8,
+    },
     /// Mapping failed.
     Map(paging::MapError),
 }

@@ -46,11 +46,30 @@ const BAR_IO_FLAGS: u32 = 0x3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bar {
     /// A memory range below 4 GiB.
-    Memory32 { address: u32, size: u32, prefetchable: bool },
+    Memory32 {
+        /// Bus address of the range's first byte.
+        address: u32,
+        /// Length in bytes (a power of two, found by sizing).
+        size: u32,
+        /// Reads have no side effects, so the range may be prefetched and write-combined.
+        prefetchable: bool,
+    },
     /// A memory range anywhere in 64-bit space; uses two BAR slots.
-    Memory64 { address: u64, size: u64, prefetchable: bool },
+    Memory64 {
+        /// Bus address of the range's first byte.
+        address: u64,
+        /// Length in bytes (a power of two, found by sizing).
+        size: u64,
+        /// Reads have no side effects, so the range may be prefetched and write-combined.
+        prefetchable: bool,
+    },
     /// An I/O port range.
-    Io { port: u32, size: u32 },
+    Io {
+        /// First I/O port of the range.
+        port: u32,
+        /// Number of ports.
+        size: u32,
+    },
 }
 
 impl Bar {
@@ -114,13 +133,31 @@ pub struct DecodedBar {
 pub enum BarError {
     /// The BAR register reads `0xFFFF_FFFF`, which no valid BAR can hold (the reserved bits
     /// would be set).
-    ReadsAllOnes { slot: u8 },
+    ReadsAllOnes {
+        /// The BAR's index in the header (0–5).
+        slot: u8,
+    },
     /// A memory BAR with type 01 or 11, which PCI 3.0 reserves.
-    ReservedMemoryType { slot: u8, raw: u32 },
+    ReservedMemoryType {
+        /// The BAR's index in the header (0–5).
+        slot: u8,
+        /// The register as read.
+        raw: u32,
+    },
     /// A 64-bit memory BAR in the header's last slot: its upper half would be outside the BARs.
-    Memory64InLastSlot { slot: u8 },
+    Memory64InLastSlot {
+        /// The BAR's index in the header (0–5).
+        slot: u8,
+    },
     /// The read-only flag bits changed when all-ones was written: the register is not a BAR.
-    FlagsChangedDuringSizing { slot: u8, before: u32, after: u32 },
+    FlagsChangedDuringSizing {
+        /// The BAR's index in the header (0–5).
+        slot: u8,
+        /// The register before all-ones was written.
+        before: u32,
+        /// The register read back after all-ones was written.
+        after: u32,
+    },
 }
 
 impl BarError {

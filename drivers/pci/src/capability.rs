@@ -97,7 +97,10 @@ pub enum CapabilityKind {
     /// ID 0x10.
     PciExpress(PcieCapability),
     /// ID 0x09: contents are the vendor's; only the length byte is standard.
-    VendorSpecific { length: u8 },
+    VendorSpecific {
+        /// The capability's length byte (offset 2), in bytes.
+        length: u8,
+    },
     /// Any other ID: recognised by [`capability_name`] only.
     Other,
 }
@@ -105,9 +108,13 @@ pub enum CapabilityKind {
 /// Power states, PCI Bus Power Management Interface Spec 1.2, §3.2.4 (PMCSR bits 1:0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerState {
+    /// Fully on: the only state in which the function does its work.
     D0,
+    /// Light sleep (optional for a function to support).
     D1,
+    /// Deeper sleep (optional for a function to support).
     D2,
+    /// Off with power still applied; configuration space stays reachable.
     D3Hot,
 }
 
@@ -340,13 +347,22 @@ impl fmt::Display for PciePortType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapabilityError {
     /// A pointer pointed into the header (below 0x40).
-    PointerIntoHeader { pointer: u8 },
+    PointerIntoHeader {
+        /// The offending next-capability pointer.
+        pointer: u8,
+    },
     /// A pointer led back to a capability already visited: the list loops.
-    Loop { pointer: u8 },
+    Loop {
+        /// The pointer that led back to a visited capability.
+        pointer: u8,
+    },
     /// More entries than the capability area can hold.
     TooMany,
     /// A capability header read as all-ones: the function stopped answering.
-    ReadsAllOnes { pointer: u8 },
+    ReadsAllOnes {
+        /// Offset of the capability that read as all-ones.
+        pointer: u8,
+    },
 }
 
 impl fmt::Display for CapabilityError {
@@ -494,9 +510,15 @@ pub enum MsiError {
     /// The function has no MSI capability; use MSI-X or INTx.
     NoMsiCapability,
     /// The message address must be dword aligned (PCI Local Bus Spec 3.0, §6.8.1.4).
-    AddressNotDwordAligned { address: u64 },
+    AddressNotDwordAligned {
+        /// The message address asked for.
+        address: u64,
+    },
     /// The address is above 4 GiB but the function only has a 32-bit Message Address register.
-    AddressNeeds64Bit { address: u64 },
+    AddressNeeds64Bit {
+        /// The message address asked for.
+        address: u64,
+    },
     /// The enable bit did not read back as set: the function ignored the write.
     EnableDidNotStick,
 }

@@ -84,13 +84,35 @@ pub struct MappedEcamRegion {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EcamError {
     /// The window's last bus is below its first bus.
-    EmptyBusRange { segment: u16, bus_start: u8, bus_end: u8 },
+    EmptyBusRange {
+        /// The PCI segment group.
+        segment: u16,
+        /// First bus the region claims.
+        bus_start: u8,
+        /// Last bus the region claims (below the first).
+        bus_end: u8,
+    },
     /// The virtual base is not 4 KiB aligned, so it cannot be a mapping of the window.
-    MisalignedVirtualBase { segment: u16, virt_base: usize },
+    MisalignedVirtualBase {
+        /// The PCI segment group.
+        segment: u16,
+        /// The virtual address the region was mapped at.
+        virt_base: usize,
+    },
     /// The window's virtual range wraps around the end of the address space.
-    VirtualRangeOverflows { segment: u16, virt_base: usize },
+    VirtualRangeOverflows {
+        /// The PCI segment group.
+        segment: u16,
+        /// The virtual address the region was mapped at.
+        virt_base: usize,
+    },
     /// Two windows of one segment decode the same bus.
-    OverlappingBuses { segment: u16, bus: u8 },
+    OverlappingBuses {
+        /// The PCI segment group.
+        segment: u16,
+        /// A bus that two regions both claim.
+        bus: u8,
+    },
 }
 
 impl fmt::Display for EcamError {

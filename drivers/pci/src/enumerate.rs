@@ -97,11 +97,22 @@ pub struct BridgeHop {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FunctionError {
     /// Vendor ID 0x0000 is not assigned to anyone.
-    InvalidVendorId { vendor_id: u16 },
+    InvalidVendorId {
+        /// The vendor ID read (0x0000 is not assigned to any vendor).
+        vendor_id: u16,
+    },
     /// Everything after the ID dword reads as all-ones.
-    HeaderReadsAllOnes { vendor_id: u16, device_id: u16 },
+    HeaderReadsAllOnes {
+        /// The vendor ID read.
+        vendor_id: u16,
+        /// The device ID read.
+        device_id: u16,
+    },
     /// Header Type bits 6:0 name no known layout (PCI 3.0 defines 0, 1 and 2).
-    UnknownHeaderType { header_type: u8 },
+    UnknownHeaderType {
+        /// The Header Type register's layout field (bits 6:0).
+        header_type: u8,
+    },
 }
 
 impl fmt::Display for FunctionError {

@@ -470,11 +470,20 @@ unsafe impl CheckedConfigAccess for SimConfigSpace {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HexDumpError {
     /// A `== pci` header line that does not read `== pci <bdf>[bar<n>=<size>,...] <address> <length>`.
-    BadHeader { line: usize },
+    BadHeader {
+        /// Line number in the dump (1-based).
+        line: usize,
+    },
     /// A data line with an odd number of digits or a non-hex character.
-    BadHexLine { line: usize },
+    BadHexLine {
+        /// Line number in the dump (1-based).
+        line: usize,
+    },
     /// A block that ended (or a file that ended) before `== end`.
-    UnterminatedBlock { line: usize },
+    UnterminatedBlock {
+        /// Line number in the dump (1-based) where the block began.
+        line: usize,
+    },
 }
 
 impl core::fmt::Display for HexDumpError {

@@ -56,21 +56,63 @@ pub enum AcpiProblem {
     /// No RSDP address was given (the bootloader found none).
     NoRsdp,
     /// The RSDP is outside reachable memory.
-    RsdpUnreadable { address: u64 },
+    RsdpUnreadable {
+        /// Physical address of the RSDP.
+        address: u64,
+    },
     /// The RSDP does not start with "RSD PTR ".
-    RsdpBadSignature { address: u64 },
+    RsdpBadSignature {
+        /// Physical address of the RSDP.
+        address: u64,
+    },
     /// The RSDP's checksum (first 20 bytes) or extended checksum (all `length` bytes) is wrong.
-    RsdpBadChecksum { address: u64, extended: bool },
+    RsdpBadChecksum {
+        /// Physical address of the RSDP.
+        address: u64,
+        /// Whether the failing checksum is the ACPI 2.0+ extended one.
+        extended: bool,
+    },
     /// The root table (RSDT/XSDT) has a problem; no other table can be trusted to be found.
-    RootUnusable { signature: &'static str, address: u64, reason: &'static str },
+    RootUnusable {
+        /// "XSDT" or "RSDT".
+        signature: &'static str,
+        /// Physical address of the root table.
+        address: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// An entry of the root table points outside reachable memory.
-    PointerOutOfRange { index: usize, address: u64 },
+    PointerOutOfRange {
+        /// Position of the entry in the root table.
+        index: usize,
+        /// The physical address the entry holds.
+        address: u64,
+    },
     /// A table's header claims fewer bytes than a header has.
-    LengthTooSmall { signature: [u8; 4], address: u64, length: u32 },
+    LengthTooSmall {
+        /// The table's signature.
+        signature: [u8; 4],
+        /// Physical address of the table.
+        address: u64,
+        /// The length its header claims.
+        length: u32,
+    },
     /// A table's length runs past reachable memory.
-    Truncated { signature: [u8; 4], address: u64, length: u32 },
+    Truncated {
+        /// The table's signature.
+        signature: [u8; 4],
+        /// Physical address of the table.
+        address: u64,
+        /// The length its header claims.
+        length: u32,
+    },
     /// A table's bytes do not sum to zero.
-    BadChecksum { signature: [u8; 4], address: u64 },
+    BadChecksum {
+        /// The table's signature.
+        signature: [u8; 4],
+        /// Physical address of the table.
+        address: u64,
+    },
 }
 
 fn sig(s: &[u8; 4]) -> String {

@@ -12,6 +12,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// The `disk` shell command: read, write, fill, verify and benchmark the AHCI disks.
 pub static COMMANDS: &[Command] = &[Command {
     name: "disk",
     usage: "disk read NAME LBA [COUNT] | write NAME LBA COUNT BYTE | fill NAME LBA COUNT SEED [QD] | verify NAME LBA COUNT SEED [QD] | flush NAME | bench NAME [MIB] | poll on|off",

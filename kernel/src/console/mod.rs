@@ -17,6 +17,7 @@
 //! proportion to the text. Everything else that takes the screen lock does so with interrupts
 //! off, so an interrupt handler that prints cannot find it held.
 
+/// The 8x16 bitmap font the console draws with.
 pub mod font;
 pub mod keyboard;
 pub mod screen;
@@ -44,16 +45,31 @@ pub enum FramebufferState {
     /// The bootloader passed none (no GOP / VBE mode, or a headless machine).
     Absent,
     /// It exists but text cannot be drawn on it.
-    Unusable { info: FrameBufferInfo, why: UnusableFramebuffer },
+    Unusable {
+        /// The framebuffer the bootloader described.
+        info: FrameBufferInfo,
+        /// Why it cannot be drawn on.
+        why: UnusableFramebuffer,
+    },
     /// Text is drawn on it in a grid of `columns` × `rows` cells.
-    Text { info: FrameBufferInfo, columns: usize, rows: usize },
+    Text {
+        /// The framebuffer the bootloader described.
+        info: FrameBufferInfo,
+        /// Characters per line.
+        columns: usize,
+        /// Lines on the screen.
+        rows: usize,
+    },
 }
 
 /// Whether keys are read from a PS/2 keyboard.
 #[derive(Clone, Copy, Debug)]
 pub enum KeyboardState {
     /// An i8042 answered; its configuration byte as the firmware left it.
-    Present { firmware_config: u8 },
+    Present {
+        /// The i8042's configuration byte as the firmware left it.
+        firmware_config: u8,
+    },
     /// No keyboard input, and why.
     Absent(keyboard::NoKeyboard),
 }

@@ -46,8 +46,11 @@ const CURSOR_FIRST_ROW: usize = 14;
 /// A colour before it is encoded for a framebuffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rgb {
+    /// Red intensity, 0–255.
     pub red: u8,
+    /// Green intensity, 0–255.
     pub green: u8,
+    /// Blue intensity, 0–255.
     pub blue: u8,
 }
 
@@ -57,11 +60,26 @@ pub enum UnusableFramebuffer {
     /// Bytes per pixel outside 1..=4.
     BytesPerPixel(usize),
     /// Smaller than one 8×16 cell.
-    TooSmall { width: usize, height: usize },
+    TooSmall {
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+    },
     /// The stride is less than the width.
-    StrideBelowWidth { stride: usize, width: usize },
+    StrideBelowWidth {
+        /// Pixels per scan line in memory.
+        stride: usize,
+        /// Visible pixels per line.
+        width: usize,
+    },
     /// Width, height and stride describe more bytes than the buffer has (or than fit a `usize`).
-    BufferTooShort { needed: Option<usize>, available: usize },
+    BufferTooShort {
+        /// Bytes the mode needs (`None` if that overflows).
+        needed: Option<usize>,
+        /// Bytes the bootloader mapped.
+        available: usize,
+    },
     /// No room for even one cell in the shadow.
     NoCellStorage,
 }

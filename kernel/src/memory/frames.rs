@@ -27,11 +27,26 @@ const PAGE: u64 = PAGE_SIZE as u64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FreeError {
     /// The run is not page aligned or is empty.
-    Misaligned { base: u64, count: usize },
+    Misaligned {
+        /// Physical address of the first frame.
+        base: u64,
+        /// Number of 4 KiB frames.
+        count: usize,
+    },
     /// Part of the run is not RAM this allocator manages.
-    NotManaged { base: u64, count: usize },
+    NotManaged {
+        /// Physical address of the first frame.
+        base: u64,
+        /// Number of 4 KiB frames.
+        count: usize,
+    },
     /// Part of the run is already free: a double free.
-    AlreadyFree { base: u64, count: usize },
+    AlreadyFree {
+        /// Physical address of the first frame.
+        base: u64,
+        /// Number of 4 KiB frames.
+        count: usize,
+    },
 }
 
 impl fmt::Display for FreeError {

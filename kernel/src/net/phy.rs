@@ -12,6 +12,7 @@ use smoltcp::time::Instant;
 
 /// The NIC, borrowed for one `Interface::poll`.
 pub struct Phy<'a> {
+    /// The driver smoltcp sends and receives through.
     pub nic: &'a mut Nic,
 }
 
