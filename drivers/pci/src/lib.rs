@@ -49,6 +49,7 @@ pub mod capability;
 pub mod ecam;
 pub mod enumerate;
 pub mod port_io;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod view;
 
