@@ -16,7 +16,7 @@
 //!
 //! All the logic in this crate (enumeration, BAR sizing, capability walking, MSI) is written
 //! against one seam, [`access::CheckedConfigAccess`], so that host tests can run it over a
-//! simulated configuration space ([`sim`]) long before it runs on a machine.
+//! simulated configuration space (`sim`, behind the `sim` feature) long before it runs on a machine.
 //!
 //! # Rules of use
 //! - Nothing in this crate panics on configuration-space contents. A function whose registers
