@@ -38,7 +38,7 @@
 //! | [`capability`] | walking and decoding the capability list; programming MSI |
 //! | [`mod@enumerate`] | the bus walk that produces [`enumerate::PciFunction`]s |
 //! | [`view`] | `lspci`-style lines and the `pci:devices` scheme view |
-//! | [`sim`] | a simulated configuration space and named machine fixtures for tests |
+//! | `sim` | a simulated configuration space and named machine fixtures for tests (feature `sim`) |
 #![no_std]
 
 extern crate alloc;
