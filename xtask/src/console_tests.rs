@@ -423,20 +423,3 @@ mod tests {
         assert_eq!(cells, [vec![Some('H'), Some('i'), None]]);
     }
 }
-
-/// Only the console checks, without the rest of `cargo xtask test`:
-/// `cargo test -p xtask console_checks_alone -- --ignored --nocapture` (boots QEMU, ~40 s).
-#[cfg(test)]
-mod alone {
-    #[test]
-    #[ignore]
-    fn console_checks_alone() {
-        let images = crate::build::build_images(crate::build::Profile::Debug).unwrap();
-        let work = crate::build::target_dir().join("xtask-test");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut tally = crate::test::Tally::default();
-        let start = std::time::Instant::now();
-        super::run(&images, &work, &mut tally);
-        println!("console checks took {:?}", start.elapsed());
-    }
-}

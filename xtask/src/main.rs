@@ -38,7 +38,10 @@ commands:
       --timeout SECONDS   stop QEMU after this long (default: none)
       --gdb               start halted, with QEMU's gdb stub on a local port
   gdb [GDB ARGS]        gdb with the kernel's symbols, attached to `run --gdb` (second terminal)
-  test                  host tests, then in-kernel tests in every QEMU configuration
+  test [--host-only|--qemu-only|--job NAME]
+                        host tests, then in-kernel tests in every QEMU configuration; --job runs
+                        one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
+                        bios-vtd-bridged, bios-vtd-release, net, disk, console
   bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";

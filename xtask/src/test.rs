@@ -256,7 +256,7 @@ fn run_job(job: &str) -> Result<ExitCode, String> {
         println!("job-failure: {f}");
     }
     println!("job-summary: passed={} failed={}", tally.passed, tally.failed);
-    Ok(ExitCode::SUCCESS)
+    Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `cargo test --workspace`, counting its results.
