@@ -26,16 +26,17 @@ const SECTOR: usize = 512;
 pub use ahci::pattern::fill_sector;
 
 /// One test image: size and the seed of its pattern.
-struct Image {
-    path: PathBuf,
+pub(crate) struct Image {
+    pub(crate) path: PathBuf,
     sectors: u64,
     seed: u64,
     /// Ranges (lba, count, seed) the kernel is asked to overwrite.
-    written: Vec<(u64, u64, u64)>,
+    pub(crate) written: Vec<(u64, u64, u64)>,
 }
 
 impl Image {
-    fn create(path: PathBuf, mib: u64, seed: u64) -> Result<Image, String> {
+    /// A `mib` MiB image whose every sector holds the pattern of its LBA and `seed`.
+    pub(crate) fn create(path: PathBuf, mib: u64, seed: u64) -> Result<Image, String> {
         let sectors = mib * 2048;
         let mut data = vec![0u8; sectors as usize * SECTOR];
         for (lba, s) in data.chunks_mut(SECTOR).enumerate() {
@@ -49,7 +50,7 @@ impl Image {
     }
 
     /// Every sector holds its expected pattern; the file has its original size.
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let data = std::fs::read(&self.path).map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
         if data.len() as u64 != self.sectors * SECTOR as u64 {
             return Err(format!("{} is {} bytes, expected {}", self.path.display(), data.len(), self.sectors * 512));

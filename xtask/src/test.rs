@@ -85,7 +85,7 @@ impl Tally {
 /// work folder (`target/xtask-test/<job>/`), so two can run at once; `cargo xtask test` runs
 /// them in child processes, two at a time on a 2-core machine (each QEMU under TCG keeps one
 /// core busy), and prints each job's output whole, in this order.
-const QEMU_JOBS: [&str; 9] = [
+const QEMU_JOBS: [&str; 10] = [
     "bios-vtd",
     "bios-novtd",
     "uefi-vtd",
@@ -94,6 +94,7 @@ const QEMU_JOBS: [&str; 9] = [
     "bios-vtd-release",
     "net",
     "disk",
+    "disk-faults",
     "console",
 ];
 
@@ -242,6 +243,8 @@ fn run_job(job: &str) -> Result<ExitCode, String> {
             crate::disk_tests::run(&images, &work, &mut tally);
         }
         "console" => crate::console_tests::run(&images, &work, &mut tally),
+        // Injected disk errors (QEMU's blkdebug): reported, recovered or failed cleanly.
+        "disk-faults" => crate::fault_tests::run(&images, &work, &mut tally),
         name => {
             let machine = configuration(name).ok_or_else(|| format!("unknown job `{name}`"))?;
             println!("\n== QEMU configuration {} ==", machine.name);
