@@ -508,6 +508,22 @@ fn shell_checks(machine: &MachineConfig, session: &mut Session, tally: &mut Tall
         meminfo.and_then(|t| if t.contains("MiB free") { Ok(()) } else { Err(format!("unexpected meminfo:\n{t}")) }),
     );
 
+    // A VT-d configuration must really run under VT-d: if DMAR parsing or bring-up broke, the
+    // kernel would fall back to Direct and every DMA test would still pass.
+    let units = command(session, "cat iommu:units");
+    tally.record(
+        &name("iommu_matches_the_machine"),
+        units.and_then(|t| {
+            let translating = t.contains("dmar0:") && t.contains("translation on");
+            match (machine.iommu, translating) {
+                (true, true) if t.contains("00:02.0->") || t.contains("00:01.0->") => Ok(()),
+                (false, false) if t.contains("no VT-d unit in use") => Ok(()),
+                (true, _) => Err(format!("the machine has VT-d but the kernel does not translate with it:\n{t}")),
+                (false, _) => Err(format!("the machine has no VT-d but the kernel reports one:\n{t}")),
+            }
+        }),
+    );
+
     let unknown = command(session, "frobnicate");
     tally.record(
         &name("unknown_command_is_reported"),
