@@ -61,6 +61,8 @@ pub fn configurations() -> Vec<MachineConfig> {
 pub struct Tally {
     passed: usize,
     failed: usize,
+    /// In-kernel tests that did not apply to the machine (and were allowed not to).
+    skipped: usize,
     failures: Vec<String>,
 }
 
@@ -133,7 +135,7 @@ pub fn run_all(args: &[String]) -> Result<ExitCode, String> {
     for f in &tally.failures {
         println!("FAILED: {f}");
     }
-    println!("{} passed, {} failed", tally.passed, tally.failed);
+    println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.skipped);
     Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -199,7 +201,7 @@ fn absorb_job(job: &str, output: Result<std::process::Output, String>, took: Dur
             let count = |key: &str| {
                 rest.split_whitespace().find_map(|kv| kv.strip_prefix(key)).and_then(|n| n.parse::<usize>().ok())
             };
-            summary = count("passed=").zip(count("failed="));
+            summary = count("passed=").zip(count("failed=")).map(|(p, f)| (p, f, count("skipped=").unwrap_or(0)));
         } else if let Some(failure) = line.strip_prefix("job-failure: ") {
             tally.failures.push(failure.to_string());
         } else {
@@ -212,9 +214,10 @@ fn absorb_job(job: &str, output: Result<std::process::Output, String>, took: Dur
     }
     println!("(job {job}: {:.0} s)", took.as_secs_f64());
     match summary {
-        Some((passed, failed)) => {
+        Some((passed, failed, skipped)) => {
             tally.passed += passed;
             tally.failed += failed;
+            tally.skipped += skipped;
         }
         None => tally
             .record(&format!("job::{job}"), Err(format!("the job ended ({}) without its summary line", output.status))),
@@ -258,7 +261,7 @@ fn run_job(job: &str) -> Result<ExitCode, String> {
     for f in &tally.failures {
         println!("job-failure: {f}");
     }
-    println!("job-summary: passed={} failed={}", tally.passed, tally.failed);
+    println!("job-summary: passed={} failed={} skipped={}", tally.passed, tally.failed, tally.skipped);
     Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -311,16 +314,35 @@ fn host_tests(tally: &mut Tally) -> Result<(), String> {
 }
 
 /// Parses one `ktest: [i] name ... ok|FAILED: why` line.
-fn parse_ktest_line(line: &str) -> Option<(usize, String, Result<(), String>)> {
+/// What the kernel said of one test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    Passed,
+    Failed(String),
+    /// The test does not apply to this machine (what it needs is absent), with the reason.
+    Skipped(String),
+}
+
+fn parse_ktest_line(line: &str) -> Option<(usize, String, Verdict)> {
     let rest = line.trim().strip_prefix("ktest: [")?;
     let (index, rest) = rest.split_once("] ")?;
     let (name, verdict) = rest.split_once(" ... ")?;
-    let result = if verdict.trim() == "ok" {
-        Ok(())
+    let verdict = verdict.trim();
+    let verdict = if verdict == "ok" {
+        Verdict::Passed
+    } else if let Some(reason) = verdict.strip_prefix("skipped: ") {
+        Verdict::Skipped(reason.to_string())
     } else {
-        Err(verdict.trim().strip_prefix("FAILED: ").unwrap_or(verdict).to_string())
+        Verdict::Failed(verdict.strip_prefix("FAILED: ").unwrap_or(verdict).to_string())
     };
-    Some((index.parse().ok()?, name.to_string(), result))
+    Some((index.parse().ok()?, name.to_string(), verdict))
+}
+
+/// Whether `machine` has what test `name` needs, so that skipping it there is a failure: the
+/// IOMMU tests on every machine with VT-d, the block tests everywhere (every machine has the
+/// AHCI controller and its MSI). A skipped test must not pass where it matters.
+fn must_run(machine: &MachineConfig, name: &str) -> bool {
+    (name.starts_with("iommu::") && machine.iommu) || name.starts_with("block::")
 }
 
 /// Boots, waits for the prompt, and returns the session.
@@ -397,8 +419,21 @@ pub fn run_ktests(
             if let Some(n) = line.trim().strip_prefix("ktest: begin ").and_then(|r| r.split_whitespace().next()) {
                 total = n.parse::<usize>().ok();
             }
-            if let Some((index, name, result)) = parse_ktest_line(line) {
+            if let Some((index, name, verdict)) = parse_ktest_line(line) {
                 let full = format!("{}::{name}", machine.name);
+                let result = match verdict {
+                    Verdict::Passed => Ok(()),
+                    Verdict::Failed(why) => Err(why),
+                    Verdict::Skipped(why) if must_run(machine, &name) => {
+                        Err(format!("skipped on a machine that has what it needs: {why}"))
+                    }
+                    Verdict::Skipped(why) => {
+                        println!("kernel: [{}] {name} ... skipped: {why}", machine.name);
+                        tally.skipped += 1;
+                        last_index = Some(index);
+                        continue;
+                    }
+                };
                 println!(
                     "kernel: [{}] {name} ... {}",
                     machine.name,
@@ -692,10 +727,14 @@ mod tests {
 
     #[test]
     fn ktest_lines_parse() {
-        assert_eq!(parse_ktest_line("ktest: [3] memory::x ... ok"), Some((3, "memory::x".into(), Ok(()))));
+        assert_eq!(parse_ktest_line("ktest: [3] memory::x ... ok"), Some((3, "memory::x".into(), Verdict::Passed)));
         assert_eq!(
             parse_ktest_line("ktest: [4] a::b ... FAILED: panicked at x.rs:3: boom"),
-            Some((4, "a::b".into(), Err("panicked at x.rs:3: boom".into())))
+            Some((4, "a::b".into(), Verdict::Failed("panicked at x.rs:3: boom".into())))
+        );
+        assert_eq!(
+            parse_ktest_line("ktest: [5] iommu::x ... skipped: no VT-d unit"),
+            Some((5, "iommu::x".into(), Verdict::Skipped("no VT-d unit".into())))
         );
         assert_eq!(parse_ktest_line("ktest: begin 4 tests"), None);
         assert_eq!(parse_ktest_line("kernel> ktest --from 0"), None);
