@@ -186,9 +186,9 @@ pub fn send_self_ipi(vector: u8) {
     }
 }
 
-/// The GSI ISA IRQ `irq` arrives on, with its trigger mode and polarity: the MADT's override
-/// for it if there is one, else the IRQ number itself with the defaults given.
-fn isa_irq_input(irq: u8, level_default: bool, active_low_default: bool) -> (u32, bool, bool) {
+/// The GSI ISA IRQ `irq` arrives on, with its trigger mode and polarity (level, active low): the
+/// MADT's override for it if there is one, else the IRQ number itself with the defaults given.
+pub fn isa_irq_input(irq: u8, level_default: bool, active_low_default: bool) -> (u32, bool, bool) {
     OVERRIDES.lock().iter().find(|o| o.0 == irq).map(|o| (o.1, o.3, o.2)).unwrap_or((
         u32::from(irq),
         level_default,

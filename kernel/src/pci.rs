@@ -3,11 +3,16 @@
 //! The logic (bus walk, BAR sizing, capabilities) lives in the `pci` crate; this module gives it
 //! hardware: ECAM windows from ACPI MCFG mapped uncached, or the legacy 0xCF8/0xCFC ports when
 //! the firmware has no MCFG.
+//!
+//! It also wires PCI interrupts, once for every driver ([`wire_interrupt`]): the choice between
+//! MSI-X, MSI and INTx is made by `pci::interrupt` (host-tested), and programmed here (vector,
+//! MSI message, I/O APIC route).
 
 use crate::memory::paging;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use pci::interrupt::{Mechanism, Offers, Polarity, Support, Trigger};
 use pci::{CheckedConfigAccess, EcamAccess, EcamRegion, MappedEcamRegion, PciFunction, PortIoAccess};
 use spin::Once;
 
@@ -122,4 +127,179 @@ pub fn map_bar(function: &PciFunction, slot: u8) -> Result<device_io::Mmio, BarE
     let base = core::ptr::NonNull::new(base).ok_or(BarError::NoMemoryBar { slot })?;
     // SAFETY: `base` maps the whole BAR uncached, in the MMIO window, for the kernel's lifetime.
     Ok(unsafe { device_io::Mmio::new(base, bar.size() as usize) })
+}
+
+// ----- Interrupt wiring: one path for every driver ---------------------------------------------
+
+/// How a PCI function's interrupts reach the CPU, as [`wire_interrupt`] set them up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqMode {
+    /// No interrupts: the driver polls.
+    Polling {
+        /// Why not interrupts.
+        reason: &'static str,
+    },
+    /// Message-signalled: the device writes `vector` to the local APIC.
+    Msi {
+        /// CPU vector.
+        vector: u8,
+    },
+    /// INTx routed through the I/O APIC input of an ISA IRQ.
+    Intx {
+        /// ISA IRQ (and, unless the MADT overrides it, I/O APIC input) from the Interrupt Line
+        /// register.
+        irq: u8,
+        /// CPU vector.
+        vector: u8,
+        /// Trigger mode programmed (the MADT's override for the IRQ, else the default).
+        trigger: Trigger,
+        /// Polarity programmed (the MADT's override for the IRQ, else the default).
+        polarity: Polarity,
+    },
+}
+
+impl IrqMode {
+    /// True when interrupts are delivered.
+    pub fn is_interrupt(&self) -> bool {
+        !matches!(self, IrqMode::Polling { .. })
+    }
+}
+
+impl core::fmt::Display for IrqMode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            IrqMode::Polling { reason } => write!(f, "polling ({reason})"),
+            IrqMode::Msi { vector } => write!(f, "MSI vector {vector:#x}"),
+            IrqMode::Intx { irq, vector, trigger, polarity } => {
+                write!(f, "INTx IRQ {irq} (I/O APIC, {trigger}, {polarity}) vector {vector:#x}")
+            }
+        }
+    }
+}
+
+/// What [`wire_interrupt`] did: the mode, and why each better mechanism was passed over, best
+/// first (`("MSI", "the function has no MSI capability")`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wired {
+    /// The mode in use.
+    pub mode: IrqMode,
+    /// Mechanisms not used, with the reason.
+    pub passed_over: Vec<(&'static str, &'static str)>,
+}
+
+impl Wired {
+    /// Why `mechanism` ("MSI-X", "MSI", "INTx") is not in use, if it was passed over.
+    pub fn why_not(&self, mechanism: &str) -> Option<&'static str> {
+        self.passed_over.iter().find(|(m, _)| *m == mechanism).map(|&(_, why)| why)
+    }
+}
+
+/// What this kernel can program. MSI-X is not implemented: its message table lives in a BAR,
+/// which would have to be mapped and filled; no device here needs it (QEMU's e1000 and AHCI have
+/// no MSI-X capability), so a function that offers it gets MSI, then INTx.
+fn interrupt_support() -> Support {
+    Support { apic: crate::apic::is_ready(), msix: false }
+}
+
+/// Wires `function`'s interrupt to `handler(context)`: MSI-X, MSI or INTx, as
+/// [`pci::interrupt::choose`] ranks them for this function and kernel, trying each candidate in
+/// turn. One vector is allocated and kept for whichever mechanism works.
+///
+/// `prove` is called once a mechanism is programmed, with the mode it would be; it returns
+/// `Err(reason)` if the interrupt does not arrive (a driver that can raise one on demand tests
+/// it there), and the next candidate is tried. The device's own interrupt enables are the
+/// driver's business.
+///
+/// INTx goes through the I/O APIC input of the ISA IRQ the Interrupt Line names, level-triggered
+/// and active high unless the MADT overrides it: see "Trigger and polarity of a routed INTx" in
+/// [`pci::interrupt`]. On q35 that is QEMU's override for IRQs 5, 9, 10 and 11 (level, active
+/// high) either way.
+pub fn wire_interrupt(
+    function: &PciFunction,
+    handler: fn(usize),
+    context: usize,
+    prove: &mut dyn FnMut(IrqMode) -> Result<(), &'static str>,
+) -> Wired {
+    let mut passed_over = Vec::new();
+    let mut vector = None;
+    for (name, candidate) in pci::interrupt::choose(&Offers::of(function), &interrupt_support()) {
+        let mechanism = match candidate {
+            Ok(m) => m,
+            Err(why) => {
+                passed_over.push((name, why));
+                continue;
+            }
+        };
+        let v = match vector {
+            Some(v) => v,
+            None => match crate::interrupts::allocate_vector(handler, context) {
+                Ok(v) => *vector.insert(v),
+                Err(_) => {
+                    passed_over.push((name, "no free interrupt vector"));
+                    break;
+                }
+            },
+        };
+        let tried = match mechanism {
+            Mechanism::MsiX => Err("MSI-X is not implemented"),
+            Mechanism::Msi => enable_msi(function, v).and_then(|()| {
+                let mode = IrqMode::Msi { vector: v };
+                prove(mode).map(|()| mode).inspect_err(|_| {
+                    if let Some(msi) = function.msi() {
+                        msi.disable(&function.config(access()));
+                    }
+                })
+            }),
+            Mechanism::Intx(_) => route_intx(function, v)
+                .and_then(|mode| prove(mode).map(|()| mode).inspect_err(|_| unroute_intx(function, mode))),
+        };
+        match tried {
+            Ok(mode) => return Wired { mode, passed_over },
+            Err(why) => passed_over.push((name, why)),
+        }
+    }
+    if let Some(v) = vector {
+        crate::interrupts::free_vector(v);
+    }
+    let reason = passed_over.last().map_or("no interrupt mechanism", |&(_, why)| why);
+    Wired { mode: IrqMode::Polling { reason }, passed_over }
+}
+
+/// Programs `function`'s MSI capability to deliver `vector` to this CPU
+/// ([`crate::apic::msi_message`]) and enables it.
+pub fn enable_msi(function: &PciFunction, vector: u8) -> Result<(), &'static str> {
+    let (address, data) = crate::apic::msi_message(vector);
+    function.enable_msi(access(), address, data).map_err(|e| match e {
+        pci::MsiError::NoMsiCapability => "the function has no MSI capability",
+        _ => "the MSI capability refused to enable",
+    })
+}
+
+/// Routes `function`'s INTx to `vector`: the ISA IRQ its Interrupt Line names
+/// ([`pci::interrupt::intx_route`] decides which are valid) through the I/O APIC, with the MADT's
+/// override for that IRQ if it has one, else level-triggered, active high; then enables INTx in
+/// the function's command register. The mode returned says what was programmed.
+pub fn route_intx(function: &PciFunction, vector: u8) -> Result<IrqMode, &'static str> {
+    let route = pci::interrupt::intx_route(function.interrupt_pin, function.interrupt_line)?;
+    let level = route.trigger == Trigger::Level;
+    let active_low = route.polarity == Polarity::ActiveLow;
+    if !crate::apic::route_isa_irq(route.irq, vector, level, active_low) {
+        return Err("no I/O APIC input for the IRQ");
+    }
+    function.config(access()).enable_intx();
+    let (_, level, active_low) = crate::apic::isa_irq_input(route.irq, level, active_low);
+    Ok(IrqMode::Intx {
+        irq: route.irq,
+        vector,
+        trigger: if level { Trigger::Level } else { Trigger::Edge },
+        polarity: if active_low { Polarity::ActiveLow } else { Polarity::ActiveHigh },
+    })
+}
+
+/// Undoes [`route_intx`]: INTx off in the function, its I/O APIC input masked.
+pub fn unroute_intx(function: &PciFunction, mode: IrqMode) {
+    if let IrqMode::Intx { irq, .. } = mode {
+        function.config(access()).disable_intx();
+        crate::apic::mask_isa_irq(irq);
+    }
 }

@@ -37,6 +37,7 @@
 //! | [`bar`] | decoding and sizing Base Address Registers |
 //! | [`capability`] | walking and decoding the capability list; programming MSI |
 //! | [`mod@enumerate`] | the bus walk that produces [`enumerate::PciFunction`]s |
+//! | [`interrupt`] | choosing MSI-X, MSI or INTx for a function; which INTx lines are valid |
 //! | [`view`] | `lspci`-style lines and the `pci:devices` scheme view |
 //! | `sim` | a simulated configuration space and named machine fixtures for tests (feature `sim`) |
 #![no_std]
@@ -48,6 +49,7 @@ pub mod bar;
 pub mod capability;
 pub mod ecam;
 pub mod enumerate;
+pub mod interrupt;
 pub mod port_io;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

@@ -46,24 +46,9 @@ pub use shell::COMMANDS;
 
 type Hba = Controller<device_io::Mmio, KernelClock>;
 
-/// How a controller signals completions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IrqMode {
-    /// Message-signalled interrupt on this vector.
-    Msi {
-        /// The vector.
-        vector: u8,
-    },
-    /// INTx routed through the I/O APIC.
-    Intx {
-        /// The vector.
-        vector: u8,
-        /// The interrupt line the firmware assigned.
-        line: u8,
-    },
-    /// No interrupt: waiters poll.
-    Polling,
-}
+/// How a controller signals completions: the kernel's one [`IrqMode`] for PCI functions
+/// (MSI, INTx through the I/O APIC, or polling), set up by [`crate::pci::wire_interrupt`].
+pub use crate::pci::IrqMode;
 
 struct HbaEntry {
     bdf: String,
@@ -88,7 +73,7 @@ fn with_hba<T>(entry: &HbaEntry, f: impl FnOnce(&mut Hba) -> T) -> T {
 pub fn set_polling(on: bool) {
     FORCE_POLLING.store(on, Ordering::SeqCst);
     for c in controllers() {
-        if c.irq != IrqMode::Polling {
+        if c.irq.is_interrupt() {
             with_hba(c, |h| if on { h.disable_interrupts() } else { h.enable_interrupts() });
         }
     }
@@ -155,7 +140,7 @@ pub fn init() {
     }
     let entries = CONTROLLERS.call_once(|| entries);
     for c in entries {
-        if c.irq != IrqMode::Polling {
+        if c.irq.is_interrupt() {
             with_hba(c, |h| h.enable_interrupts());
         }
     }
@@ -188,34 +173,28 @@ fn boot_disks(hba: &mut Hba) -> u32 {
     mask
 }
 
+/// Wires the controller's interrupt through the kernel's one wiring path
+/// ([`crate::pci::wire_interrupt`]): MSI when the function offers it, else INTx through the I/O
+/// APIC, else polling. Nothing is proved here (an HBA cannot raise an interrupt on demand); the
+/// interrupt is enabled on the HBA once every controller is registered.
 fn setup_interrupt(f: &pci::PciFunction, name: &str, index: usize) -> IrqMode {
-    if !crate::apic::is_ready() {
-        log::info!("{name}: no local APIC; completions by polling");
-        return IrqMode::Polling;
-    }
-    let Ok(vector) = crate::interrupts::allocate_vector(interrupt, index) else {
-        log::warn!("{name}: no free interrupt vector; completions by polling");
-        return IrqMode::Polling;
-    };
-    if f.msi().is_some() {
-        let (address, data) = crate::apic::msi_message(vector);
-        match f.enable_msi(crate::pci::access(), address, data) {
-            Ok(()) => {
-                log::info!("{name}: MSI on vector {vector:#x}");
-                return IrqMode::Msi { vector };
+    let wired = crate::pci::wire_interrupt(f, interrupt, index, &mut |_| Ok(()));
+    match wired.mode {
+        IrqMode::Msi { vector } => log::info!("{name}: MSI on vector {vector:#x}"),
+        IrqMode::Intx { irq, vector, .. } => {
+            if f.msi().is_some()
+                && let Some(why) = wired.why_not("MSI")
+            {
+                log::warn!("{name}: MSI failed ({why}); using INTx");
             }
-            Err(e) => log::warn!("{name}: MSI failed ({e:?}); trying INTx"),
+            log::info!("{name}: INTx (line {irq}) on vector {vector:#x}");
         }
+        IrqMode::Polling { reason: pci::interrupt::NO_APIC } => {
+            log::info!("{name}: no local APIC; completions by polling")
+        }
+        IrqMode::Polling { reason } => log::warn!("{name}: no usable interrupt ({reason}); completions by polling"),
     }
-    let line = f.interrupt_line;
-    if f.interrupt_pin != 0 && line != 0xFF && crate::apic::route_isa_irq(line, vector, true, true) {
-        f.config(crate::pci::access()).enable_intx();
-        log::info!("{name}: INTx (line {line}) on vector {vector:#x}");
-        return IrqMode::Intx { vector, line };
-    }
-    crate::interrupts::free_vector(vector);
-    log::warn!("{name}: no usable interrupt; completions by polling");
-    IrqMode::Polling
+    wired.mode
 }
 
 /// A disk: one port of one controller.
@@ -390,7 +369,7 @@ impl Disk {
     /// The result of `ticket` if it has completed. Checks deadlines, and polls the HBA when
     /// there is no interrupt.
     pub fn poll(&self, ticket: Ticket) -> Option<Result<Done, BlockError>> {
-        let poll = polling() || self.entry().irq == IrqMode::Polling;
+        let poll = polling() || !self.entry().irq.is_interrupt();
         let done = with_hba(self.entry(), |h| {
             service_or_check_deadlines(h, poll);
             h.take_completion(ticket.id)
@@ -428,7 +407,7 @@ impl Disk {
 
     /// Takes every finished one of `tickets` (with one look at the HBA for all of them).
     pub fn poll_any(&self, tickets: &[Ticket]) -> Vec<(Ticket, Result<Done, BlockError>)> {
-        let poll = polling() || self.entry().irq == IrqMode::Polling;
+        let poll = polling() || !self.entry().irq.is_interrupt();
         let done: Vec<(Ticket, Completion)> = with_hba(self.entry(), |h| {
             service_or_check_deadlines(h, poll);
             tickets.iter().filter_map(|t| h.take_completion(t.id).map(|c| (*t, c))).collect()
@@ -452,7 +431,7 @@ impl Disk {
     pub fn idle(&self) {
         use x86_64::instructions::interrupts;
         let entry = self.entry();
-        if polling() || entry.irq == IrqMode::Polling || !interrupts::are_enabled() {
+        if polling() || !entry.irq.is_interrupt() || !interrupts::are_enabled() {
             core::hint::spin_loop();
             return;
         }
@@ -532,8 +511,8 @@ fn render_info() -> String {
             let caps = h.capabilities();
             let irq = match c.irq {
                 IrqMode::Msi { vector } => format!("msi vector {vector:#x}"),
-                IrqMode::Intx { vector, line } => format!("intx line {line} vector {vector:#x}"),
-                IrqMode::Polling => "polling".into(),
+                IrqMode::Intx { vector, irq, .. } => format!("intx line {irq} vector {vector:#x}"),
+                IrqMode::Polling { .. } => "polling".into(),
             };
             let _ = writeln!(
                 out,

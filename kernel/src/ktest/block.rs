@@ -111,7 +111,7 @@ fn round_trip(polling: bool, lba: u64) -> TestResult {
 /// completed commands deadlocked the kernel when it interrupted a heap allocation.
 fn interrupt_handler_is_a_top_half() -> TestResult {
     let d = scratch()?;
-    if d.irq_mode() == block::IrqMode::Polling {
+    if !d.irq_mode().is_interrupt() {
         return Ok(()); // nothing to show without an interrupt
     }
     block::set_polling(false);
@@ -142,14 +142,19 @@ fn completion_by_intx() -> TestResult {
     let line = f.interrupt_line;
     check!(f.interrupt_pin != 0 && line < 16, "no INTx line (pin {}, line {line})", f.interrupt_pin);
     msi.disable(&f.config(access));
-    let routed = crate::apic::route_isa_irq(line, vector, true, true);
-    f.config(access).enable_intx();
-    let result = if routed { round_trip(false, 6144) } else { Err(format!("no I/O APIC input for IRQ {line}")) };
+    // The same routing the wiring path would choose for this function (MADT override, else
+    // level-triggered, active high).
+    let routed = crate::pci::route_intx(f, vector);
+    let result = match routed {
+        Ok(block::IrqMode::Intx { trigger: pci::interrupt::Trigger::Level, .. }) => round_trip(false, 6144),
+        Ok(mode) => Err(format!("INTx routed as {mode}: not level-triggered")),
+        Err(why) => Err(format!("cannot route INTx on IRQ {line}: {why}")),
+    };
     // Back to MSI, whatever happened.
-    f.config(access).disable_intx();
-    crate::apic::mask_isa_irq(line);
-    let (address, data) = crate::apic::msi_message(vector);
-    f.enable_msi(access, address, data).map_err(|e| format!("cannot turn MSI back on: {e:?}"))?;
+    if let Ok(mode) = routed {
+        crate::pci::unroute_intx(f, mode);
+    }
+    crate::pci::enable_msi(f, vector).map_err(|e| format!("cannot turn MSI back on: {e}"))?;
     result
 }
 

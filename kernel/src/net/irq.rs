@@ -1,5 +1,7 @@
 //! The NIC's interrupt: MSI when the function offers it, else legacy INTx through the I/O APIC,
-//! with polling as the fallback.
+//! with polling as the fallback. The choice and the programming are the kernel's one wiring path
+//! for PCI functions ([`crate::pci::wire_interrupt`], deciding with `pci::interrupt`); this module
+//! adds the handler and the proof that an interrupt arrives.
 //!
 //! MSI (PCI Local Bus Spec 3.0 §6.8) needs no routing knowledge: the device writes the vector to
 //! the local APIC itself, and the message is edge-like, so nothing stays asserted. Some 8254x
@@ -8,7 +10,8 @@
 //! The firmware routes the function's PIRQ link to an ISA IRQ and writes its number into the
 //! interrupt-line register; on q35, ICH9 drives the I/O APIC input of the same number.
 //! QEMU's MADT carries an interrupt source override for such IRQs (5, 9, 10, 11): level
-//! triggered, active high, which [`crate::apic::route_isa_irq`] applies. Experiment agrees:
+//! triggered, active high, which [`crate::apic::route_isa_irq`] applies (and which is also the
+//! default without an override: see `pci::interrupt`, "Trigger and polarity"). Experiment agrees:
 //! routed level/active-high, a cause raised through ICS arrives once and stops after the
 //! handler reads ICR (QEMU's I/O APIC model takes the level as given either way).
 //!
@@ -20,50 +23,11 @@
 //! routing failed), the device's interrupts are masked and the driver polls.
 
 use super::NET;
-use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use pci::PciFunction;
 
-/// How the NIC's interrupts are delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IrqMode {
-    /// No interrupts: the stack is polled.
-    Polling {
-        /// Why not interrupts.
-        reason: &'static str,
-    },
-    /// Message-signalled: the device writes `vector` to the local APIC.
-    Msi {
-        /// CPU vector.
-        vector: u8,
-    },
-    /// INTx routed through the I/O APIC.
-    Intx {
-        /// ISA IRQ (and I/O APIC input) from the interrupt-line register.
-        irq: u8,
-        /// CPU vector.
-        vector: u8,
-    },
-}
-
-impl IrqMode {
-    /// True when interrupts are delivered.
-    pub fn is_interrupt(&self) -> bool {
-        matches!(self, IrqMode::Intx { .. } | IrqMode::Msi { .. })
-    }
-}
-
-impl fmt::Display for IrqMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IrqMode::Polling { reason } => write!(f, "polling ({reason})"),
-            IrqMode::Msi { vector } => write!(f, "MSI vector {vector:#x}"),
-            IrqMode::Intx { irq, vector } => {
-                write!(f, "INTx IRQ {irq} (I/O APIC, level, active high) vector {vector:#x}")
-            }
-        }
-    }
-}
+/// How the NIC's interrupts are delivered: the kernel's one [`IrqMode`] for PCI functions.
+pub use crate::pci::IrqMode;
 
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 static NOT_OURS: AtomicU64 = AtomicU64::new(0);
@@ -88,22 +52,15 @@ fn on_interrupt(_context: usize) {
     }
 }
 
-/// Wires the NIC's interrupt, proves it works, and records the mode in `NET`.
+/// Wires the NIC's interrupt through the kernel's one wiring path ([`crate::pci::wire_interrupt`]:
+/// MSI when the function offers it, else INTx), proves each candidate with a test interrupt
+/// (`prove`), and records the mode in `NET`.
 pub fn setup(function: &PciFunction) {
-    let msi = match function.msi() {
-        Some(_) => try_msi(function),
-        None => Err("the function has no MSI capability"),
-    };
-    let mode = match msi {
-        Ok(mode) => mode,
-        Err(why_not_msi) => match try_intx(function) {
-            Ok(mode) => {
-                log::info!("net: {}: no MSI ({why_not_msi}); using INTx", pci::Bdf(function.address));
-                mode
-            }
-            Err(reason) => IrqMode::Polling { reason },
-        },
-    };
+    let wired = crate::pci::wire_interrupt(function, on_interrupt, 0, &mut prove);
+    let mode = wired.mode;
+    if let (IrqMode::Intx { .. }, Some(why_not_msi)) = (mode, wired.why_not("MSI")) {
+        log::info!("net: {}: no MSI ({why_not_msi}); using INTx", pci::Bdf(function.address));
+    }
     super::with_net(|net| {
         net.irq = mode;
         match mode {
@@ -116,60 +73,23 @@ pub fn setup(function: &PciFunction) {
     });
 }
 
-/// Programs MSI to a fresh vector and proves delivery with a test interrupt.
-fn try_msi(function: &PciFunction) -> Result<IrqMode, &'static str> {
-    if !crate::apic::is_ready() {
-        return Err("no APIC");
-    }
-    let vector = crate::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
-    let (address, data) = crate::apic::msi_message(vector);
-    if function.enable_msi(crate::pci::access(), address, data).is_err() {
-        crate::interrupts::free_vector(vector);
-        return Err("the MSI capability refused to enable");
-    }
+/// Proves that `mode`, just programmed, delivers: enables the NIC's interrupts, raises a cause
+/// through ICS, and waits up to 20 ms for the handler. On failure the NIC's interrupts are
+/// masked again and the wiring tries the next mechanism.
+fn prove(mode: IrqMode) -> Result<(), &'static str> {
     let before = count();
     super::with_net(|net| {
         net.nic.enable_interrupts();
         net.nic.raise_interrupt(e1000::regs::int::TXDW);
     });
     if crate::time::poll_until(20_000, || count() > before) {
-        return Ok(IrqMode::Msi { vector });
+        return Ok(());
     }
     super::with_net(|net| net.nic.disable_interrupts());
-    crate::interrupts::free_vector(vector);
-    Err("a test MSI never arrived")
-}
-
-fn try_intx(function: &PciFunction) -> Result<IrqMode, &'static str> {
-    if function.interrupt_pin == 0 {
-        return Err("the function has no interrupt pin");
-    }
-    let irq = function.interrupt_line;
-    if irq == 0 || irq >= 16 {
-        return Err("the firmware assigned no IRQ (interrupt line 0 or 255)");
-    }
-    if !crate::apic::is_ready() {
-        return Err("no APIC");
-    }
-    let vector = crate::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
-    // Level-triggered, active high (QEMU's MADT override for PCI IRQs says the same).
-    if !crate::apic::route_isa_irq(irq, vector, true, false) {
-        crate::interrupts::free_vector(vector);
-        return Err("no I/O APIC input for the IRQ");
-    }
-    function.config(crate::pci::access()).enable_intx();
-    let before = count();
-    super::with_net(|net| {
-        net.nic.enable_interrupts();
-        net.nic.raise_interrupt(e1000::regs::int::TXDW);
-    });
-    let delivered = crate::time::poll_until(20_000, || count() > before);
-    if delivered {
-        return Ok(IrqMode::Intx { irq, vector });
-    }
-    super::with_net(|net| net.nic.disable_interrupts());
-    crate::interrupts::free_vector(vector);
-    Err("a test interrupt raised through ICS never arrived")
+    Err(match mode {
+        IrqMode::Msi { .. } => "a test MSI never arrived",
+        _ => "a test interrupt raised through ICS never arrived",
+    })
 }
 
 /// Raises a test interrupt and waits up to `timeout_us` for the handler: true if it ran.
