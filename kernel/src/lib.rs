@@ -9,34 +9,22 @@
 
 extern crate alloc;
 
-pub mod acpi;
-pub mod apic;
-pub mod backtrace;
+pub mod arch;
 pub mod bench;
-pub mod block;
 pub mod boot;
-pub mod console;
-pub mod dma_service;
-pub mod exit;
-pub mod gdt;
-pub mod interrupts;
-pub mod iommu;
+pub mod firmware;
 pub mod ktest;
-pub mod logger;
-pub mod memory;
-pub mod net;
-pub mod pci;
-pub mod report;
-pub mod scheme;
-pub mod serial;
-pub mod shell;
-pub mod time;
+pub mod mm;
+pub mod platform;
+pub mod registry;
+pub mod services;
+pub mod ui;
 
 #[cfg(target_os = "none")]
 #[global_allocator]
-static HEAP: memory::heap::InterruptSafeHeap = memory::heap::InterruptSafeHeap::empty();
+static HEAP: mm::memory::heap::InterruptSafeHeap = mm::memory::heap::InterruptSafeHeap::empty();
 
-/// Hands the heap its memory. Called once by [`memory::init`] during boot.
+/// Hands the heap its memory. Called once by [`mm::memory::init`] during boot.
 #[cfg(target_os = "none")]
 fn init_heap(start: *mut u8, size: usize) {
     // SAFETY: `start..start+size` is RAM reserved for the heap alone (memory::init removes it from

@@ -122,7 +122,7 @@ pub fn run(from: usize, filter: &str, demo_failures: bool) -> (usize, usize) {
 /// running), prints a backtrace, and stops. Nothing here allocates: the panic may have come
 /// from inside the allocator, with the heap's lock held.
 pub fn panicked(info: &core::panic::PanicInfo) -> ! {
-    crate::backtrace::begin_crash_report();
+    crate::arch::backtrace::begin_crash_report();
     let location = info.location().map(|l| (l.file(), l.line())).unwrap_or(("unknown location", 0));
     let (file, line) = location;
     let index = RUNNING.load(Ordering::SeqCst);
@@ -133,11 +133,11 @@ pub fn panicked(info: &core::panic::PanicInfo) -> ! {
         let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
         crate::println!("ktest: [{index}] {name} ... FAILED: panicked at {file}:{line}: {}", info.message());
     }
-    crate::backtrace::print_here();
+    crate::arch::backtrace::print_here();
     if index != NO_TEST {
         crate::println!("ktest: aborted at {index}");
     }
-    crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
+    crate::arch::exit::exit_qemu(crate::arch::exit::QemuExitCode::Failed)
 }
 
 /// Called by exception handlers with their report: fail the running test, if any, and stop.
@@ -148,7 +148,7 @@ pub fn fail_running_test_and_stop(exception: &dyn core::fmt::Display) -> ! {
         crate::println!("ktest: [{index}] {name} ... FAILED: CPU exception: {exception}");
         crate::println!("ktest: aborted at {index}");
     }
-    crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
+    crate::arch::exit::exit_qemu(crate::arch::exit::QemuExitCode::Failed)
 }
 
 /// `check!(cond, "format", args)` returns `Err(message)` from the test when `cond` is false.

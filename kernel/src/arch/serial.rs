@@ -44,7 +44,7 @@ pub fn write_fmt(args: fmt::Arguments) {
     impl fmt::Write for Both<'_> {
         fn write_str(&mut self, s: &str) -> fmt::Result {
             self.0.write_str(s)?;
-            crate::console::write_str(s);
+            crate::ui::console::write_str(s);
             Ok(())
         }
     }
@@ -52,7 +52,7 @@ pub fn write_fmt(args: fmt::Arguments) {
         // A crash report must get out even when the crash came while this lock was held (a
         // panic inside a `println!`, a fault in the UART code): one CPU, interrupts off, so the
         // holder will never run again. Then write through a port of our own.
-        if crate::backtrace::crashing() {
+        if crate::arch::backtrace::crashing() {
             if let Some(mut port) = PORT.try_lock() {
                 if let Some(port) = port.as_mut() {
                     let _ = Both(port).write_fmt(args);
@@ -83,12 +83,12 @@ pub fn try_read_byte() -> Option<u8> {
 /// Like `print!`, to the console.
 #[macro_export]
 macro_rules! print {
-    ($($arg:tt)*) => { $crate::serial::write_fmt(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::arch::serial::write_fmt(format_args!($($arg)*)) };
 }
 
 /// Like `println!`, to the console.
 #[macro_export]
 macro_rules! println {
     () => { $crate::print!("\n") };
-    ($($arg:tt)*) => { $crate::serial::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
+    ($($arg:tt)*) => { $crate::arch::serial::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
 }

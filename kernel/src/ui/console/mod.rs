@@ -1,7 +1,7 @@
 //! The console a person sees: text on the boot framebuffer, input from a PS/2 keyboard, both
 //! mirrored with the serial port (issue 7: most PCs have no serial port a user can see).
 //!
-//! * **Output.** Everything printed goes to COM1 first; [`crate::serial::write_fmt`] then hands
+//! * **Output.** Everything printed goes to COM1 first; [`crate::arch::serial::write_fmt`] then hands
 //!   each piece to [`write_str`], which draws it on the framebuffer ([`screen`], with the font in
 //!   [`font`]). `fbcon off` stops the drawing (the text is still kept, so `fbcon on` shows the
 //!   current screen).
@@ -131,7 +131,7 @@ pub fn write_str(text: &str) {
 /// The next input byte: serial first, then the keyboard. When there is none, the console is
 /// idle, and the framebuffer shows the cursor.
 pub fn try_read_byte() -> Option<u8> {
-    if let Some(byte) = crate::serial::try_read_byte() {
+    if let Some(byte) = crate::arch::serial::try_read_byte() {
         return Some(byte);
     }
     if let Some(mut keyboard) = KEYBOARD.try_lock()

@@ -10,8 +10,8 @@
 //! of equal or lower priority can arrive. The 8259 PICs of the PC/AT are masked: with an APIC
 //! they would only deliver spurious interrupts on vectors we use for exceptions.
 
-use crate::acpi::ApicInfo;
-use crate::memory::paging;
+use crate::firmware::acpi::ApicInfo;
+use crate::mm::memory::paging;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering};
 use spin::Mutex;
@@ -260,13 +260,13 @@ pub fn wakeup_timer_fires() -> u64 {
 /// does not tell us, so we count its ticks over 10 ms of the calibrated TSC.
 ///
 /// Waiters that sleep with `hlt` until a device interrupts (see
-/// [`crate::time::sleep_until_interrupt`]) arm it first, so that a lost interrupt costs them
+/// [`crate::arch::time::sleep_until_interrupt`]) arm it first, so that a lost interrupt costs them
 /// a bounded delay instead of sleeping forever.
 pub fn init_wakeup_timer() {
     if !is_ready() {
         return;
     }
-    let Ok(vector) = crate::interrupts::allocate_vector(timer_interrupt, 0) else {
+    let Ok(vector) = crate::arch::interrupts::allocate_vector(timer_interrupt, 0) else {
         log::warn!("APIC: no vector for the wake-up timer; waiters spin");
         return;
     };
@@ -277,7 +277,7 @@ pub fn init_wakeup_timer() {
         local_apic_reg(reg::TIMER_DIVIDE).write_volatile(0b0011);
         local_apic_reg(reg::TIMER_INITIAL_COUNT).write_volatile(u32::MAX);
     }
-    crate::time::delay_us(10_000);
+    crate::arch::time::delay_us(10_000);
     // SAFETY: reading the current count has no side effects; writing 0 stops the timer.
     let left = unsafe { local_apic_reg(reg::TIMER_CURRENT_COUNT).read_volatile() };
     // SAFETY: as above.
@@ -285,7 +285,7 @@ pub fn init_wakeup_timer() {
     let per_us = (u32::MAX - left) / 10_000;
     if per_us == 0 {
         log::warn!("APIC: the local APIC timer did not count; waiters spin");
-        crate::interrupts::free_vector(vector);
+        crate::arch::interrupts::free_vector(vector);
         return;
     }
     // SAFETY: unmask the timer, still one-shot on our vector; it is stopped (count 0).

@@ -73,7 +73,7 @@ fn known_stacks() -> [Range<u64>; 2] {
     let top = OUTERMOST_FRAME.load(Ordering::Relaxed);
     // The outermost frame's two words (saved rbp, return address) are the last we read.
     let boot = if top == 0 { 0..0 } else { top.saturating_sub(BOOT_STACK_SIZE)..top + 16 };
-    [boot, crate::gdt::double_fault_stack()]
+    [boot, crate::arch::gdt::double_fault_stack()]
 }
 
 /// Which known stack holds the 16 bytes at `rbp`, if any.

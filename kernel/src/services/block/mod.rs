@@ -29,7 +29,7 @@
 
 mod shell;
 
-use crate::time::KernelClock;
+use crate::arch::time::KernelClock;
 use ahci::{Completion, Controller, IoBuffer, Request, RequestId, SubmitOptions};
 use alloc::format;
 use alloc::string::String;
@@ -124,7 +124,7 @@ fn service_or_check_deadlines(h: &mut Hba, poll: bool) {
 /// Finds and starts the AHCI controllers.
 pub fn init() {
     let mut entries = Vec::new();
-    for f in crate::pci::functions().iter().filter(|f| ahci::matches(f) || ahci::raid_mode_with_abar(f)) {
+    for f in crate::platform::pci::functions().iter().filter(|f| ahci::matches(f) || ahci::raid_mode_with_abar(f)) {
         let bdf = format!("{}", Bdf(f.address));
         if ahci::raid_mode_with_abar(f) {
             log::warn!(
@@ -133,14 +133,14 @@ pub fn init() {
             );
         }
         let name = format!("{bdf} ahci");
-        let regs = match crate::pci::map_bar(f, ahci::ABAR) {
+        let regs = match crate::platform::pci::map_bar(f, ahci::ABAR) {
             Ok(regs) => regs,
             Err(e) => {
                 log::error!("{name}: cannot map ABAR: {e}");
                 continue;
             }
         };
-        let dev = crate::dma_service::device_for(f, "ahci");
+        let dev = crate::services::dma_service::device_for(f, "ahci");
         let mut hba = match Controller::init(&name, regs, KernelClock, dev) {
             Ok(hba) => hba,
             Err(e) => {
@@ -159,7 +159,11 @@ pub fn init() {
             with_hba(c, |h| h.enable_interrupts());
         }
     }
-    crate::scheme::register("disk:info", "AHCI controllers and disks: identity, size, queueing, counters", render_info);
+    crate::registry::scheme::register(
+        "disk:info",
+        "AHCI controllers and disks: identity, size, queueing, counters",
+        render_info,
+    );
 }
 
 /// Ports whose sector 0 has an MBR boot signature.
@@ -189,17 +193,17 @@ fn boot_disks(hba: &mut Hba) -> u32 {
 }
 
 fn setup_interrupt(f: &pci::PciFunction, name: &str, index: usize) -> IrqMode {
-    if !crate::apic::is_ready() {
+    if !crate::arch::apic::is_ready() {
         log::info!("{name}: no local APIC; completions by polling");
         return IrqMode::Polling;
     }
-    let Ok(vector) = crate::interrupts::allocate_vector(interrupt, index) else {
+    let Ok(vector) = crate::arch::interrupts::allocate_vector(interrupt, index) else {
         log::warn!("{name}: no free interrupt vector; completions by polling");
         return IrqMode::Polling;
     };
     if f.msi().is_some() {
-        let (address, data) = crate::apic::msi_message(vector);
-        match f.enable_msi(crate::pci::access(), address, data) {
+        let (address, data) = crate::arch::apic::msi_message(vector);
+        match f.enable_msi(crate::platform::pci::access(), address, data) {
             Ok(()) => {
                 log::info!("{name}: MSI on vector {vector:#x}");
                 return IrqMode::Msi { vector };
@@ -208,12 +212,12 @@ fn setup_interrupt(f: &pci::PciFunction, name: &str, index: usize) -> IrqMode {
         }
     }
     let line = f.interrupt_line;
-    if f.interrupt_pin != 0 && line != 0xFF && crate::apic::route_isa_irq(line, vector, true, true) {
-        f.config(crate::pci::access()).enable_intx();
+    if f.interrupt_pin != 0 && line != 0xFF && crate::arch::apic::route_isa_irq(line, vector, true, true) {
+        f.config(crate::platform::pci::access()).enable_intx();
         log::info!("{name}: INTx (line {line}) on vector {vector:#x}");
         return IrqMode::Intx { vector, line };
     }
-    crate::interrupts::free_vector(vector);
+    crate::arch::interrupts::free_vector(vector);
     log::warn!("{name}: no usable interrupt; completions by polling");
     IrqMode::Polling
 }
@@ -462,7 +466,7 @@ impl Disk {
         if entry.hba.lock().has_pending_work() {
             interrupts::enable();
         } else {
-            crate::time::sleep_until_interrupt(1_000);
+            crate::arch::time::sleep_until_interrupt(1_000);
         }
     }
 

@@ -102,7 +102,7 @@ pub fn poll_until(timeout_us: u64, mut done: impl FnMut() -> bool) -> bool {
 /// device interrupt that arrives after the check ends the `hlt` instead of slipping in before
 /// it and leaving the CPU asleep. Returns with interrupts enabled.
 pub fn sleep_until_interrupt(max_us: u64) {
-    if crate::apic::arm_wakeup_timer(max_us) {
+    if crate::arch::apic::arm_wakeup_timer(max_us) {
         let start = tsc();
         x86_64::instructions::interrupts::enable_and_hlt();
         SLEEPS.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,9 @@
 //! with piped input (`printf 'lspci\nexit\n' | cargo xtask run`). Backspace edits the line;
 //! characters are echoed so a person at a terminal sees what they type.
 
-use crate::{memory, print, println, scheme};
+use crate::mm::memory;
+use crate::registry::scheme;
+use crate::{print, println};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -27,10 +29,10 @@ pub struct Command {
 fn all_commands() -> impl Iterator<Item = &'static Command> {
     COMMANDS
         .iter()
-        .chain(crate::net::COMMANDS)
-        .chain(crate::block::COMMANDS)
+        .chain(crate::services::net::COMMANDS)
+        .chain(crate::services::block::COMMANDS)
         .chain(crate::bench::COMMANDS)
-        .chain(crate::report::COMMANDS)
+        .chain(crate::ui::report::COMMANDS)
 }
 
 static COMMANDS: &[Command] = &[
@@ -59,12 +61,12 @@ pub fn run() -> ! {
     let mut line = String::new();
     print!("{PROMPT}");
     loop {
-        let Some(byte) = crate::console::try_read_byte() else {
-            crate::net::poll_idle();
+        let Some(byte) = crate::ui::console::try_read_byte() else {
+            crate::services::net::poll_idle();
             // Nothing typed: halt until an interrupt or for 2 ms (the network poll interval),
             // so an idle kernel does not keep a host CPU busy. The serial port and the keyboard
             // are polled, so a key waits at most that long.
-            crate::time::rest(2_000);
+            crate::arch::time::rest(2_000);
             continue;
         };
         match byte {
@@ -106,7 +108,7 @@ fn help(_: &[&str]) {
 }
 
 fn lspci(_: &[&str]) {
-    print!("{}", crate::pci::lspci_text());
+    print!("{}", crate::platform::pci::lspci_text());
 }
 
 fn cat(args: &[&str]) {
@@ -161,8 +163,8 @@ fn ktest(args: &[&str]) {
 
 fn exit(_: &[&str]) {
     println!("powering off");
-    let acpi = crate::acpi::info();
-    crate::exit::power_off(acpi.pm1a_control_port, acpi.pm_timer_port)
+    let acpi = crate::firmware::acpi::info();
+    crate::arch::exit::power_off(acpi.pm1a_control_port, acpi.pm_timer_port)
 }
 
 /// Prints `bytes` as a fixture block: a `== kind name address length` header, 32 bytes of hex
@@ -180,11 +182,11 @@ fn hex_block(kind: &str, name: &str, address: u64, bytes: &[u8]) {
 }
 
 fn dump(args: &[&str]) {
-    use crate::acpi::tables::PhysBytes;
+    use crate::firmware::acpi::tables::PhysBytes;
     match args {
         ["acpi"] => {
-            let info = crate::acpi::info();
-            let Some(mem) = crate::acpi::direct_map() else { return };
+            let info = crate::firmware::acpi::info();
+            let Some(mem) = crate::firmware::acpi::direct_map() else { return };
             let inv = &info.inventory;
             let rsdp_len = if inv.revision >= 2 { 36 } else { 20 };
             if let Some(bytes) = mem.read(inv.rsdp, rsdp_len) {
@@ -205,8 +207,8 @@ fn dump(args: &[&str]) {
             }
         }
         ["pci"] => {
-            let access = crate::pci::access();
-            for f in crate::pci::functions() {
+            let access = crate::platform::pci::access();
+            for f in crate::platform::pci::functions() {
                 let mut bytes = Vec::with_capacity(4096);
                 for offset in (0..4096u16).step_by(4) {
                     // SAFETY: reads of configuration space have no side effects on these devices.

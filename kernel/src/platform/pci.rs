@@ -4,7 +4,7 @@
 //! hardware: ECAM windows from ACPI MCFG mapped uncached, or the legacy 0xCF8/0xCFC ports when
 //! the firmware has no MCFG.
 
-use crate::memory::paging;
+use crate::mm::memory::paging;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -30,7 +30,7 @@ fn port_io() -> Box<ConfigAccess> {
 
 /// Maps the MCFG windows; `None` (with a log line) if any cannot be used.
 fn ecam() -> Option<Box<ConfigAccess>> {
-    let windows = &crate::acpi::info().ecam;
+    let windows = &crate::firmware::acpi::info().ecam;
     if windows.is_empty() {
         return None;
     }
@@ -68,7 +68,7 @@ pub fn init() {
             port_io()
         }
     });
-    let mut segments: Vec<u16> = crate::acpi::info().ecam.iter().map(|w| w.segment).collect();
+    let mut segments: Vec<u16> = crate::firmware::acpi::info().ecam.iter().map(|w| w.segment).collect();
     segments.sort_unstable();
     segments.dedup();
     if segments.is_empty() {
@@ -77,7 +77,7 @@ pub fn init() {
     let found =
         FUNCTIONS.call_once(|| segments.iter().flat_map(|&segment| pci::enumerate(&**access, segment)).collect());
     log::info!("PCI: {} functions", found.len());
-    crate::scheme::register("pci:devices", "every PCI function, decoded", || pci::devices_view(functions()));
+    crate::registry::scheme::register("pci:devices", "every PCI function, decoded", || pci::devices_view(functions()));
 }
 
 /// Every function found at boot.

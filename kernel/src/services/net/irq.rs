@@ -8,7 +8,7 @@
 //! The firmware routes the function's PIRQ link to an ISA IRQ and writes its number into the
 //! interrupt-line register; on q35, ICH9 drives the I/O APIC input of the same number.
 //! QEMU's MADT carries an interrupt source override for such IRQs (5, 9, 10, 11): level
-//! triggered, active high, which [`crate::apic::route_isa_irq`] applies. Experiment agrees:
+//! triggered, active high, which [`crate::arch::apic::route_isa_irq`] applies. Experiment agrees:
 //! routed level/active-high, a cause raised through ICS arrives once and stops after the
 //! handler reads ICR (QEMU's I/O APIC model takes the level as given either way).
 //!
@@ -118,13 +118,13 @@ pub fn setup(function: &PciFunction) {
 
 /// Programs MSI to a fresh vector and proves delivery with a test interrupt.
 fn try_msi(function: &PciFunction) -> Result<IrqMode, &'static str> {
-    if !crate::apic::is_ready() {
+    if !crate::arch::apic::is_ready() {
         return Err("no APIC");
     }
-    let vector = crate::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
-    let (address, data) = crate::apic::msi_message(vector);
-    if function.enable_msi(crate::pci::access(), address, data).is_err() {
-        crate::interrupts::free_vector(vector);
+    let vector = crate::arch::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
+    let (address, data) = crate::arch::apic::msi_message(vector);
+    if function.enable_msi(crate::platform::pci::access(), address, data).is_err() {
+        crate::arch::interrupts::free_vector(vector);
         return Err("the MSI capability refused to enable");
     }
     let before = count();
@@ -132,11 +132,11 @@ fn try_msi(function: &PciFunction) -> Result<IrqMode, &'static str> {
         net.nic.enable_interrupts();
         net.nic.raise_interrupt(e1000::regs::int::TXDW);
     });
-    if crate::time::poll_until(20_000, || count() > before) {
+    if crate::arch::time::poll_until(20_000, || count() > before) {
         return Ok(IrqMode::Msi { vector });
     }
     super::with_net(|net| net.nic.disable_interrupts());
-    crate::interrupts::free_vector(vector);
+    crate::arch::interrupts::free_vector(vector);
     Err("a test MSI never arrived")
 }
 
@@ -148,27 +148,27 @@ fn try_intx(function: &PciFunction) -> Result<IrqMode, &'static str> {
     if irq == 0 || irq >= 16 {
         return Err("the firmware assigned no IRQ (interrupt line 0 or 255)");
     }
-    if !crate::apic::is_ready() {
+    if !crate::arch::apic::is_ready() {
         return Err("no APIC");
     }
-    let vector = crate::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
+    let vector = crate::arch::interrupts::allocate_vector(on_interrupt, 0).map_err(|_| "no free interrupt vector")?;
     // Level-triggered, active high (QEMU's MADT override for PCI IRQs says the same).
-    if !crate::apic::route_isa_irq(irq, vector, true, false) {
-        crate::interrupts::free_vector(vector);
+    if !crate::arch::apic::route_isa_irq(irq, vector, true, false) {
+        crate::arch::interrupts::free_vector(vector);
         return Err("no I/O APIC input for the IRQ");
     }
-    function.config(crate::pci::access()).enable_intx();
+    function.config(crate::platform::pci::access()).enable_intx();
     let before = count();
     super::with_net(|net| {
         net.nic.enable_interrupts();
         net.nic.raise_interrupt(e1000::regs::int::TXDW);
     });
-    let delivered = crate::time::poll_until(20_000, || count() > before);
+    let delivered = crate::arch::time::poll_until(20_000, || count() > before);
     if delivered {
         return Ok(IrqMode::Intx { irq, vector });
     }
     super::with_net(|net| net.nic.disable_interrupts());
-    crate::interrupts::free_vector(vector);
+    crate::arch::interrupts::free_vector(vector);
     Err("a test interrupt raised through ICS never arrived")
 }
 
@@ -178,5 +178,5 @@ pub fn self_test(timeout_us: u64) -> bool {
     if super::with_net(|net| net.nic.raise_interrupt(e1000::regs::int::TXDW)).is_none() {
         return false;
     }
-    crate::time::poll_until(timeout_us, || count() > before)
+    crate::arch::time::poll_until(timeout_us, || count() > before)
 }
