@@ -3,8 +3,8 @@
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::BootInfo;
 
-/// The kernel stack's size. The bootloader maps it with a guard page below.
-pub const KERNEL_STACK_SIZE: u64 = 512 * 1024;
+/// The kernel stack's size (defined beside the other stacks, in [`crate::arch::gdt`]).
+pub use crate::arch::gdt::KERNEL_STACK_SIZE;
 
 /// Where the bootloader places the kernel: the ELF's address 0 is mapped here, so a symbol at
 /// ELF address `a` runs at `KERNEL_BASE + a`. A fixed base (the top 2 GiB, as Linux's
@@ -34,11 +34,12 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log::info!("dma-kernel {} booting", env!("CARGO_PKG_VERSION"));
 
     crate::ui::console::init(boot_info.framebuffer.as_mut());
+    crate::ktest::install_crash_hook();
     crate::arch::gdt::init();
     crate::arch::interrupts::init();
 
     let offset = boot_info.physical_memory_offset.into_option();
-    if let Err(e) = crate::mm::memory::init(&boot_info.memory_regions, offset, crate::init_heap) {
+    if let Err(e) = crate::mm::memory::init(&boot_info.memory_regions, offset, crate::mm::init_heap) {
         crate::println!("cannot set up memory: {e:?}");
         crate::arch::exit::exit_qemu(crate::arch::exit::QemuExitCode::Failed);
     }
@@ -59,7 +60,7 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Some(apic) => {
             crate::arch::apic::init(apic);
             crate::arch::interrupts::enable();
-            crate::arch::apic::init_wakeup_timer();
+            crate::arch::time::init_wakeup_timer();
         }
         None => log::warn!("no MADT: interrupts stay off; drivers poll"),
     }

@@ -21,35 +21,7 @@ pub mod services;
 pub mod ui;
 
 #[cfg(target_os = "none")]
-#[global_allocator]
-static HEAP: mm::memory::heap::InterruptSafeHeap = mm::memory::heap::InterruptSafeHeap::empty();
-
-/// Hands the heap its memory. Called once by [`mm::memory::init`] during boot.
-#[cfg(target_os = "none")]
-fn init_heap(start: *mut u8, size: usize) {
-    // SAFETY: `start..start+size` is RAM reserved for the heap alone (memory::init removes it from
-    // the frame allocator) and mapped writable by the bootloader's direct map; init runs once.
-    unsafe { HEAP.init(start, size) };
-}
-
-/// Host builds have the host allocator; the heap memory is left alone.
-#[cfg(not(target_os = "none"))]
-fn init_heap(_start: *mut u8, _size: usize) {}
-
-/// Bytes used and free in the heap.
-pub fn heap_usage() -> (usize, usize) {
-    #[cfg(target_os = "none")]
-    {
-        HEAP.usage()
-    }
-    #[cfg(not(target_os = "none"))]
-    {
-        (0, 0)
-    }
-}
-
-#[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    ktest::panicked(info)
+    arch::crash::panicked(info)
 }

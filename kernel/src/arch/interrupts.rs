@@ -2,8 +2,9 @@
 //!
 //! Every exception handler prints what an engineer needs to find the bug: the exception's name,
 //! the faulting instruction pointer, the error code (decoded for page faults, with the address
-//! from CR2), then stops the kernel — or, when the in-kernel test runner is active, reports the
-//! running test as failed. Vectors and error codes: Intel SDM Vol. 3A §6.15.
+//! from CR2), then stops the kernel through [`crate::arch::crash`], which tells the in-kernel test
+//! runner (when it is built in) so that it reports the running test as failed. Vectors and error
+//! codes: Intel SDM Vol. 3A §6.15.
 
 use crate::arch::gdt;
 use core::fmt;
@@ -145,14 +146,14 @@ impl fmt::Display for ExceptionReport<'_> {
 /// frames up, in the code the exception interrupted (see [`crate::arch::backtrace::print_exception`]).
 #[inline(never)]
 fn fatal(name: &dyn fmt::Display, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
-    crate::arch::backtrace::begin_crash_report();
+    crate::arch::serial::begin_crash_report();
     let report = ExceptionReport { name, frame, error_code };
     crate::println!("EXCEPTION: {report}");
     crate::arch::backtrace::print_exception(
         frame.instruction_pointer.as_u64(),
         crate::arch::backtrace::frame_pointer(),
     );
-    crate::ktest::fail_running_test_and_stop(&report)
+    crate::arch::crash::stop_after_exception(&report)
 }
 
 macro_rules! fatal_handler {

@@ -21,7 +21,7 @@ fn wakeup_timer_ends_a_sleep() -> TestResult {
     // A 2 ms sleep that the timer, not another interrupt, ended.
     const TIMER_ENDED_US: core::ops::RangeInclusive<u64> = 1_500..=50_000;
     check!(crate::arch::apic::is_ready(), "the local APIC is not set up");
-    let fires = crate::arch::apic::wakeup_timer_fires();
+    let fires = crate::arch::time::wakeup_timer_fires();
     let mut slept = alloc::vec::Vec::new();
     for _ in 0..20 {
         let start = crate::arch::time::now_us();
@@ -33,7 +33,7 @@ fn wakeup_timer_ends_a_sleep() -> TestResult {
             break;
         }
     }
-    check!(crate::arch::apic::wakeup_timer_fires() > fires, "the wake-up timer never fired (sleeps: {slept:?} us)");
+    check!(crate::arch::time::wakeup_timer_fires() > fires, "the wake-up timer never fired (sleeps: {slept:?} us)");
     check!(slept.iter().any(|us| (1_500..=50_000).contains(us)), "no 2 ms sleep lasted 1.5..50 ms: {slept:?} us");
     Ok(())
 }

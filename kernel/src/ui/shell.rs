@@ -135,7 +135,7 @@ fn meminfo(_: &[&str]) {
     println!("  free below 4 GiB: {} MiB", mib(s.free_frames_below_4g));
     println!("  free ranges: {}, largest free run: {} MiB", s.free_ranges, mib(s.largest_free_run));
     if let Some((start, end)) = memory::heap_range() {
-        let (used, free) = crate::heap_usage();
+        let (used, free) = crate::mm::heap_usage();
         println!("heap: {:#x}..{:#x} ({} KiB used, {} KiB free)", start, end, used / 1024, free / 1024);
     }
 }
