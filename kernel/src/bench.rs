@@ -11,7 +11,7 @@ use dma::vtd::UnmapPolicy;
 use dma::{DmaDirection, PhysAddr};
 
 /// Shell commands this module adds.
-pub static COMMANDS: &[crate::ui::shell::Command] = &[crate::ui::shell::Command {
+pub static COMMANDS: &[crate::registry::commands::Command] = &[crate::registry::commands::Command {
     name: "bench",
     usage: "bench iommu",
     about: "map+unmap cost: Direct vs IOMMU strict vs deferred, with 10/1000/100000 live",

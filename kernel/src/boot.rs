@@ -34,7 +34,6 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log::info!("dma-kernel {} booting", env!("CARGO_PKG_VERSION"));
 
     crate::ui::console::init(boot_info.framebuffer.as_mut());
-    crate::ktest::install_crash_hook();
     crate::arch::gdt::init();
     crate::arch::interrupts::init();
 
@@ -66,9 +65,9 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
 
     crate::platform::pci::init();
-    crate::services::dma_service::init();
-    crate::services::net::init();
-    crate::services::block::init();
+    crate::services::init();
+    crate::ktest::init();
+    crate::registry::commands::register(crate::bench::COMMANDS);
     crate::registry::scheme::register("mem:info", "physical memory counters", || {
         let s = crate::mm::memory::frame_stats();
         alloc::format!(

@@ -24,6 +24,7 @@ mod memory;
 mod net;
 mod platform;
 
+use crate::registry::commands::Command;
 use alloc::string::String;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -118,9 +119,46 @@ pub fn run(from: usize, filter: &str, demo_failures: bool) -> (usize, usize) {
     (passed, failed)
 }
 
+/// The shell command this runner adds.
+static COMMANDS: &[Command] = &[Command {
+    name: "ktest",
+    usage: "ktest [--from N] [FILTER] | ktest --demo-failures",
+    about: "run the in-kernel tests",
+    run: ktest_command,
+}];
+
+/// Brings the runner in: registers the `ktest` command and installs the crash hook. Called once
+/// at boot.
+pub fn init() {
+    crate::registry::commands::register(COMMANDS);
+    install_crash_hook();
+}
+
+/// The `ktest` command: parses its arguments and runs the tests.
+fn ktest_command(args: &[&str]) {
+    let mut from = 0;
+    let mut filter = "";
+    let mut demo = false;
+    let mut it = args.iter();
+    while let Some(&arg) = it.next() {
+        match arg {
+            "--from" => match it.next().and_then(|n| n.parse().ok()) {
+                Some(n) => from = n,
+                None => {
+                    crate::println!("ktest: --from needs a number");
+                    return;
+                }
+            },
+            "--demo-failures" => demo = true,
+            f => filter = f,
+        }
+    }
+    run(from, filter, demo);
+}
+
 /// Installs the runner's crash hook ([`crate::arch::crash::set_hook`]): a panic or CPU exception
-/// during a test is reported as that test's failure. Called once at boot.
-pub fn install_crash_hook() {
+/// during a test is reported as that test's failure.
+fn install_crash_hook() {
     crate::arch::crash::set_hook(crate::arch::crash::CrashHook {
         panic: report_panic,
         after_backtrace: report_abort,

@@ -7,3 +7,16 @@
 pub mod block;
 pub mod dma_service;
 pub mod net;
+
+use crate::registry::commands;
+
+/// Brings the services up in order, the DMA service first (the drivers need it), and registers
+/// each service's shell commands and idle work, so the shell finds them without naming them.
+pub fn init() {
+    dma_service::init();
+    net::init();
+    commands::register(net::COMMANDS);
+    commands::register_idle(net::poll_idle);
+    block::init();
+    commands::register(block::COMMANDS);
+}

@@ -6,7 +6,7 @@
 //! IOMMU, what the screen and keyboard are. `report` (shell) and `cat sys:report` print it all as
 //! plain text, one fact per line, so it survives being copied from a screen photo or a serial log.
 
-use crate::ui::shell::Command;
+use crate::registry::commands::Command;
 use alloc::format;
 use alloc::string::String;
 use core::fmt::Write;
@@ -22,8 +22,10 @@ pub static COMMANDS: &[Command] = &[
     },
 ];
 
-/// Publishes `sys:report`. Needs the heap (and is most useful after every service started).
+/// Publishes `sys:report` and registers the commands. Needs the heap (and is most useful after
+/// every service started).
 pub fn init() {
+    crate::registry::commands::register(COMMANDS);
     crate::registry::scheme::register("sys:report", "hardware report for bug reports (same as `report`)", render);
 }
 

@@ -3,8 +3,13 @@
 //! Input comes from the serial console, polled, so the shell works the same on a terminal and
 //! with piped input (`printf 'lspci\nexit\n' | cargo xtask run`). Backspace edits the line;
 //! characters are echoed so a person at a terminal sees what they type.
+//!
+//! Besides its own few commands, the shell runs whatever the layers below registered in
+//! [`crate::registry::commands`] (the network's `ping`, the disks' `disk`, the test runner's
+//! `ktest`, …), and between keys the idle work registered there (the network poll).
 
 use crate::mm::memory;
+use crate::registry::commands::{self, Command};
 use crate::registry::scheme;
 use crate::{print, println};
 use alloc::string::String;
@@ -13,40 +18,13 @@ use alloc::vec::Vec;
 /// The prompt. xtask waits for it before it types.
 pub const PROMPT: &str = "kernel> ";
 
-/// One shell command. Services add their own through their `COMMANDS` tables.
-pub struct Command {
-    /// What the user types.
-    pub name: &'static str,
-    /// How to call it, for `help`.
-    pub usage: &'static str,
-    /// What it does, for `help`.
-    pub about: &'static str,
-    /// Runs it with the words after the name.
-    pub run: fn(&[&str]),
-}
-
-/// Every command: the shell's own, then each service's.
-fn all_commands() -> impl Iterator<Item = &'static Command> {
-    COMMANDS
-        .iter()
-        .chain(crate::services::net::COMMANDS)
-        .chain(crate::services::block::COMMANDS)
-        .chain(crate::bench::COMMANDS)
-        .chain(crate::ui::report::COMMANDS)
-}
-
+/// The shell's own commands; `help` lists them before the registered ones.
 static COMMANDS: &[Command] = &[
     Command { name: "help", usage: "help", about: "list commands", run: help },
     Command { name: "lspci", usage: "lspci", about: "list PCI functions with their BARs", run: lspci },
     Command { name: "cat", usage: "cat NAME", about: "print a view (see `ls`)", run: cat },
     Command { name: "ls", usage: "ls", about: "list the views `cat` can print", run: ls },
     Command { name: "meminfo", usage: "meminfo", about: "physical memory and heap usage", run: meminfo },
-    Command {
-        name: "ktest",
-        usage: "ktest [--from N] [FILTER] | ktest --demo-failures",
-        about: "run the in-kernel tests",
-        run: ktest,
-    },
     Command {
         name: "dump",
         usage: "dump acpi | dump pci",
@@ -62,7 +40,7 @@ pub fn run() -> ! {
     print!("{PROMPT}");
     loop {
         let Some(byte) = crate::ui::console::try_read_byte() else {
-            crate::services::net::poll_idle();
+            commands::run_idle();
             // Nothing typed: halt until an interrupt or for 2 ms (the network poll interval),
             // so an idle kernel does not keep a host CPU busy. The serial port and the keyboard
             // are polled, so a key waits at most that long.
@@ -95,14 +73,14 @@ pub fn run() -> ! {
 pub fn execute(line: &str) {
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some((&name, args)) = words.split_first() else { return };
-    match all_commands().find(|c| c.name == name) {
+    match COMMANDS.iter().find(|c| c.name == name).or_else(|| commands::find(name)) {
         Some(command) => (command.run)(args),
         None => println!("unknown command `{name}`; `help` lists commands"),
     }
 }
 
 fn help(_: &[&str]) {
-    for c in all_commands() {
+    for c in COMMANDS.iter().chain(commands::all()) {
         println!("  {:<48} {}", c.usage, c.about);
     }
 }
@@ -138,27 +116,6 @@ fn meminfo(_: &[&str]) {
         let (used, free) = crate::mm::heap_usage();
         println!("heap: {:#x}..{:#x} ({} KiB used, {} KiB free)", start, end, used / 1024, free / 1024);
     }
-}
-
-fn ktest(args: &[&str]) {
-    let mut from = 0;
-    let mut filter = "";
-    let mut demo = false;
-    let mut it = args.iter();
-    while let Some(&arg) = it.next() {
-        match arg {
-            "--from" => match it.next().and_then(|n| n.parse().ok()) {
-                Some(n) => from = n,
-                None => {
-                    println!("ktest: --from needs a number");
-                    return;
-                }
-            },
-            "--demo-failures" => demo = true,
-            f => filter = f,
-        }
-    }
-    crate::ktest::run(from, filter, demo);
 }
 
 fn exit(_: &[&str]) {

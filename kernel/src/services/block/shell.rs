@@ -4,7 +4,7 @@
 
 use super::{BlockError, BlockOp, Disk, Done, Ticket};
 use crate::println;
-use crate::ui::shell::Command;
+use crate::registry::commands::Command;
 use ahci::pattern::{check_sector, fill_sector};
 use alloc::collections::VecDeque;
 use alloc::format;

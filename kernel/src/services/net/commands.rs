@@ -4,7 +4,7 @@
 use super::{Net, with_net};
 use crate::arch::time::{Deadline, now_us};
 use crate::println;
-use crate::ui::shell::Command;
+use crate::registry::commands::Command;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;

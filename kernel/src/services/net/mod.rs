@@ -34,7 +34,7 @@ use spin::Mutex;
 pub type Nic = E1000<Mmio, KernelClock>;
 
 /// Shell commands this service adds.
-pub static COMMANDS: &[crate::ui::shell::Command] = commands::COMMANDS;
+pub static COMMANDS: &[crate::registry::commands::Command] = commands::COMMANDS;
 
 /// An address obtained by DHCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
