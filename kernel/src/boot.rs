@@ -1,4 +1,7 @@
 //! From the bootloader's hand-off to the shell prompt.
+//!
+//! The top of the layer stack (see the crate's documentation): the only module that names every
+//! layer, to bring them up in order.
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::BootInfo;
@@ -66,8 +69,11 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     crate::platform::pci::init();
     crate::services::init();
-    crate::ktest::init();
-    crate::registry::commands::register(crate::bench::COMMANDS);
+    #[cfg(feature = "test-support")]
+    {
+        crate::ktest::init();
+        crate::registry::commands::register(crate::bench::COMMANDS);
+    }
     crate::registry::scheme::register("mem:info", "physical memory counters", || {
         let s = crate::mm::memory::frame_stats();
         alloc::format!(
