@@ -113,11 +113,6 @@ fn kernel_build_args(profile: Profile, flavour: Flavour) -> Vec<String> {
     args
 }
 
-/// Builds the kernel ELF for x86_64-unknown-none, with the in-kernel tests.
-pub fn build_kernel(profile: Profile) -> Result<PathBuf, String> {
-    build_kernel_flavour(profile, Flavour::WithTests)
-}
-
 /// Builds the kernel ELF for x86_64-unknown-none.
 fn build_kernel_flavour(profile: Profile, flavour: Flavour) -> Result<PathBuf, String> {
     let mut cmd = cargo();

@@ -16,6 +16,7 @@ mod disk_tests;
 mod docs_check;
 mod fixtures;
 mod gdb;
+mod layers;
 mod net_tests;
 mod qemu;
 mod setup;
