@@ -11,7 +11,7 @@ use dma::vtd::UnmapPolicy;
 use dma::{DmaDirection, PhysAddr};
 
 /// Shell commands this module adds.
-pub static COMMANDS: &[crate::shell::Command] = &[crate::shell::Command {
+pub static COMMANDS: &[crate::registry::commands::Command] = &[crate::registry::commands::Command {
     name: "bench",
     usage: "bench iommu",
     about: "map+unmap cost: Direct vs IOMMU strict vs deferred, with 10/1000/100000 live",
@@ -30,9 +30,9 @@ fn median_ticks(rounds: usize, mut op: impl FnMut()) -> u64 {
     op();
     let mut samples: Vec<u64> = (0..rounds)
         .map(|_| {
-            let t = crate::time::tsc();
+            let t = crate::arch::time::tsc();
             op();
-            crate::time::tsc() - t
+            crate::arch::time::tsc() - t
         })
         .collect();
     samples.sort_unstable();
@@ -40,12 +40,12 @@ fn median_ticks(rounds: usize, mut op: impl FnMut()) -> u64 {
 }
 
 fn iommu() {
-    let Some(state) = crate::iommu::state() else {
+    let Some(state) = crate::platform::iommu::state() else {
         println!("bench: no IOMMU running (boot with VT-d)");
         return;
     };
     let Some(unit) = state.units.first() else { return };
-    let memory = crate::dma_service::memory();
+    let memory = crate::services::dma_service::memory();
     let limits = DeviceLimits { mask: u64::MAX >> 16, max_segment_size: usize::MAX, segment_boundary: u64::MAX };
     let direct: Arc<dyn DmaMapper> = Arc::new(dma::mapper::Direct::new(memory.clone()));
     let mut mappers: Vec<(&str, Arc<dyn DmaMapper>)> = Vec::new();
@@ -60,7 +60,7 @@ fn iommu() {
     }
     // One 2 MiB-aligned buffer serves every size: mapping reads no data, so it can be shared.
     let Some(buffer) =
-        crate::memory::allocate_frames(dma::FrameRequest { count: 512, max_addr: u64::MAX, align: 2 << 20 })
+        crate::mm::memory::allocate_frames(dma::FrameRequest { count: 512, max_addr: u64::MAX, align: 2 << 20 })
     else {
         println!("bench: no 2 MiB buffer");
         return;
@@ -92,6 +92,6 @@ fn iommu() {
             }
         }
     }
-    let _ = crate::memory::free_frames(buffer, 512);
+    let _ = crate::mm::memory::free_frames(buffer, 512);
     println!("bench iommu: done");
 }

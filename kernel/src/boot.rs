@@ -1,10 +1,13 @@
 //! From the bootloader's hand-off to the shell prompt.
+//!
+//! The top of the layer stack (see the crate's documentation): the only module that names every
+//! layer, to bring them up in order.
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::BootInfo;
 
-/// The kernel stack's size. The bootloader maps it with a guard page below.
-pub const KERNEL_STACK_SIZE: u64 = 512 * 1024;
+/// The kernel stack's size (defined beside the other stacks, in [`crate::arch::gdt`]).
+pub use crate::arch::gdt::KERNEL_STACK_SIZE;
 
 /// Where the bootloader places the kernel: the ELF's address 0 is mapped here, so a symbol at
 /// ELF address `a` runs at `KERNEL_BASE + a`. A fixed base (the top 2 GiB, as Linux's
@@ -24,52 +27,55 @@ pub static BOOTLOADER_CONFIG: BootloaderConfig = {
 
 /// The kernel's main function, called by the entry point in `main.rs`.
 ///
-/// Never inlined: its frame is the outermost one a backtrace reads (see [`crate::backtrace`]).
+/// Never inlined: its frame is the outermost one a backtrace reads (see [`crate::arch::backtrace`]).
 #[inline(never)]
 pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
-    crate::backtrace::record_outermost_frame();
-    crate::serial::init();
-    crate::logger::init(log::LevelFilter::Info);
+    crate::arch::backtrace::record_outermost_frame();
+    crate::arch::serial::init();
+    crate::ui::logger::init(log::LevelFilter::Info);
     crate::println!();
     log::info!("dma-kernel {} booting", env!("CARGO_PKG_VERSION"));
 
-    crate::console::init(boot_info.framebuffer.as_mut());
-    crate::gdt::init();
-    crate::interrupts::init();
+    crate::ui::console::init(boot_info.framebuffer.as_mut());
+    crate::arch::gdt::init();
+    crate::arch::interrupts::init();
 
     let offset = boot_info.physical_memory_offset.into_option();
-    if let Err(e) = crate::memory::init(&boot_info.memory_regions, offset, crate::init_heap) {
+    if let Err(e) = crate::mm::memory::init(&boot_info.memory_regions, offset, crate::mm::init_heap) {
         crate::println!("cannot set up memory: {e:?}");
-        crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed);
+        crate::arch::exit::exit_qemu(crate::arch::exit::QemuExitCode::Failed);
     }
-    let stats = crate::memory::frame_stats();
+    let stats = crate::mm::memory::frame_stats();
     log::info!(
         "memory: {} MiB usable in {} regions, heap {} MiB",
         stats.total_frames / 256,
         boot_info.memory_regions.len(),
-        crate::memory::HEAP_SIZE >> 20
+        crate::mm::memory::HEAP_SIZE >> 20
     );
 
     // The direct map covers every region of the memory map (RAM, ACPI tables, reserved areas).
     let limit = boot_info.memory_regions.iter().map(|r| r.end).max().unwrap_or(0);
-    let direct_map = crate::acpi::DirectMap { offset: offset.unwrap_or(0), limit };
-    let acpi = crate::acpi::init(boot_info.rsdp_addr.into_option(), direct_map);
-    crate::time::init(acpi.pm_timer_port);
+    let direct_map = crate::firmware::acpi::DirectMap { offset: offset.unwrap_or(0), limit };
+    let acpi = crate::firmware::acpi::init(boot_info.rsdp_addr.into_option(), direct_map);
+    crate::arch::time::init(acpi.pm_timer_port);
     match &acpi.apic {
         Some(apic) => {
-            crate::apic::init(apic);
-            crate::interrupts::enable();
-            crate::apic::init_wakeup_timer();
+            crate::arch::apic::init(apic);
+            crate::arch::interrupts::enable();
+            crate::arch::time::init_wakeup_timer();
         }
         None => log::warn!("no MADT: interrupts stay off; drivers poll"),
     }
 
-    crate::pci::init();
-    crate::dma_service::init();
-    crate::net::init();
-    crate::block::init();
-    crate::scheme::register("mem:info", "physical memory counters", || {
-        let s = crate::memory::frame_stats();
+    crate::platform::pci::init();
+    crate::services::init();
+    #[cfg(feature = "test-support")]
+    {
+        crate::ktest::init();
+        crate::registry::commands::register(crate::bench::COMMANDS);
+    }
+    crate::registry::scheme::register("mem:info", "physical memory counters", || {
+        let s = crate::mm::memory::frame_stats();
         alloc::format!(
             "total_frames {}\nfree_frames {}\nfree_frames_below_4g {}\nfree_ranges {}\nlargest_free_run {}\n",
             s.total_frames,
@@ -79,9 +85,9 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             s.largest_free_run
         )
     });
-    crate::scheme::register("acpi:tables", "ACPI tables found and their state", || {
+    crate::registry::scheme::register("acpi:tables", "ACPI tables found and their state", || {
         let mut out = alloc::string::String::new();
-        for t in &crate::acpi::info().inventory.tables {
+        for t in &crate::firmware::acpi::info().inventory.tables {
             out += &alloc::format!(
                 "{} {:#x} {} {}\n",
                 t.name(),
@@ -93,7 +99,7 @@ pub fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         out
     });
 
-    crate::report::init();
+    crate::ui::report::init();
     log::info!("boot complete; type `help`");
-    crate::shell::run()
+    crate::ui::shell::run()
 }

@@ -4,64 +4,45 @@
 //! table walk — is tested by `cargo test -p kernel --lib` with simulated memory. Code that only
 //! makes sense on the machine (the panic handler, the global allocator) is compiled only for
 //! `target_os = "none"`.
+//!
+//! # Layers
+//!
+//! The modules are grouped in layers, each a folder, listed here from the bottom up. A module
+//! imports only from its own layer and the layers below it (`cargo test -p xtask` checks this:
+//! `xtask/src/layers.rs`); where a lower layer must reach up, the upper one registers a function
+//! with it at boot.
+//!
+//! | layer | what it is for |
+//! |---|---|
+//! | [`registry`] | name tables: views (`scheme`) and shell commands (`commands`) |
+//! | [`mm`] | physical frames, the heap, MMIO mappings |
+//! | [`firmware`] | ACPI tables |
+//! | [`arch`] | the CPU: GDT, IDT and interrupts, APICs, time, serial, backtraces, crashes |
+//! | [`platform`] | PCI and the VT-d IOMMU |
+//! | [`services`] | the DMA service and the drivers on it: network, disks |
+//! | [`ui`] | console, log format, shell, hardware report |
+//! | `ktest`, `bench` | the in-kernel tests and benchmarks (cargo feature `test-support`) |
+//! | [`boot`] | wires the layers together, in order |
 #![cfg_attr(not(test), no_std)]
 #![feature(abi_x86_interrupt)]
 
 extern crate alloc;
 
-pub mod acpi;
-pub mod apic;
-pub mod backtrace;
+pub mod arch;
+#[cfg(feature = "test-support")]
 pub mod bench;
-pub mod block;
 pub mod boot;
-pub mod console;
-pub mod dma_service;
-pub mod exit;
-pub mod gdt;
-pub mod interrupts;
-pub mod iommu;
+pub mod firmware;
+#[cfg(feature = "test-support")]
 pub mod ktest;
-pub mod logger;
-pub mod memory;
-pub mod net;
-pub mod pci;
-pub mod report;
-pub mod scheme;
-pub mod serial;
-pub mod shell;
-pub mod time;
-
-#[cfg(target_os = "none")]
-#[global_allocator]
-static HEAP: memory::heap::InterruptSafeHeap = memory::heap::InterruptSafeHeap::empty();
-
-/// Hands the heap its memory. Called once by [`memory::init`] during boot.
-#[cfg(target_os = "none")]
-fn init_heap(start: *mut u8, size: usize) {
-    // SAFETY: `start..start+size` is RAM reserved for the heap alone (memory::init removes it from
-    // the frame allocator) and mapped writable by the bootloader's direct map; init runs once.
-    unsafe { HEAP.init(start, size) };
-}
-
-/// Host builds have the host allocator; the heap memory is left alone.
-#[cfg(not(target_os = "none"))]
-fn init_heap(_start: *mut u8, _size: usize) {}
-
-/// Bytes used and free in the heap.
-pub fn heap_usage() -> (usize, usize) {
-    #[cfg(target_os = "none")]
-    {
-        HEAP.usage()
-    }
-    #[cfg(not(target_os = "none"))]
-    {
-        (0, 0)
-    }
-}
+pub mod mm;
+pub mod platform;
+pub mod registry;
+pub mod services;
+pub mod ui;
 
 #[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    ktest::panicked(info)
+    arch::crash::panicked(info)
 }

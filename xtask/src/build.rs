@@ -31,6 +31,44 @@ impl Profile {
     }
 }
 
+/// Which kernel: with or without the in-kernel tests and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// With `ktest` and `bench` (the kernel's cargo feature `test-support`): what `cargo xtask
+    /// build`, `run`, `test` and `bench` boot.
+    WithTests,
+    /// Without them: the USB image `cargo xtask image` writes for real machines. Built in a
+    /// target directory of its own (`target/usb/`) and packed under `target/images/usb-*/`, so
+    /// it never overwrites the test kernel or its images.
+    Usb,
+}
+
+impl Flavour {
+    /// The kernel's cargo features for this flavour.
+    fn features(self) -> &'static [&'static str] {
+        match self {
+            Flavour::WithTests => &["test-support"],
+            Flavour::Usb => &[],
+        }
+    }
+
+    /// The target directory its kernel is built in.
+    fn target_dir(self) -> PathBuf {
+        match self {
+            Flavour::WithTests => target_dir(),
+            Flavour::Usb => target_dir().join("usb"),
+        }
+    }
+
+    /// The directory of its images under `target/images/`.
+    fn images_dir(self, profile: Profile) -> String {
+        match self {
+            Flavour::WithTests => profile.dir().to_string(),
+            Flavour::Usb => format!("usb-{}", profile.dir()),
+        }
+    }
+}
+
 /// Accepts only `--release`.
 pub fn parse_profile(args: &[String]) -> Result<Profile, String> {
     match args {
@@ -57,24 +95,46 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// The arguments of `cargo` that build the kernel ELF.
+fn kernel_build_args(profile: Profile, flavour: Flavour) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["build", "-p", "kernel", "--bin", "kernel", "--target", "x86_64-unknown-none", "--profile"]
+            .map(String::from)
+            .into();
+    args.push(profile.cargo_profile().into());
+    if !flavour.features().is_empty() {
+        args.push("--features".into());
+        args.push(flavour.features().join(","));
+    }
+    if flavour != Flavour::WithTests {
+        args.push("--target-dir".into());
+        args.push(flavour.target_dir().display().to_string());
+    }
+    args
+}
+
 /// Builds the kernel ELF for x86_64-unknown-none.
-pub fn build_kernel(profile: Profile) -> Result<PathBuf, String> {
+fn build_kernel_flavour(profile: Profile, flavour: Flavour) -> Result<PathBuf, String> {
     let mut cmd = cargo();
-    cmd.args(["build", "-p", "kernel", "--bin", "kernel", "--target", "x86_64-unknown-none"]);
-    cmd.args(["--profile", profile.cargo_profile()]);
+    cmd.args(kernel_build_args(profile, flavour));
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("kernel build failed (if the error mentions x86_64-unknown-none or rust-src, install the pinned \
              toolchain: `rustup toolchain install` in the repository, see README)"
             .into());
     }
-    Ok(target_dir().join("x86_64-unknown-none").join(profile.cargo_profile()).join("kernel"))
+    Ok(flavour.target_dir().join("x86_64-unknown-none").join(profile.cargo_profile()).join("kernel"))
 }
 
-/// Builds the kernel and its images; returns the images.
+/// Builds the kernel with the in-kernel tests and its images; returns the images.
 pub fn build_images(profile: Profile) -> Result<boot::DiskImages, String> {
-    let kernel = build_kernel(profile)?;
-    let out = target_dir().join("images").join(profile.dir());
+    build_flavour_images(profile, Flavour::WithTests)
+}
+
+/// Builds a kernel flavour and its images; returns the images.
+fn build_flavour_images(profile: Profile, flavour: Flavour) -> Result<boot::DiskImages, String> {
+    let kernel = build_kernel_flavour(profile, flavour)?;
+    let out = target_dir().join("images").join(flavour.images_dir(profile));
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let images = boot::DiskImages {
         bios: out.join("kernel-bios.img"),
@@ -91,9 +151,10 @@ pub fn build_images(profile: Profile) -> Result<boot::DiskImages, String> {
     boot::create_images(&kernel, &out, "kernel").map_err(|e| e.to_string())
 }
 
-/// `cargo xtask image`: images for a USB stick, and how to write them.
+/// `cargo xtask image`: images for a USB stick (a kernel without the in-kernel tests), and how
+/// to write them.
 pub fn image(profile: Profile) -> Result<ExitCode, String> {
-    let images = build_images(profile)?;
+    let images = build_flavour_images(profile, Flavour::Usb)?;
     println!("BIOS image: {}", images.bios.display());
     println!("UEFI image: {}", images.uefi.display());
     println!("kernel with symbols (for gdb): {}", images.kernel.display());
@@ -103,4 +164,26 @@ pub fn image(profile: Profile) -> Result<ExitCode, String> {
     println!("  sudo dd if={} of=/dev/sdX bs=4M conv=fsync status=progress", images.uefi.display());
     println!("Use the BIOS image instead for machines without UEFI (or with CSM/legacy boot enabled).");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_kernel_has_the_tests_and_the_usb_kernel_builds_apart() {
+        let with_tests = kernel_build_args(Profile::Debug, Flavour::WithTests);
+        assert!(with_tests.windows(2).any(|w| w == ["--features", "test-support"]), "{with_tests:?}");
+        assert!(!with_tests.iter().any(|a| a == "--target-dir"), "{with_tests:?}");
+
+        let usb = kernel_build_args(Profile::Release, Flavour::Usb);
+        assert!(!usb.iter().any(|a| a == "--features" || a.contains("test-support")), "{usb:?}");
+        assert!(usb.windows(2).any(|w| w == ["--profile", "release"]), "{usb:?}");
+        let dir = usb.iter().position(|a| a == "--target-dir").map(|i| PathBuf::from(&usb[i + 1]));
+        assert_eq!(dir, Some(target_dir().join("usb")));
+
+        assert_eq!(Flavour::WithTests.images_dir(Profile::Debug), "debug");
+        assert_eq!(Flavour::Usb.images_dir(Profile::Debug), "usb-debug");
+        assert_eq!(Flavour::Usb.images_dir(Profile::Release), "usb-release");
+    }
 }

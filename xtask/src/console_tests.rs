@@ -6,7 +6,7 @@
 //!   Shift (`:`) and a Backspace correction, `cat sys:report`, must run and its output — which
 //!   must name the right firmware, the framebuffer and the keyboard — appear on the serial port;
 //! - **reads the screen** (`screendump`, a PPM file): every 8×16 cell must be exactly one glyph of
-//!   the kernel's font (the same table, `include!`d from `kernel/src/console/font.rs`) or blank, and
+//!   the kernel's font (the same table, `include!`d from `kernel/src/ui/console/font.rs`) or blank, and
 //!   the lines of a command's output must be there, character for character;
 //! - turns the framebuffer console off and on again (`fbcon off|on`): output printed while it is
 //!   off must not be drawn, and must be on the screen once it is back on.
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// The kernel's console font, compiled into xtask from the kernel's own source file.
 #[allow(dead_code)] // xtask needs only the table and its dimensions
 mod font {
-    include!("../../kernel/src/console/font.rs");
+    include!("../../kernel/src/ui/console/font.rs");
 }
 
 use font::{FONT, GLYPH_HEIGHT, GLYPH_WIDTH};

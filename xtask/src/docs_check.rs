@@ -250,7 +250,7 @@ fn link_parser_finds_what_markdown_would() {
     assert_eq!(named_item("`DmaPool`"), Some(("DmaPool".into(), false)));
     assert_eq!(named_item("the guide"), None);
     assert_eq!(named_item("`controller.rs`"), None);
-    assert_eq!(named_item("`kernel/src/block/mod.rs`"), None);
+    assert_eq!(named_item("`kernel/src/services/block/mod.rs`"), None);
     assert!(declares_fn("pub fn map<B: DmaBuf>(", "map"));
     assert!(!declares_fn("pub fn map_range(", "map"));
     assert!(contains_word("struct DmaPool {", "DmaPool"));

@@ -17,6 +17,7 @@ mod docs_check;
 mod fault_tests;
 mod fixtures;
 mod gdb;
+mod layers;
 mod net_tests;
 mod qemu;
 mod setup;
@@ -30,7 +31,7 @@ usage: cargo xtask <command> [options]
 
 commands:
   build [--release]     build the kernel and its BIOS and UEFI disk images
-  image [--release]     build the images for a USB stick and print the command to write them
+  image [--release]     build the images for a USB stick (no in-kernel tests) and print how to write them
   run [options]         boot the kernel in QEMU, serial console on this terminal
       --release           optimised kernel
       --uefi              boot through OVMF (UEFI) instead of BIOS

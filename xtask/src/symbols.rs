@@ -1,6 +1,6 @@
 //! Turning the kernel's backtraces into `function (file:line)`.
 //!
-//! The kernel prints bare return addresses (`kernel/src/backtrace.rs`): its boot image has no
+//! The kernel prints bare return addresses (`kernel/src/arch/backtrace.rs`): its boot image has no
 //! debug information, and a panic handler should not parse DWARF anyway. The full ELF stays
 //! under `target/`, and this module reads its DWARF with the `addr2line` crate (gimli) to name
 //! each address. Every line of the form `  #N 0x…` in the kernel's output gets a line after it:

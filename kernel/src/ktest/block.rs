@@ -2,8 +2,8 @@
 //! the scratch disk xtask attaches on port 1 (which these tests may overwrite).
 
 use super::{KernelTest, TestResult};
-use crate::block::{self, BlockError, BlockOp, Disk};
 use crate::check;
+use crate::services::block::{self, BlockError, BlockOp, Disk};
 use ahci::pattern::{check_sector, fill_sector};
 use ahci::{CommandError, SubmitError, SubmitOptions};
 use alloc::format;
@@ -45,7 +45,7 @@ fn controller_and_disks_found() -> TestResult {
     check!(info.logical_sector_size == 512, "sector size {}", info.logical_sector_size);
     check!(!info.model.is_empty() && !info.serial.is_empty(), "empty model/serial: {info:?}");
     check!(info.lba48 && info.ncq && info.queue_depth == 32, "QEMU disks do LBA48 and NCQ depth 32: {info:?}");
-    let view = crate::scheme::read("disk:info").ok_or("no disk:info view")?;
+    let view = crate::registry::scheme::read("disk:info").ok_or("no disk:info view")?;
     check!(view.contains(&d.name()) && view.contains("ncq_depth=32"), "disk:info lacks the scratch disk:\n{view}");
     Ok(())
 }
@@ -80,7 +80,7 @@ fn round_trip(polling: bool, lba: u64) -> TestResult {
     block::set_polling(polling);
     let result = (|| {
         let irqs = d.interrupts();
-        let seed = crate::time::now_us() | 1;
+        let seed = crate::arch::time::now_us() | 1;
         let mut data = vec![0u8; 64 * 512];
         for (i, s) in data.chunks_mut(512).enumerate() {
             fill_sector(s, lba + i as u64, seed);
@@ -118,7 +118,7 @@ fn interrupt_handler_is_a_top_half() -> TestResult {
     let (irqs, completed) = (d.interrupts(), d.stats().completed);
     let ticket = d.submit(BlockOp::Read { lba: 0, sectors: 8 }).map_err(e)?;
     // Interrupts are on here and nobody polls: only the handler can notice the completion.
-    check!(crate::time::poll_until(2_000_000, || d.interrupts() > irqs), "no interrupt within 2 s");
+    check!(crate::arch::time::poll_until(2_000_000, || d.interrupts() > irqs), "no interrupt within 2 s");
     check!(d.stats().completed == completed, "the interrupt handler completed the command itself");
     check!(d.has_pending_work(), "the handler left no note of the work for the waiter");
     let done = d.wait(ticket).map_err(e)?;
@@ -136,15 +136,15 @@ fn completion_by_intx() -> TestResult {
     let block::IrqMode::Msi { vector } = d.irq_mode() else {
         return Ok(()); // already INTx, or polling: nothing to switch
     };
-    let access = crate::pci::access();
-    let f = crate::pci::functions().iter().find(|f| ahci::matches(f)).ok_or("no AHCI function")?;
+    let access = crate::platform::pci::access();
+    let f = crate::platform::pci::functions().iter().find(|f| ahci::matches(f)).ok_or("no AHCI function")?;
     let msi = f.msi().ok_or("MSI in use but no MSI capability")?;
     let line = f.interrupt_line;
     check!(f.interrupt_pin != 0 && line < 16, "no INTx line (pin {}, line {line})", f.interrupt_pin);
     msi.disable(&f.config(access));
     // The same routing the wiring path would choose for this function (MADT override, else
     // level-triggered, active high).
-    let routed = crate::pci::route_intx(f, vector);
+    let routed = crate::platform::pci::route_intx(f, vector);
     let result = match routed {
         Ok(block::IrqMode::Intx { trigger: pci::interrupt::Trigger::Level, .. }) => round_trip(false, 6144),
         Ok(mode) => Err(format!("INTx routed as {mode}: not level-triggered")),
@@ -152,9 +152,9 @@ fn completion_by_intx() -> TestResult {
     };
     // Back to MSI, whatever happened.
     if let Ok(mode) = routed {
-        crate::pci::unroute_intx(f, mode);
+        crate::platform::pci::unroute_intx(f, mode);
     }
-    crate::pci::enable_msi(f, vector).map_err(|e| format!("cannot turn MSI back on: {e}"))?;
+    crate::platform::pci::enable_msi(f, vector).map_err(|e| format!("cannot turn MSI back on: {e}"))?;
     result
 }
 

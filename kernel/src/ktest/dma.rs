@@ -6,7 +6,7 @@
 
 use super::{KernelTest, TestResult};
 use crate::check;
-use crate::dma_service;
+use crate::services::dma_service;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec;
@@ -30,7 +30,7 @@ pub static TESTS: &[KernelTest] = &[
 fn device_bytes(bus: BusAddr, len: usize) -> &'static mut [u8] {
     // SAFETY: under the Direct mapper the bus address is a physical address of RAM the mapping
     // keeps alive for the test; the direct map covers all RAM.
-    unsafe { core::slice::from_raw_parts_mut(crate::memory::phys_to_virt(bus.as_u64()), len) }
+    unsafe { core::slice::from_raw_parts_mut(crate::mm::memory::phys_to_virt(bus.as_u64()), len) }
 }
 
 fn test_device(name: &str) -> Result<DmaDevice, alloc::string::String> {
@@ -209,9 +209,9 @@ fn high_buffer_bounced_for_32bit_device() -> TestResult {
     let data = pattern(8192, 42);
     buf.copy_from_slice(&data);
     let high = buf.phys().as_u64() >= 1 << 32;
-    if crate::memory::end_of_ram() > 1 << 33 {
+    if crate::mm::memory::end_of_ram() > 1 << 33 {
         // Unconstrained allocations are served top-down, so with RAM above 4 GiB this one is there.
-        check!(high, "with RAM to {:#x}, the buffer still landed at {:?}", crate::memory::end_of_ram(), buf.phys());
+        check!(high, "with RAM to {:#x}, the buffer still landed at {:?}", crate::mm::memory::end_of_ram(), buf.phys());
     }
     let tx = dev.map(buf, ToDevice).map_err(|e| format!("{}", e.error))?;
     check!(tx.is_bounced() == high, "bounced: {}, buffer above 4 GiB: {high}", tx.is_bounced());
@@ -235,14 +235,14 @@ fn views_are_published() -> TestResult {
     let dev = test_device("ktest views")?;
     let pool = DmaPool::create("ktest-view-pool", &dev, 32, 32, 4096).map_err(|e| format!("{e}"))?;
     let block = pool.alloc().map_err(|e| format!("{e}"))?;
-    let pools = crate::scheme::read("dma:pools").ok_or("no dma:pools view")?;
+    let pools = crate::registry::scheme::read("dma:pools").ok_or("no dma:pools view")?;
     let line =
         pools.lines().find(|l| l.starts_with("ktest-view-pool")).ok_or(format!("pool missing from:\n{pools}"))?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     check!(fields.len() >= 5 && fields[1] == "1" && fields[3] == "32", "poolinfo line {line:?}");
     drop(block);
     pool.destroy().map_err(|e| format!("{e}"))?;
-    check!(crate::scheme::read("dma:mappings").is_some(), "no dma:mappings view");
-    check!(crate::scheme::read("dma:errors").is_some(), "no dma:errors view");
+    check!(crate::registry::scheme::read("dma:mappings").is_some(), "no dma:mappings view");
+    check!(crate::registry::scheme::read("dma:errors").is_some(), "no dma:errors view");
     Ok(())
 }

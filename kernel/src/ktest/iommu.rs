@@ -72,9 +72,10 @@ static PROBE: Once<Option<Probe>> = Once::new();
 fn probe() -> Result<&'static Probe, String> {
     PROBE
         .call_once(|| {
-            let function = crate::pci::functions().iter().find(|f| f.vendor_id == 0x8086 && f.device_id == 0x10d3)?;
-            let regs = crate::pci::map_bar(function, 0).ok()?;
-            let dev = crate::dma_service::device_for(function, "dma-probe");
+            let function =
+                crate::platform::pci::functions().iter().find(|f| f.vendor_id == 0x8086 && f.device_id == 0x10d3)?;
+            let regs = crate::platform::pci::map_bar(function, 0).ok()?;
+            let dev = crate::services::dma_service::device_for(function, "dma-probe");
             Some(Probe { function, regs, dev })
         })
         .as_ref()
@@ -82,20 +83,20 @@ fn probe() -> Result<&'static Probe, String> {
 }
 
 fn iommu_expected() -> bool {
-    crate::acpi::info().dmar.is_some()
+    crate::firmware::acpi::info().dmar.is_some()
 }
 
 impl Probe {
     /// The requester id its DMA carries (a bridge's alias when it sits behind one).
     fn source(&self) -> SourceId {
-        crate::iommu::requester_id(self.function)
+        crate::platform::iommu::requester_id(self.function)
     }
 
     /// Resets the device and leaves transmit off (datasheet §4.6.1: RST self-clears).
     fn reset(&self) {
         self.regs.write32(IMC, u32::MAX);
         self.regs.write32(CTRL, CTRL_RST);
-        crate::time::poll_until(10_000, || self.regs.read32(CTRL) & CTRL_RST == 0);
+        crate::arch::time::poll_until(10_000, || self.regs.read32(CTRL) & CTRL_RST == 0);
         self.regs.write32(IMC, u32::MAX);
         self.regs.write32(CTRL, CTRL_SLU);
     }
@@ -115,8 +116,8 @@ impl Probe {
     /// Waits up to 500 ms for a fault from this device.
     fn wait_fault(&self) -> Option<FaultRecord> {
         let mut found = None;
-        crate::time::poll_until(500_000, || {
-            found = crate::iommu::poll_faults().into_iter().find(|f| f.source == self.source());
+        crate::arch::time::poll_until(500_000, || {
+            found = crate::platform::iommu::poll_faults().into_iter().find(|f| f.source == self.source());
             found.is_some()
         });
         found
@@ -138,7 +139,8 @@ fn descriptor(buffer: u64, len: u16) -> [u8; 16] {
 
 /// A zeroed page holding a transmit ring whose descriptor 0 sends 60 bytes from `frame`.
 fn transmit_ring(frame: u64) -> Result<PageBuffer, String> {
-    let mut ring = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
+    let mut ring =
+        PageBuffer::alloc(&crate::services::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
     ring[..16].copy_from_slice(&descriptor(frame, 60));
     Ok(ring)
 }
@@ -149,20 +151,21 @@ fn descriptor_done(ring: &[u8]) -> bool {
 }
 
 fn frame_buffer() -> Result<PageBuffer, String> {
-    let mut frame = PageBuffer::alloc(&crate::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
+    let mut frame =
+        PageBuffer::alloc(&crate::services::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
     frame[..12].fill(0xff); // broadcast destination
     frame[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental EtherType
     Ok(frame)
 }
 
 fn translation_matches_the_firmware() -> TestResult {
-    let units = crate::scheme::read("iommu:units").ok_or("no iommu:units view")?;
+    let units = crate::registry::scheme::read("iommu:units").ok_or("no iommu:units view")?;
     if iommu_expected() {
         check!(units.contains("translation on"), "DMAR present but iommu:units says:\n{units}");
-        check!(crate::iommu::state().is_some(), "no IOMMU state");
+        check!(crate::platform::iommu::state().is_some(), "no IOMMU state");
     } else {
-        check!(crate::iommu::state().is_none(), "an IOMMU is running without a DMAR table");
-        let dev = crate::dma_service::device_named("ktest direct");
+        check!(crate::platform::iommu::state().is_none(), "an IOMMU is running without a DMAR table");
+        let dev = crate::services::dma_service::device_named("ktest direct");
         check!(dev.mapper().kind().starts_with("direct"), "mapper is {} without an IOMMU", dev.mapper().kind());
     }
     Ok(())
@@ -175,8 +178,8 @@ fn every_device_has_its_own_domain() -> TestResult {
         return Ok(());
     }
     let mut seen: alloc::vec::Vec<(u16, Option<pci::PciAddress>)> = alloc::vec::Vec::new();
-    for f in crate::pci::functions().iter().filter(|f| !f.is_bridge()) {
-        let domain = crate::iommu::domain_of(f).ok_or(format!("{} has no domain", Bdf(f.address)))?;
+    for f in crate::platform::pci::functions().iter().filter(|f| !f.is_bridge()) {
+        let domain = crate::platform::iommu::domain_of(f).ok_or(format!("{} has no domain", Bdf(f.address)))?;
         let bridge = f.pcie_to_pci_bridge();
         for &(id, other_bridge) in &seen {
             let same_bridge = bridge.is_some() && bridge == other_bridge;
@@ -188,23 +191,23 @@ fn every_device_has_its_own_domain() -> TestResult {
             );
         }
         seen.push((domain.id(), bridge));
-        let dev = crate::dma_service::device_for(f, "ktest");
+        let dev = crate::services::dma_service::device_for(f, "ktest");
         check!(dev.mapper().kind().starts_with("iommu"), "{} maps through {}", Bdf(f.address), dev.mapper().kind());
     }
     Ok(())
 }
 
 fn mapped_dma_goes_through() -> TestResult {
-    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
     let p = probe()?;
     p.reset();
     let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
     let ring = transmit_ring(tx.bus_addr().as_u64())?;
     let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
     p.transmit_one(ring.bus_addr().as_u64());
-    let done = crate::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    let done = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
     p.stop();
-    let fault = crate::iommu::poll_faults().into_iter().find(|f| f.source == p.source());
+    let fault = crate::platform::iommu::poll_faults().into_iter().find(|f| f.source == p.source());
     let _ = ring.unmap();
     let _ = tx.unmap();
     check!(fault.is_none(), "mapped DMA faulted: {fault:?}");
@@ -216,7 +219,7 @@ fn unmapped_iova_faults_and_kernel_goes_on() -> TestResult {
     if !iommu_expected() {
         return Ok(());
     }
-    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
     let p = probe()?;
     p.reset();
     // An IOVA nothing is mapped at (IOVAs are handed out top-down, so low ones are free).
@@ -228,8 +231,11 @@ fn unmapped_iova_faults_and_kernel_goes_on() -> TestResult {
     let fault = fault.ok_or("the device read an unmapped IOVA and no fault was recorded")?;
     check!(fault.address == unmapped, "fault at {:#x}, expected {unmapped:#x}", fault.address);
     check!(fault.access == AccessKind::Read, "fault access {:?}, expected a read", fault.access);
-    check!(crate::iommu::fault_interrupts() > 0, "the unit recorded a fault but raised no fault-event interrupt");
-    let view = crate::scheme::read("iommu:faults").unwrap_or_default();
+    check!(
+        crate::platform::iommu::fault_interrupts() > 0,
+        "the unit recorded a fault but raised no fault-event interrupt"
+    );
+    let view = crate::registry::scheme::read("iommu:faults").unwrap_or_default();
     let s = p.source();
     let bdf = format!("{:02x}:{:02x}.{}", s.bus(), s.device(), s.function());
     check!(view.contains(&bdf), "iommu:faults does not name {bdf}:\n{view}");
@@ -242,7 +248,7 @@ fn access_after_strict_unmap_faults() -> TestResult {
     if !iommu_expected() {
         return Ok(());
     }
-    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
     let p = probe()?;
     p.reset();
     let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
@@ -250,7 +256,7 @@ fn access_after_strict_unmap_faults() -> TestResult {
     let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
     let iova = ring.bus_addr().as_u64();
     p.transmit_one(iova);
-    let first = crate::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    let first = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
     p.stop();
     check!(first, "the first, mapped, transmit did not complete");
     // Strict unmap: when it returns the IOTLB no longer holds the translation.
@@ -279,10 +285,10 @@ fn device_write_to_a_to_device_mapping_faults() -> TestResult {
     if !iommu_expected() {
         return Ok(());
     }
-    let _serial = crate::iommu::FAULT_TEST_LOCK.lock();
+    let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
     let p = probe()?;
     p.reset();
-    let memory = crate::dma_service::memory();
+    let memory = crate::services::dma_service::memory();
     let page = |fill: u8| -> Result<PageBuffer, String> {
         let mut b = PageBuffer::alloc(&memory, 4096, u64::MAX).map_err(|e| format!("{e}"))?;
         b.fill(fill);
@@ -303,7 +309,7 @@ fn device_write_to_a_to_device_mapping_faults() -> TestResult {
     p.regs.write32(RDH, 0);
     p.regs.write32(RDT, 7);
     p.regs.write32(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
-    let link = crate::time::poll_until(3_000_000, || p.regs.read32(STATUS) & STATUS_LU != 0);
+    let link = crate::arch::time::poll_until(3_000_000, || p.regs.read32(STATUS) & STATUS_LU != 0);
     // An ARP request for 10.0.2.2 from 10.0.2.15, from the probe's own MAC.
     let (ral, rah) = (p.regs.read32(RAL0), p.regs.read32(RAH0));
     let mac = [ral as u8, (ral >> 8) as u8, (ral >> 16) as u8, (ral >> 24) as u8, rah as u8, (rah >> 8) as u8];

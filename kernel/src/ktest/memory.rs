@@ -2,7 +2,7 @@
 
 use super::{KernelTest, TestResult};
 use crate::check;
-use crate::memory;
+use crate::mm::memory;
 use dma::phys::{FrameRequest, PAGE_SIZE, PhysAddr};
 
 pub static TESTS: &[KernelTest] = &[

@@ -13,8 +13,8 @@
 //! ```
 //!
 //! A test that panics (or faults) cannot be resumed: there is no unwinding in this kernel. The
-//! panic handler prints `FAILED` for the running test with the panic's message and location and
-//! exits QEMU; xtask then boots again with `ktest --from N+1`, so one panic costs one test, not
+//! crash path ([`crate::arch::crash`]) calls the hook this runner installs, which prints `FAILED`
+//! for the running test with the panic's message and location, and QEMU exits; xtask then boots again with `ktest --from N+1`, so one panic costs one test, not
 //! the run.
 
 mod block;
@@ -24,6 +24,7 @@ mod memory;
 mod net;
 mod platform;
 
+use crate::registry::commands::Command;
 use alloc::string::String;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -118,37 +119,82 @@ pub fn run(from: usize, filter: &str, demo_failures: bool) -> (usize, usize) {
     (passed, failed)
 }
 
-/// Called by the panic handler: reports the panic (as the running test's failure, if a test is
-/// running), prints a backtrace, and stops. Nothing here allocates: the panic may have come
-/// from inside the allocator, with the heap's lock held.
-pub fn panicked(info: &core::panic::PanicInfo) -> ! {
-    crate::backtrace::begin_crash_report();
-    let location = info.location().map(|l| (l.file(), l.line())).unwrap_or(("unknown location", 0));
-    let (file, line) = location;
+/// The shell command this runner adds.
+static COMMANDS: &[Command] = &[Command {
+    name: "ktest",
+    usage: "ktest [--from N] [FILTER] | ktest --demo-failures",
+    about: "run the in-kernel tests",
+    run: ktest_command,
+}];
+
+/// Brings the runner in: registers the `ktest` command and installs the crash hook. Called once
+/// at boot.
+pub fn init() {
+    crate::registry::commands::register(COMMANDS);
+    install_crash_hook();
+}
+
+/// The `ktest` command: parses its arguments and runs the tests.
+fn ktest_command(args: &[&str]) {
+    let mut from = 0;
+    let mut filter = "";
+    let mut demo = false;
+    let mut it = args.iter();
+    while let Some(&arg) = it.next() {
+        match arg {
+            "--from" => match it.next().and_then(|n| n.parse().ok()) {
+                Some(n) => from = n,
+                None => {
+                    crate::println!("ktest: --from needs a number");
+                    return;
+                }
+            },
+            "--demo-failures" => demo = true,
+            f => filter = f,
+        }
+    }
+    run(from, filter, demo);
+}
+
+/// Installs the runner's crash hook ([`crate::arch::crash::set_hook`]): a panic or CPU exception
+/// during a test is reported as that test's failure.
+fn install_crash_hook() {
+    crate::arch::crash::set_hook(crate::arch::crash::CrashHook {
+        panic: report_panic,
+        after_backtrace: report_abort,
+        exception: report_exception,
+    });
+}
+
+/// A panic: if a test is running, prints its `FAILED` line and returns true. Nothing here
+/// allocates: the panic may have come from inside the allocator, with the heap's lock held.
+fn report_panic(file: &str, line: u32, message: &dyn core::fmt::Display) -> bool {
     let index = RUNNING.load(Ordering::SeqCst);
     if index == NO_TEST {
-        crate::println!("KERNEL PANIC at {file}:{line}: {}", info.message());
-    } else {
-        // Do not take RUNNING_NAME's lock if the panic happened while it was held.
-        let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
-        crate::println!("ktest: [{index}] {name} ... FAILED: panicked at {file}:{line}: {}", info.message());
+        return false;
     }
-    crate::backtrace::print_here();
+    // Do not take RUNNING_NAME's lock if the panic happened while it was held.
+    let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
+    crate::println!("ktest: [{index}] {name} ... FAILED: panicked at {file}:{line}: {message}");
+    true
+}
+
+/// After a panic's backtrace: says where a rerun must resume.
+fn report_abort() {
+    let index = RUNNING.load(Ordering::SeqCst);
     if index != NO_TEST {
         crate::println!("ktest: aborted at {index}");
     }
-    crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
 }
 
-/// Called by exception handlers with their report: fail the running test, if any, and stop.
-pub fn fail_running_test_and_stop(exception: &dyn core::fmt::Display) -> ! {
+/// A fatal CPU exception, with the handler's report: fails the running test, if any.
+fn report_exception(exception: &dyn core::fmt::Display) {
     let index = RUNNING.load(Ordering::SeqCst);
     if index != NO_TEST {
         let name = RUNNING_NAME.try_lock().map(|n| *n).unwrap_or("?");
         crate::println!("ktest: [{index}] {name} ... FAILED: CPU exception: {exception}");
         crate::println!("ktest: aborted at {index}");
     }
-    crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
 }
 
 /// `check!(cond, "format", args)` returns `Err(message)` from the test when `cond` is false.

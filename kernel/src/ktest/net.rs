@@ -4,7 +4,7 @@
 
 use super::{KernelTest, TestResult};
 use crate::check;
-use crate::net::{self, with_net};
+use crate::services::net::{self, with_net};
 use alloc::format;
 
 pub static TESTS: &[KernelTest] = &[
@@ -28,7 +28,7 @@ fn driver_bound_with_mac_and_link() -> TestResult {
 }
 
 fn pools_visible_in_dma_view() -> TestResult {
-    let view = crate::scheme::read("dma:pools").ok_or("no dma:pools view")?;
+    let view = crate::registry::scheme::read("dma:pools").ok_or("no dma:pools view")?;
     for pool in ["e1000-rings", "e1000-rx-buf", "e1000-tx-buf"] {
         check!(view.contains(pool), "{pool} missing from dma:pools:\n{view}");
     }
@@ -52,7 +52,7 @@ fn dhcp_lease_and_gateway_ping() -> TestResult {
     check!(lease.address.address() == core::net::Ipv4Addr::new(10, 0, 2, 15), "lease {}", lease.address);
     let router = lease.router.ok_or("no gateway in the lease")?;
     let before = with_net(|n| n.nic.counters()).ok_or("no NIC")?;
-    crate::shell::execute(&format!("ping {router} 2"));
+    crate::ui::shell::execute(&format!("ping {router} 2"));
     let after = with_net(|n| n.nic.counters()).ok_or("no NIC")?;
     check!(after.tx_packets >= before.tx_packets + 2, "echo requests not sent: {before:?} -> {after:?}");
     check!(after.rx_packets >= before.rx_packets + 2, "echo replies not received: {before:?} -> {after:?}");
@@ -66,14 +66,14 @@ fn reset_recovers() -> TestResult {
     let rx_before = with_net(|n| n.nic.counters().rx_packets).unwrap_or(0);
     // QEMU's e1000 holds received frames back for 1 s after RCTL is written (its
     // flush_queue_timer), so the first echo reply may come late: allow three.
-    crate::shell::execute("ping 10.0.2.2 3");
+    crate::ui::shell::execute("ping 10.0.2.2 3");
     let rx_after = with_net(|n| n.nic.counters().rx_packets).unwrap_or(0);
     check!(rx_after > rx_before, "no frame received after the reset");
     Ok(())
 }
 
 fn stats_view() -> TestResult {
-    let text = crate::scheme::read("net:stats").ok_or("no net:stats view")?;
+    let text = crate::registry::scheme::read("net:stats").ok_or("no net:stats view")?;
     for key in ["drops ", "rx_packets ", "tx_packets ", "hw.GPRC ", "hw.MPC ", "hw.RNBC ", "irq "] {
         check!(text.contains(key), "`{key}` missing from net:stats:\n{text}");
     }

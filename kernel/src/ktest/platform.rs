@@ -20,20 +20,20 @@ pub static TESTS: &[KernelTest] = &[
 fn wakeup_timer_ends_a_sleep() -> TestResult {
     // A 2 ms sleep that the timer, not another interrupt, ended.
     const TIMER_ENDED_US: core::ops::RangeInclusive<u64> = 1_500..=50_000;
-    check!(crate::apic::is_ready(), "the local APIC is not set up");
-    let fires = crate::apic::wakeup_timer_fires();
+    check!(crate::arch::apic::is_ready(), "the local APIC is not set up");
+    let fires = crate::arch::time::wakeup_timer_fires();
     let mut slept = alloc::vec::Vec::new();
     for _ in 0..20 {
-        let start = crate::time::now_us();
+        let start = crate::arch::time::now_us();
         x86_64::instructions::interrupts::disable();
-        crate::time::sleep_until_interrupt(2_000);
-        let us = crate::time::now_us() - start;
+        crate::arch::time::sleep_until_interrupt(2_000);
+        let us = crate::arch::time::now_us() - start;
         slept.push(us);
         if TIMER_ENDED_US.contains(&us) {
             break;
         }
     }
-    check!(crate::apic::wakeup_timer_fires() > fires, "the wake-up timer never fired (sleeps: {slept:?} us)");
+    check!(crate::arch::time::wakeup_timer_fires() > fires, "the wake-up timer never fired (sleeps: {slept:?} us)");
     check!(slept.iter().any(|us| (1_500..=50_000).contains(us)), "no 2 ms sleep lasted 1.5..50 ms: {slept:?} us");
     Ok(())
 }
@@ -44,24 +44,24 @@ fn self_ipi_reaches_its_handler() -> TestResult {
     fn handler(context: usize) {
         HITS.fetch_add(context, Ordering::SeqCst);
     }
-    check!(crate::apic::is_ready(), "the local APIC is not set up");
-    let vector = crate::interrupts::allocate_vector(handler, 7).map_err(|_| "no free vector")?;
+    check!(crate::arch::apic::is_ready(), "the local APIC is not set up");
+    let vector = crate::arch::interrupts::allocate_vector(handler, 7).map_err(|_| "no free vector")?;
     HITS.store(0, Ordering::SeqCst);
     for _ in 0..3 {
-        crate::apic::send_self_ipi(vector);
+        crate::arch::apic::send_self_ipi(vector);
     }
-    let delivered = crate::time::poll_until(100_000, || HITS.load(Ordering::SeqCst) == 21);
-    crate::interrupts::free_vector(vector);
+    let delivered = crate::arch::time::poll_until(100_000, || HITS.load(Ordering::SeqCst) == 21);
+    crate::arch::interrupts::free_vector(vector);
     check!(delivered, "3 self-IPIs on vector {vector:#x} gave {} hits (expected 3 x 7)", HITS.load(Ordering::SeqCst));
     Ok(())
 }
 
 fn tsc_agrees_with_pm_timer() -> TestResult {
-    let port = crate::acpi::info().pm_timer_port.ok_or("no PM timer")?;
+    let port = crate::firmware::acpi::info().pm_timer_port.ok_or("no PM timer")?;
     // SAFETY: reading the PM timer has no side effects.
     let read = || unsafe { x86_64::instructions::port::Port::<u32>::new(port).read() } & 0x00ff_ffff;
     let before = read();
-    crate::time::delay_us(50_000);
+    crate::arch::time::delay_us(50_000);
     let ticks = u64::from(read().wrapping_sub(before) & 0x00ff_ffff);
     let us = ticks * 1_000_000 / 3_579_545;
     // Generous bounds: under TCG the guest can be descheduled, which only makes waits longer.
@@ -70,7 +70,7 @@ fn tsc_agrees_with_pm_timer() -> TestResult {
 }
 
 fn tables_are_sound() -> TestResult {
-    let info = crate::acpi::info();
+    let info = crate::firmware::acpi::info();
     check!(info.inventory.problems.is_empty(), "ACPI problems: {:?}", info.inventory.problems);
     for signature in [b"FACP", b"APIC", b"MCFG"] {
         check!(
@@ -87,7 +87,7 @@ fn tables_are_sound() -> TestResult {
 }
 
 fn mcfg_gives_ecam() -> TestResult {
-    let ecam = &crate::acpi::info().ecam;
+    let ecam = &crate::firmware::acpi::info().ecam;
     check!(!ecam.is_empty(), "no ECAM window from MCFG");
     check!(ecam.iter().any(|w| w.segment == 0 && w.bus_start == 0), "no window for segment 0 bus 0: {ecam:?}");
     check!(ecam.iter().all(|w| w.base % (1 << 20) == 0), "ECAM base not 1 MiB aligned: {ecam:?}");
@@ -95,7 +95,7 @@ fn mcfg_gives_ecam() -> TestResult {
 }
 
 fn q35_devices_found() -> TestResult {
-    let functions = crate::pci::functions();
+    let functions = crate::platform::pci::functions();
     let find = |vendor: u16, device: u16| functions.iter().find(|f| f.vendor_id == vendor && f.device_id == device);
     check!(find(0x8086, 0x29c0).is_some(), "no q35 host bridge 8086:29c0");
     check!(find(0x8086, 0x2918).is_some(), "no ICH9 ISA bridge 8086:2918");
@@ -108,12 +108,12 @@ fn q35_devices_found() -> TestResult {
 }
 
 fn ecam_agrees_with_port_io() -> TestResult {
-    check!(!crate::acpi::info().ecam.is_empty(), "ECAM not in use");
+    check!(!crate::firmware::acpi::info().ecam.is_empty(), "ECAM not in use");
     // SAFETY: with ECAM chosen, nothing else in the kernel uses ports 0xCF8/0xCFC, and tests
     // run one at a time, so this temporary PortIoAccess is the only user.
     let ports = unsafe { pci::PortIoAccess::new() };
-    let ecam = crate::pci::access();
-    for f in crate::pci::functions() {
+    let ecam = crate::platform::pci::access();
+    for f in crate::platform::pci::functions() {
         for offset in (0..0x40u16).step_by(4) {
             // SAFETY: reads of the standard header have no side effects.
             let (a, b) = unsafe { (ecam.read(f.address, offset), ports.read(f.address, offset)) };
@@ -124,7 +124,7 @@ fn ecam_agrees_with_port_io() -> TestResult {
 }
 
 fn bars_are_sized() -> TestResult {
-    let functions = crate::pci::functions();
+    let functions = crate::platform::pci::functions();
     let e1000 = functions.iter().find(|f| f.device_id == 0x100e).ok_or("no e1000")?;
     let bar0 = e1000.bar(0).ok_or("no BAR0")?;
     // 82540EM SDM §4.1 (Table 4-2): the memory BAR is 128 KiB.

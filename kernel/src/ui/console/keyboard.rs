@@ -102,7 +102,7 @@ fn read_data() -> u8 {
 
 /// Waits (bounded) until the controller can take a byte, then writes it to `port`.
 fn write_when_ready(port: u16, byte: u8) -> bool {
-    if !crate::time::poll_until(COMMAND_TIMEOUT_MS * 1000, || read_status() & STATUS_INPUT_FULL == 0) {
+    if !crate::arch::time::poll_until(COMMAND_TIMEOUT_MS * 1000, || read_status() & STATUS_INPUT_FULL == 0) {
         return false;
     }
     // SAFETY: `port` is 0x60 or 0x64 of an i8042 that `probe` found, with its input buffer empty;
@@ -113,7 +113,7 @@ fn write_when_ready(port: u16, byte: u8) -> bool {
 
 /// Waits (bounded) for a command's result byte.
 fn read_result() -> Option<u8> {
-    crate::time::poll_until(COMMAND_TIMEOUT_MS * 1000, || read_status() & STATUS_OUTPUT_FULL != 0).then(read_data)
+    crate::arch::time::poll_until(COMMAND_TIMEOUT_MS * 1000, || read_status() & STATUS_OUTPUT_FULL != 0).then(read_data)
 }
 
 impl Controller {

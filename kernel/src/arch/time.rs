@@ -5,8 +5,12 @@
 //! its frequency is not architecturally known. The ACPI power-management timer has a fixed
 //! frequency, 3.579545 MHz (ACPI 6.5 §4.8.3.3), so counting TSC ticks across a known number of
 //! PM-timer ticks gives the TSC frequency. Without a PM timer we assume 1 GHz, and say so.
+//!
+//! Sleeping needs an alarm as well: the local APIC's one-shot timer ([`init_wakeup_timer`]) ends
+//! a `hlt` that no device interrupt ends, so [`sleep_until_interrupt`] and [`rest`] are bounded.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use super::{apic, interrupts};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 
 /// PM timer frequency in Hz.
@@ -102,7 +106,7 @@ pub fn poll_until(timeout_us: u64, mut done: impl FnMut() -> bool) -> bool {
 /// device interrupt that arrives after the check ends the `hlt` instead of slipping in before
 /// it and leaving the CPU asleep. Returns with interrupts enabled.
 pub fn sleep_until_interrupt(max_us: u64) {
-    if crate::apic::arm_wakeup_timer(max_us) {
+    if arm_wakeup_timer(max_us) {
         let start = tsc();
         x86_64::instructions::interrupts::enable_and_hlt();
         SLEEPS.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +133,77 @@ pub fn delay_us(us: u64) {
     while !deadline.expired() {
         core::hint::spin_loop();
     }
+}
+
+/// Local APIC timer ticks per microsecond (divide-by-16), 0 until [`init_wakeup_timer`] ran.
+static TIMER_TICKS_PER_US: AtomicU32 = AtomicU32::new(0);
+/// The vector the wake-up timer fires on.
+static TIMER_VECTOR: AtomicU8 = AtomicU8::new(0);
+
+/// Times the wake-up timer has fired.
+static TIMER_FIRES: AtomicU64 = AtomicU64::new(0);
+
+/// The timer's handler: nothing to do but count. Its only job was to end a `hlt`.
+fn timer_interrupt(_context: usize) {
+    TIMER_FIRES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How often the wake-up timer has fired.
+pub fn wakeup_timer_fires() -> u64 {
+    TIMER_FIRES.load(Ordering::Relaxed)
+}
+
+/// Sets up the local APIC timer as a one-shot wake-up alarm (SDM Vol. 3A §11.5.4) and measures
+/// its rate against the TSC. Its frequency is the bus or crystal clock, which the architecture
+/// does not tell us, so we count its ticks over 10 ms of the calibrated TSC.
+///
+/// Waiters that sleep with `hlt` until a device interrupts (see
+/// [`sleep_until_interrupt`]) arm it first, so that a lost interrupt costs them
+/// a bounded delay instead of sleeping forever.
+pub fn init_wakeup_timer() {
+    if !apic::is_ready() {
+        return;
+    }
+    let Ok(vector) = interrupts::allocate_vector(timer_interrupt, 0) else {
+        log::warn!("APIC: no vector for the wake-up timer; waiters spin");
+        return;
+    };
+    // SAFETY: the timer registers are mapped; one-shot mode (bits 17:18 = 0), masked (bit 16)
+    // while measuring, divide by 16 (0b0011), counting down from the largest value.
+    unsafe {
+        apic::local_apic_reg(apic::reg::LVT_TIMER).write_volatile(1 << 16 | u32::from(vector));
+        apic::local_apic_reg(apic::reg::TIMER_DIVIDE).write_volatile(0b0011);
+        apic::local_apic_reg(apic::reg::TIMER_INITIAL_COUNT).write_volatile(u32::MAX);
+    }
+    delay_us(10_000);
+    // SAFETY: reading the current count has no side effects; writing 0 stops the timer.
+    let left = unsafe { apic::local_apic_reg(apic::reg::TIMER_CURRENT_COUNT).read_volatile() };
+    // SAFETY: as above.
+    unsafe { apic::local_apic_reg(apic::reg::TIMER_INITIAL_COUNT).write_volatile(0) };
+    let per_us = (u32::MAX - left) / 10_000;
+    if per_us == 0 {
+        log::warn!("APIC: the local APIC timer did not count; waiters spin");
+        interrupts::free_vector(vector);
+        return;
+    }
+    // SAFETY: unmask the timer, still one-shot on our vector; it is stopped (count 0).
+    unsafe { apic::local_apic_reg(apic::reg::LVT_TIMER).write_volatile(u32::from(vector)) };
+    TIMER_VECTOR.store(vector, Ordering::Relaxed);
+    TIMER_TICKS_PER_US.store(per_us, Ordering::Release);
+    log::info!("APIC: wake-up timer on vector {vector:#x}, {per_us} ticks/us (divide by 16)");
+}
+
+/// Arms the one-shot wake-up timer to fire in `us` microseconds (at most about a minute).
+/// False if there is no timer.
+pub fn arm_wakeup_timer(us: u64) -> bool {
+    let per_us = TIMER_TICKS_PER_US.load(Ordering::Acquire);
+    if per_us == 0 {
+        return false;
+    }
+    let ticks = us.saturating_mul(u64::from(per_us)).clamp(1, u64::from(u32::MAX)) as u32;
+    // SAFETY: writing the initial count (re)starts the one-shot countdown.
+    unsafe { apic::local_apic_reg(apic::reg::TIMER_INITIAL_COUNT).write_volatile(ticks) };
+    true
 }
 
 /// The kernel's clock, for drivers (`device_io::Clock`).

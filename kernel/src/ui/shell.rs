@@ -3,48 +3,28 @@
 //! Input comes from the serial console, polled, so the shell works the same on a terminal and
 //! with piped input (`printf 'lspci\nexit\n' | cargo xtask run`). Backspace edits the line;
 //! characters are echoed so a person at a terminal sees what they type.
+//!
+//! Besides its own few commands, the shell runs whatever the layers below registered in
+//! [`crate::registry::commands`] (the network's `ping`, the disks' `disk`, the test runner's
+//! `ktest`, …), and between keys the idle work registered there (the network poll).
 
-use crate::{memory, print, println, scheme};
+use crate::mm::memory;
+use crate::registry::commands::{self, Command};
+use crate::registry::scheme;
+use crate::{print, println};
 use alloc::string::String;
 use alloc::vec::Vec;
 
 /// The prompt. xtask waits for it before it types.
 pub const PROMPT: &str = "kernel> ";
 
-/// One shell command. Services add their own through their `COMMANDS` tables.
-pub struct Command {
-    /// What the user types.
-    pub name: &'static str,
-    /// How to call it, for `help`.
-    pub usage: &'static str,
-    /// What it does, for `help`.
-    pub about: &'static str,
-    /// Runs it with the words after the name.
-    pub run: fn(&[&str]),
-}
-
-/// Every command: the shell's own, then each service's.
-fn all_commands() -> impl Iterator<Item = &'static Command> {
-    COMMANDS
-        .iter()
-        .chain(crate::net::COMMANDS)
-        .chain(crate::block::COMMANDS)
-        .chain(crate::bench::COMMANDS)
-        .chain(crate::report::COMMANDS)
-}
-
+/// The shell's own commands; `help` lists them before the registered ones.
 static COMMANDS: &[Command] = &[
     Command { name: "help", usage: "help", about: "list commands", run: help },
     Command { name: "lspci", usage: "lspci", about: "list PCI functions with their BARs", run: lspci },
     Command { name: "cat", usage: "cat NAME", about: "print a view (see `ls`)", run: cat },
     Command { name: "ls", usage: "ls", about: "list the views `cat` can print", run: ls },
     Command { name: "meminfo", usage: "meminfo", about: "physical memory and heap usage", run: meminfo },
-    Command {
-        name: "ktest",
-        usage: "ktest [--from N] [FILTER] | ktest --demo-failures",
-        about: "run the in-kernel tests",
-        run: ktest,
-    },
     Command {
         name: "dump",
         usage: "dump acpi | dump pci",
@@ -59,12 +39,12 @@ pub fn run() -> ! {
     let mut line = String::new();
     print!("{PROMPT}");
     loop {
-        let Some(byte) = crate::console::try_read_byte() else {
-            crate::net::poll_idle();
+        let Some(byte) = crate::ui::console::try_read_byte() else {
+            commands::run_idle();
             // Nothing typed: halt until an interrupt or for 2 ms (the network poll interval),
             // so an idle kernel does not keep a host CPU busy. The serial port and the keyboard
             // are polled, so a key waits at most that long.
-            crate::time::rest(2_000);
+            crate::arch::time::rest(2_000);
             continue;
         };
         match byte {
@@ -93,20 +73,20 @@ pub fn run() -> ! {
 pub fn execute(line: &str) {
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some((&name, args)) = words.split_first() else { return };
-    match all_commands().find(|c| c.name == name) {
+    match COMMANDS.iter().find(|c| c.name == name).or_else(|| commands::find(name)) {
         Some(command) => (command.run)(args),
         None => println!("unknown command `{name}`; `help` lists commands"),
     }
 }
 
 fn help(_: &[&str]) {
-    for c in all_commands() {
+    for c in COMMANDS.iter().chain(commands::all()) {
         println!("  {:<48} {}", c.usage, c.about);
     }
 }
 
 fn lspci(_: &[&str]) {
-    print!("{}", crate::pci::lspci_text());
+    print!("{}", crate::platform::pci::lspci_text());
 }
 
 fn cat(args: &[&str]) {
@@ -133,36 +113,15 @@ fn meminfo(_: &[&str]) {
     println!("  free below 4 GiB: {} MiB", mib(s.free_frames_below_4g));
     println!("  free ranges: {}, largest free run: {} MiB", s.free_ranges, mib(s.largest_free_run));
     if let Some((start, end)) = memory::heap_range() {
-        let (used, free) = crate::heap_usage();
+        let (used, free) = crate::mm::heap_usage();
         println!("heap: {:#x}..{:#x} ({} KiB used, {} KiB free)", start, end, used / 1024, free / 1024);
     }
 }
 
-fn ktest(args: &[&str]) {
-    let mut from = 0;
-    let mut filter = "";
-    let mut demo = false;
-    let mut it = args.iter();
-    while let Some(&arg) = it.next() {
-        match arg {
-            "--from" => match it.next().and_then(|n| n.parse().ok()) {
-                Some(n) => from = n,
-                None => {
-                    println!("ktest: --from needs a number");
-                    return;
-                }
-            },
-            "--demo-failures" => demo = true,
-            f => filter = f,
-        }
-    }
-    crate::ktest::run(from, filter, demo);
-}
-
 fn exit(_: &[&str]) {
     println!("powering off");
-    let acpi = crate::acpi::info();
-    crate::exit::power_off(acpi.pm1a_control_port, acpi.pm_timer_port)
+    let acpi = crate::firmware::acpi::info();
+    crate::arch::exit::power_off(acpi.pm1a_control_port, acpi.pm_timer_port)
 }
 
 /// Prints `bytes` as a fixture block: a `== kind name address length` header, 32 bytes of hex
@@ -180,11 +139,11 @@ fn hex_block(kind: &str, name: &str, address: u64, bytes: &[u8]) {
 }
 
 fn dump(args: &[&str]) {
-    use crate::acpi::tables::PhysBytes;
+    use crate::firmware::acpi::tables::PhysBytes;
     match args {
         ["acpi"] => {
-            let info = crate::acpi::info();
-            let Some(mem) = crate::acpi::direct_map() else { return };
+            let info = crate::firmware::acpi::info();
+            let Some(mem) = crate::firmware::acpi::direct_map() else { return };
             let inv = &info.inventory;
             let rsdp_len = if inv.revision >= 2 { 36 } else { 20 };
             if let Some(bytes) = mem.read(inv.rsdp, rsdp_len) {
@@ -205,8 +164,8 @@ fn dump(args: &[&str]) {
             }
         }
         ["pci"] => {
-            let access = crate::pci::access();
-            for f in crate::pci::functions() {
+            let access = crate::platform::pci::access();
+            for f in crate::platform::pci::functions() {
                 let mut bytes = Vec::with_capacity(4096);
                 for offset in (0..4096u16).step_by(4) {
                     // SAFETY: reads of configuration space have no side effects on these devices.

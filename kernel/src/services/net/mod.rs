@@ -18,7 +18,7 @@ mod commands;
 pub mod irq;
 pub mod phy;
 
-use crate::time::{KernelClock, now_us};
+use crate::arch::time::{KernelClock, now_us};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -34,7 +34,7 @@ use spin::Mutex;
 pub type Nic = E1000<Mmio, KernelClock>;
 
 /// Shell commands this service adds.
-pub static COMMANDS: &[crate::shell::Command] = commands::COMMANDS;
+pub static COMMANDS: &[crate::registry::commands::Command] = commands::COMMANDS;
 
 /// An address obtained by DHCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,22 +84,23 @@ pub fn timestamp() -> Instant {
 
 /// Finds and starts the first supported NIC. No NIC: one log line, no driver.
 pub fn init() {
-    let Some((function, model)) =
-        crate::pci::functions().iter().find_map(|f| e1000::model_for(f.vendor_id, f.device_id).map(|m| (f, m)))
+    let Some((function, model)) = crate::platform::pci::functions()
+        .iter()
+        .find_map(|f| e1000::model_for(f.vendor_id, f.device_id).map(|m| (f, m)))
     else {
         log::info!("net: no Intel 8254x network controller found; networking is off");
         return;
     };
     let bdf = format!("{}", pci::Bdf(function.address));
     let name = format!("{bdf} e1000");
-    let regs = match crate::pci::map_bar(function, 0) {
+    let regs = match crate::platform::pci::map_bar(function, 0) {
         Ok(regs) => regs,
         Err(e) => {
             log::error!("net: {name}: cannot reach the registers: {e}");
             return;
         }
     };
-    let dev = crate::dma_service::device_for(function, "e1000");
+    let dev = crate::services::dma_service::device_for(function, "e1000");
     // The 8254x drives 64-bit addresses (RDBAH/TDBAH, 64-bit descriptor addresses; SDM §3.2.3).
     if let Err(e) = dev.set_mask(64) {
         log::warn!("net: {name}: keeping the 32-bit DMA mask: {e}");
@@ -113,7 +114,7 @@ pub fn init() {
     };
     let mac = EthernetAddress(nic.mac());
     let mut config = IfaceConfig::new(HardwareAddress::Ethernet(mac));
-    config.random_seed = crate::time::tsc();
+    config.random_seed = crate::arch::time::tsc();
     let iface = Interface::new(config, &mut phy::Phy { nic: &mut nic }, timestamp());
     let mut sockets = SocketSet::new(vec![]);
     let dhcp = sockets.add(dhcpv4::Socket::new());
@@ -129,7 +130,7 @@ pub fn init() {
     };
     x86_64::instructions::interrupts::without_interrupts(|| *NET.lock() = Some(net));
     irq::setup(function);
-    crate::scheme::register("net:stats", "e1000 counters: driver, device registers, stack", render_stats);
+    crate::registry::scheme::register("net:stats", "e1000 counters: driver, device registers, stack", render_stats);
 }
 
 /// The `net:stats` view.
@@ -227,7 +228,7 @@ pub fn poll_idle() {
 
 /// Polls until a DHCP lease exists or `timeout_us` passes.
 pub fn wait_for_lease(timeout_us: u64) -> Option<Lease> {
-    let deadline = crate::time::Deadline::after_us(timeout_us);
+    let deadline = crate::arch::time::Deadline::after_us(timeout_us);
     loop {
         match with_net(|net| {
             net.poll();

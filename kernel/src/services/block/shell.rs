@@ -4,7 +4,7 @@
 
 use super::{BlockError, BlockOp, Disk, Done, Ticket};
 use crate::println;
-use crate::shell::Command;
+use crate::registry::commands::Command;
 use ahci::pattern::{check_sector, fill_sector};
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -120,7 +120,7 @@ pub fn pipeline(
     let mut next = 0;
     let mut inflight: VecDeque<(Ticket, u64, u32)> = VecDeque::new();
     let mut stats = RunStats { max_outstanding: 0, elapsed_us: 0, requests: 0 };
-    let start = crate::time::now_us();
+    let start = crate::arch::time::now_us();
     loop {
         // Top the queue up in one batch, so the requests really are outstanding together.
         let room = depth.max(1).saturating_sub(inflight.len()).min(jobs.len() - next);
@@ -161,7 +161,7 @@ pub fn pipeline(
             stats.requests += 1;
         }
     }
-    stats.elapsed_us = crate::time::now_us().saturating_sub(start);
+    stats.elapsed_us = crate::arch::time::now_us().saturating_sub(start);
     Ok(stats)
 }
 

@@ -2,10 +2,11 @@
 //!
 //! Every exception handler prints what an engineer needs to find the bug: the exception's name,
 //! the faulting instruction pointer, the error code (decoded for page faults, with the address
-//! from CR2), then stops the kernel — or, when the in-kernel test runner is active, reports the
-//! running test as failed. Vectors and error codes: Intel SDM Vol. 3A §6.15.
+//! from CR2), then stops the kernel through [`crate::arch::crash`], which tells the in-kernel test
+//! runner (when it is built in) so that it reports the running test as failed. Vectors and error
+//! codes: Intel SDM Vol. 3A §6.15.
 
-use crate::gdt;
+use crate::arch::gdt;
 use core::fmt;
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
@@ -32,7 +33,7 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     for (i, handler) in DEVICE_HANDLERS.iter().enumerate() {
         idt[FIRST_DEVICE_VECTOR + i as u8].set_handler_fn(*handler);
     }
-    idt[crate::apic::SPURIOUS_VECTOR].set_handler_fn(spurious);
+    idt[crate::arch::apic::SPURIOUS_VECTOR].set_handler_fn(spurious);
     // SAFETY: the IST index names the stack set up in gdt::TSS, which is used for nothing else.
     unsafe {
         idt.double_fault.set_handler_fn(double_fault).set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX);
@@ -100,7 +101,7 @@ fn dispatch(slot: usize) {
         Some(h) => (h.handler)(h.context),
         None => log::warn!("interrupt on unassigned vector {:#x}", FIRST_DEVICE_VECTOR as usize + slot),
     }
-    crate::apic::eoi();
+    crate::arch::apic::eoi();
 }
 
 macro_rules! device_handlers {
@@ -142,14 +143,17 @@ impl fmt::Display for ExceptionReport<'_> {
 ///
 /// Nothing here allocates: the exception may have struck while the heap's lock was held.
 /// Never inlined, so that its caller is always the exception handler: the backtrace starts two
-/// frames up, in the code the exception interrupted (see [`crate::backtrace::print_exception`]).
+/// frames up, in the code the exception interrupted (see [`crate::arch::backtrace::print_exception`]).
 #[inline(never)]
 fn fatal(name: &dyn fmt::Display, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
-    crate::backtrace::begin_crash_report();
+    crate::arch::serial::begin_crash_report();
     let report = ExceptionReport { name, frame, error_code };
     crate::println!("EXCEPTION: {report}");
-    crate::backtrace::print_exception(frame.instruction_pointer.as_u64(), crate::backtrace::frame_pointer());
-    crate::ktest::fail_running_test_and_stop(&report)
+    crate::arch::backtrace::print_exception(
+        frame.instruction_pointer.as_u64(),
+        crate::arch::backtrace::frame_pointer(),
+    );
+    crate::arch::crash::stop_after_exception(&report)
 }
 
 macro_rules! fatal_handler {

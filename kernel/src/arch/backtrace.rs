@@ -26,27 +26,13 @@
 //! in 6.1) applies the same on-stack test before each read.
 
 use core::ops::Range;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-/// Set once a panic or fatal exception starts its report: from then on output must not wait
-/// for locks the crashed code may hold.
-static CRASHING: AtomicBool = AtomicBool::new(false);
-
-/// Marks the kernel as crashing (see [`crashing`]).
-pub fn begin_crash_report() {
-    CRASHING.store(true, Ordering::SeqCst);
-}
-
-/// Whether a crash report is being printed.
-pub fn crashing() -> bool {
-    CRASHING.load(Ordering::Relaxed)
-}
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The deepest backtrace printed.
 pub const MAX_FRAMES: usize = 32;
 
 /// The kernel stack's size, as asked of the bootloader (`boot::BOOTLOADER_CONFIG`).
-const BOOT_STACK_SIZE: u64 = crate::boot::KERNEL_STACK_SIZE;
+const BOOT_STACK_SIZE: u64 = crate::arch::gdt::KERNEL_STACK_SIZE;
 
 /// `rbp` of the outermost kernel frame (`boot::kernel_main`), recorded at boot. Frames above it
 /// belong to the bootloader's entry glue, which is not ours to read.
@@ -73,7 +59,7 @@ fn known_stacks() -> [Range<u64>; 2] {
     let top = OUTERMOST_FRAME.load(Ordering::Relaxed);
     // The outermost frame's two words (saved rbp, return address) are the last we read.
     let boot = if top == 0 { 0..0 } else { top.saturating_sub(BOOT_STACK_SIZE)..top + 16 };
-    [boot, crate::gdt::double_fault_stack()]
+    [boot, crate::arch::gdt::double_fault_stack()]
 }
 
 /// Which known stack holds the 16 bytes at `rbp`, if any.

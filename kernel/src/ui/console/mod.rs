@@ -1,9 +1,9 @@
 //! The console a person sees: text on the boot framebuffer, input from a PS/2 keyboard, both
 //! mirrored with the serial port (issue 7: most PCs have no serial port a user can see).
 //!
-//! * **Output.** Everything printed goes to COM1 first; [`crate::serial::write_fmt`] then hands
-//!   each piece to [`write_str`], which draws it on the framebuffer ([`screen`], with the font in
-//!   [`font`]). `fbcon off` stops the drawing (the text is still kept, so `fbcon on` shows the
+//! * **Output.** Everything printed goes to COM1 first; [`crate::arch::serial::write_fmt`] then
+//!   hands each piece to [`write_str`] (the mirror [`init`] registers with the serial port), which
+//!   draws it on the framebuffer ([`screen`], with the font in [`font`]). `fbcon off` stops the drawing (the text is still kept, so `fbcon on` shows the
 //!   current screen).
 //! * **Input.** [`try_read_byte`] returns serial input first, then keys from a PS/2 keyboard
 //!   ([`keyboard`], polled). USB keyboards appear as PS/2 ones on most PCs through the
@@ -77,6 +77,7 @@ pub enum KeyboardState {
 /// Takes over the boot framebuffer (if any) for text output and looks for a PS/2 keyboard.
 /// Logs one line about each. Called once, early in boot; later calls change nothing.
 pub fn init(framebuffer: Option<&'static mut FrameBuffer>) {
+    crate::arch::serial::set_mirror(write_str);
     let framebuffer_state = *FRAMEBUFFER_STATE.call_once(|| take_framebuffer(framebuffer));
     match framebuffer_state {
         FramebufferState::Absent => {
@@ -147,7 +148,7 @@ pub fn write_str(text: &str) {
 /// The next input byte: serial first, then the keyboard. When there is none, the console is
 /// idle, and the framebuffer shows the cursor.
 pub fn try_read_byte() -> Option<u8> {
-    if let Some(byte) = crate::serial::try_read_byte() {
+    if let Some(byte) = crate::arch::serial::try_read_byte() {
         return Some(byte);
     }
     if let Some(mut keyboard) = KEYBOARD.try_lock()

@@ -1,6 +1,6 @@
 //! The NIC's interrupt: MSI when the function offers it, else legacy INTx through the I/O APIC,
 //! with polling as the fallback. The choice and the programming are the kernel's one wiring path
-//! for PCI functions ([`crate::pci::wire_interrupt`], deciding with `pci::interrupt`); this module
+//! for PCI functions ([`crate::platform::pci::wire_interrupt`], deciding with `pci::interrupt`); this module
 //! adds the handler and the proof that an interrupt arrives.
 //!
 //! MSI (PCI Local Bus Spec 3.0 §6.8) needs no routing knowledge: the device writes the vector to
@@ -10,7 +10,7 @@
 //! The firmware routes the function's PIRQ link to an ISA IRQ and writes its number into the
 //! interrupt-line register; on q35, ICH9 drives the I/O APIC input of the same number.
 //! QEMU's MADT carries an interrupt source override for such IRQs (5, 9, 10, 11): level
-//! triggered, active high, which [`crate::apic::route_isa_irq`] applies (and which is also the
+//! triggered, active high, which [`crate::arch::apic::route_isa_irq`] applies (and which is also the
 //! default without an override: see `pci::interrupt`, "Trigger and polarity"). Experiment agrees:
 //! routed level/active-high, a cause raised through ICS arrives once and stops after the
 //! handler reads ICR (QEMU's I/O APIC model takes the level as given either way).
@@ -27,7 +27,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use pci::PciFunction;
 
 /// How the NIC's interrupts are delivered: the kernel's one [`IrqMode`] for PCI functions.
-pub use crate::pci::IrqMode;
+pub use crate::platform::pci::IrqMode;
 
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 static NOT_OURS: AtomicU64 = AtomicU64::new(0);
@@ -52,11 +52,11 @@ fn on_interrupt(_context: usize) {
     }
 }
 
-/// Wires the NIC's interrupt through the kernel's one wiring path ([`crate::pci::wire_interrupt`]:
+/// Wires the NIC's interrupt through the kernel's one wiring path ([`crate::platform::pci::wire_interrupt`]:
 /// MSI when the function offers it, else INTx), proves each candidate with a test interrupt
 /// (`prove`), and records the mode in `NET`.
 pub fn setup(function: &PciFunction) {
-    let wired = crate::pci::wire_interrupt(function, on_interrupt, 0, &mut prove);
+    let wired = crate::platform::pci::wire_interrupt(function, on_interrupt, 0, &mut prove);
     let mode = wired.mode;
     if let (IrqMode::Intx { .. }, Some(why_not_msi)) = (mode, wired.why_not("MSI")) {
         log::info!("net: {}: no MSI ({why_not_msi}); using INTx", pci::Bdf(function.address));
@@ -82,7 +82,7 @@ fn prove(mode: IrqMode) -> Result<(), &'static str> {
         net.nic.enable_interrupts();
         net.nic.raise_interrupt(e1000::regs::int::TXDW);
     });
-    if crate::time::poll_until(20_000, || count() > before) {
+    if crate::arch::time::poll_until(20_000, || count() > before) {
         return Ok(());
     }
     super::with_net(|net| net.nic.disable_interrupts());
@@ -98,5 +98,5 @@ pub fn self_test(timeout_us: u64) -> bool {
     if super::with_net(|net| net.nic.raise_interrupt(e1000::regs::int::TXDW)).is_none() {
         return false;
     }
-    crate::time::poll_until(timeout_us, || count() > before)
+    crate::arch::time::poll_until(timeout_us, || count() > before)
 }

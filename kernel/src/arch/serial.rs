@@ -5,7 +5,8 @@
 //! Data Ready bit (16550 datasheet, LSR bit 0) and never blocks, so the shell can poll it.
 
 use core::fmt::{self, Write};
-use spin::Mutex;
+use core::sync::atomic::{AtomicBool, Ordering};
+use spin::{Mutex, Once};
 use uart_16550::SerialPort;
 use x86_64::instructions::port::Port;
 
@@ -13,6 +14,29 @@ use x86_64::instructions::port::Port;
 const COM1: u16 = 0x3F8;
 
 static PORT: Mutex<Option<SerialPort>> = Mutex::new(None);
+
+/// Where output is mirrored: the framebuffer console registers itself ([`set_mirror`]).
+static MIRROR: Once<fn(&str)> = Once::new();
+
+/// Set once a panic or fatal exception starts its report: from then on output must not wait
+/// for locks the crashed code may hold.
+static CRASHING: AtomicBool = AtomicBool::new(false);
+
+/// Marks the kernel as crashing (see [`crashing`]).
+pub fn begin_crash_report() {
+    CRASHING.store(true, Ordering::SeqCst);
+}
+
+/// Whether a crash report is being printed.
+pub fn crashing() -> bool {
+    CRASHING.load(Ordering::Relaxed)
+}
+
+/// Mirrors everything written from now on to `mirror` as well (the framebuffer console, which
+/// lives in a layer above and so is not called by name). The first registration wins.
+pub fn set_mirror(mirror: fn(&str)) {
+    MIRROR.call_once(|| mirror);
+}
 
 /// Programs the UART: 115200 baud, 8N1, FIFOs on, no interrupts.
 ///
@@ -38,13 +62,15 @@ pub fn init() {
     *PORT.lock() = Some(port);
 }
 
-/// Writes formatted text to the serial port and mirrors it to the framebuffer console.
+/// Writes formatted text to the serial port and mirrors it (see [`set_mirror`]).
 pub fn write_fmt(args: fmt::Arguments) {
     struct Both<'a>(&'a mut SerialPort);
     impl fmt::Write for Both<'_> {
         fn write_str(&mut self, s: &str) -> fmt::Result {
             self.0.write_str(s)?;
-            crate::console::write_str(s);
+            if let Some(mirror) = MIRROR.get() {
+                mirror(s);
+            }
             Ok(())
         }
     }
@@ -52,7 +78,7 @@ pub fn write_fmt(args: fmt::Arguments) {
         // A crash report must get out even when the crash came while this lock was held (a
         // panic inside a `println!`, a fault in the UART code): one CPU, interrupts off, so the
         // holder will never run again. Then write through a port of our own.
-        if crate::backtrace::crashing() {
+        if crashing() {
             if let Some(mut port) = PORT.try_lock() {
                 if let Some(port) = port.as_mut() {
                     let _ = Both(port).write_fmt(args);
@@ -83,12 +109,12 @@ pub fn try_read_byte() -> Option<u8> {
 /// Like `print!`, to the console.
 #[macro_export]
 macro_rules! print {
-    ($($arg:tt)*) => { $crate::serial::write_fmt(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::arch::serial::write_fmt(format_args!($($arg)*)) };
 }
 
 /// Like `println!`, to the console.
 #[macro_export]
 macro_rules! println {
     () => { $crate::print!("\n") };
-    ($($arg:tt)*) => { $crate::serial::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
+    ($($arg:tt)*) => { $crate::arch::serial::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
 }

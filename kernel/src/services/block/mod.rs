@@ -29,7 +29,7 @@
 
 mod shell;
 
-use crate::time::KernelClock;
+use crate::arch::time::KernelClock;
 use ahci::{Completion, Controller, IoBuffer, Request, RequestId, SubmitOptions};
 use alloc::format;
 use alloc::string::String;
@@ -47,8 +47,8 @@ pub use shell::COMMANDS;
 type Hba = Controller<device_io::Mmio, KernelClock>;
 
 /// How a controller signals completions: the kernel's one [`IrqMode`] for PCI functions
-/// (MSI, INTx through the I/O APIC, or polling), set up by [`crate::pci::wire_interrupt`].
-pub use crate::pci::IrqMode;
+/// (MSI, INTx through the I/O APIC, or polling), set up by [`crate::platform::pci::wire_interrupt`].
+pub use crate::platform::pci::IrqMode;
 
 struct HbaEntry {
     bdf: String,
@@ -109,7 +109,7 @@ fn service_or_check_deadlines(h: &mut Hba, poll: bool) {
 /// Finds and starts the AHCI controllers.
 pub fn init() {
     let mut entries = Vec::new();
-    for f in crate::pci::functions().iter().filter(|f| ahci::matches(f) || ahci::raid_mode_with_abar(f)) {
+    for f in crate::platform::pci::functions().iter().filter(|f| ahci::matches(f) || ahci::raid_mode_with_abar(f)) {
         let bdf = format!("{}", Bdf(f.address));
         if ahci::raid_mode_with_abar(f) {
             log::warn!(
@@ -118,14 +118,14 @@ pub fn init() {
             );
         }
         let name = format!("{bdf} ahci");
-        let regs = match crate::pci::map_bar(f, ahci::ABAR) {
+        let regs = match crate::platform::pci::map_bar(f, ahci::ABAR) {
             Ok(regs) => regs,
             Err(e) => {
                 log::error!("{name}: cannot map ABAR: {e}");
                 continue;
             }
         };
-        let dev = crate::dma_service::device_for(f, "ahci");
+        let dev = crate::services::dma_service::device_for(f, "ahci");
         let mut hba = match Controller::init(&name, regs, KernelClock, dev) {
             Ok(hba) => hba,
             Err(e) => {
@@ -144,7 +144,11 @@ pub fn init() {
             with_hba(c, |h| h.enable_interrupts());
         }
     }
-    crate::scheme::register("disk:info", "AHCI controllers and disks: identity, size, queueing, counters", render_info);
+    crate::registry::scheme::register(
+        "disk:info",
+        "AHCI controllers and disks: identity, size, queueing, counters",
+        render_info,
+    );
 }
 
 /// Ports whose sector 0 has an MBR boot signature.
@@ -174,11 +178,11 @@ fn boot_disks(hba: &mut Hba) -> u32 {
 }
 
 /// Wires the controller's interrupt through the kernel's one wiring path
-/// ([`crate::pci::wire_interrupt`]): MSI when the function offers it, else INTx through the I/O
+/// ([`crate::platform::pci::wire_interrupt`]): MSI when the function offers it, else INTx through the I/O
 /// APIC, else polling. Nothing is proved here (an HBA cannot raise an interrupt on demand); the
 /// interrupt is enabled on the HBA once every controller is registered.
 fn setup_interrupt(f: &pci::PciFunction, name: &str, index: usize) -> IrqMode {
-    let wired = crate::pci::wire_interrupt(f, interrupt, index, &mut |_| Ok(()));
+    let wired = crate::platform::pci::wire_interrupt(f, interrupt, index, &mut |_| Ok(()));
     match wired.mode {
         IrqMode::Msi { vector } => log::info!("{name}: MSI on vector {vector:#x}"),
         IrqMode::Intx { irq, vector, .. } => {
@@ -441,7 +445,7 @@ impl Disk {
         if entry.hba.lock().has_pending_work() {
             interrupts::enable();
         } else {
-            crate::time::sleep_until_interrupt(1_000);
+            crate::arch::time::sleep_until_interrupt(1_000);
         }
     }
 

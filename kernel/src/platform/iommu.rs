@@ -12,7 +12,7 @@
 //! * a malformed DMAR table, or a unit that fails to come up, leaves the Direct mapper in charge
 //!   with a log line saying why.
 
-use crate::memory::paging;
+use crate::mm::memory::paging;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -63,7 +63,7 @@ pub fn domain_of(function: &PciFunction) -> Option<Arc<Domain>> {
 pub fn requester_id(function: &PciFunction) -> SourceId {
     let own = SourceId::new(function.address.bus(), function.address.device(), function.address.function());
     let Some(bridge) = function.pcie_to_pci_bridge() else { return own };
-    crate::pci::functions()
+    crate::platform::pci::functions()
         .iter()
         .find(|f| f.address == bridge)
         .and_then(|b| b.bridge_buses)
@@ -84,18 +84,18 @@ fn fault_interrupt(_context: usize) {
 /// before any driver asks for a DMA handle.
 pub fn init(memory: Arc<dyn PhysMemory>) {
     STATE.call_once(|| bring_up(memory));
-    crate::scheme::register("iommu:units", "VT-d units: capabilities and state", || match state() {
+    crate::registry::scheme::register("iommu:units", "VT-d units: capabilities and state", || match state() {
         Some(s) => dma::vtd::view::render_units(&s.units),
         None => String::from("no VT-d unit in use (no DMAR table, or it was rejected; DMA is Direct)\n"),
     });
-    crate::scheme::register("iommu:faults", "VT-d fault records, per device", || match state() {
+    crate::registry::scheme::register("iommu:faults", "VT-d fault records, per device", || match state() {
         Some(s) => dma::vtd::view::render_faults(&s.units),
         None => String::from("no VT-d unit in use\n"),
     });
 }
 
 fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
-    let bytes = crate::acpi::info().dmar.as_ref()?;
+    let bytes = crate::firmware::acpi::info().dmar.as_ref()?;
     let dmar = match dma::vtd::dmar::Dmar::parse(bytes) {
         Ok(d) => d,
         Err(e) => {
@@ -103,7 +103,7 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
             return None;
         }
     };
-    let functions = crate::pci::functions();
+    let functions = crate::platform::pci::functions();
     let secondary_bus = |bus: u8, dev: u8, func: u8| {
         functions
             .iter()
@@ -216,8 +216,8 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
 
     let units: Vec<Arc<Unit>> = units.into_iter().map(|(_, u)| u).collect();
     for unit in &units {
-        if let Ok(vector) = crate::interrupts::allocate_vector(fault_interrupt, 0) {
-            let (address, data) = crate::apic::msi_message(vector);
+        if let Ok(vector) = crate::arch::interrupts::allocate_vector(fault_interrupt, 0) {
+            let (address, data) = crate::arch::apic::msi_message(vector);
             unit.configure_fault_interrupt(address, u32::from(data));
         }
         if let Err(e) = unit.enable_translation() {

@@ -8,7 +8,7 @@
 //! MSI-X, MSI and INTx is made by `pci::interrupt` (host-tested), and programmed here (vector,
 //! MSI message, I/O APIC route).
 
-use crate::memory::paging;
+use crate::mm::memory::paging;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -35,7 +35,7 @@ fn port_io() -> Box<ConfigAccess> {
 
 /// Maps the MCFG windows; `None` (with a log line) if any cannot be used.
 fn ecam() -> Option<Box<ConfigAccess>> {
-    let windows = &crate::acpi::info().ecam;
+    let windows = &crate::firmware::acpi::info().ecam;
     if windows.is_empty() {
         return None;
     }
@@ -73,7 +73,7 @@ pub fn init() {
             port_io()
         }
     });
-    let mut segments: Vec<u16> = crate::acpi::info().ecam.iter().map(|w| w.segment).collect();
+    let mut segments: Vec<u16> = crate::firmware::acpi::info().ecam.iter().map(|w| w.segment).collect();
     segments.sort_unstable();
     segments.dedup();
     if segments.is_empty() {
@@ -82,7 +82,7 @@ pub fn init() {
     let found =
         FUNCTIONS.call_once(|| segments.iter().flat_map(|&segment| pci::enumerate(&**access, segment)).collect());
     log::info!("PCI: {} functions", found.len());
-    crate::scheme::register("pci:devices", "every PCI function, decoded", || pci::devices_view(functions()));
+    crate::registry::scheme::register("pci:devices", "every PCI function, decoded", || pci::devices_view(functions()));
 }
 
 /// Every function found at boot.
@@ -198,7 +198,7 @@ impl Wired {
 /// which would have to be mapped and filled; no device here needs it (QEMU's e1000 and AHCI have
 /// no MSI-X capability), so a function that offers it gets MSI, then INTx.
 fn interrupt_support() -> Support {
-    Support { apic: crate::apic::is_ready(), msix: false }
+    Support { apic: crate::arch::apic::is_ready(), msix: false }
 }
 
 /// Wires `function`'s interrupt to `handler(context)`: MSI-X, MSI or INTx, as
@@ -232,7 +232,7 @@ pub fn wire_interrupt(
         };
         let v = match vector {
             Some(v) => v,
-            None => match crate::interrupts::allocate_vector(handler, context) {
+            None => match crate::arch::interrupts::allocate_vector(handler, context) {
                 Ok(v) => *vector.insert(v),
                 Err(_) => {
                     passed_over.push((name, "no free interrupt vector"));
@@ -259,16 +259,16 @@ pub fn wire_interrupt(
         }
     }
     if let Some(v) = vector {
-        crate::interrupts::free_vector(v);
+        crate::arch::interrupts::free_vector(v);
     }
     let reason = passed_over.last().map_or("no interrupt mechanism", |&(_, why)| why);
     Wired { mode: IrqMode::Polling { reason }, passed_over }
 }
 
 /// Programs `function`'s MSI capability to deliver `vector` to this CPU
-/// ([`crate::apic::msi_message`]) and enables it.
+/// ([`crate::arch::apic::msi_message`]) and enables it.
 pub fn enable_msi(function: &PciFunction, vector: u8) -> Result<(), &'static str> {
-    let (address, data) = crate::apic::msi_message(vector);
+    let (address, data) = crate::arch::apic::msi_message(vector);
     function.enable_msi(access(), address, data).map_err(|e| match e {
         pci::MsiError::NoMsiCapability => "the function has no MSI capability",
         _ => "the MSI capability refused to enable",
@@ -283,11 +283,11 @@ pub fn route_intx(function: &PciFunction, vector: u8) -> Result<IrqMode, &'stati
     let route = pci::interrupt::intx_route(function.interrupt_pin, function.interrupt_line)?;
     let level = route.trigger == Trigger::Level;
     let active_low = route.polarity == Polarity::ActiveLow;
-    if !crate::apic::route_isa_irq(route.irq, vector, level, active_low) {
+    if !crate::arch::apic::route_isa_irq(route.irq, vector, level, active_low) {
         return Err("no I/O APIC input for the IRQ");
     }
     function.config(access()).enable_intx();
-    let (_, level, active_low) = crate::apic::isa_irq_input(route.irq, level, active_low);
+    let (_, level, active_low) = crate::arch::apic::isa_irq_input(route.irq, level, active_low);
     Ok(IrqMode::Intx {
         irq: route.irq,
         vector,
@@ -300,6 +300,6 @@ pub fn route_intx(function: &PciFunction, vector: u8) -> Result<IrqMode, &'stati
 pub fn unroute_intx(function: &PciFunction, mode: IrqMode) {
     if let IrqMode::Intx { irq, .. } = mode {
         function.config(access()).disable_intx();
-        crate::apic::mask_isa_irq(irq);
+        crate::arch::apic::mask_isa_irq(irq);
     }
 }

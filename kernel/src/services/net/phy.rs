@@ -56,7 +56,7 @@ impl phy::TxToken for TxToken<'_> {
 /// never sees `None`; this keeps that path panic-free all the same.
 fn unreachable_fill<R>() -> R {
     log::error!("net: transmit closure ran twice (driver bug)");
-    crate::exit::exit_qemu(crate::exit::QemuExitCode::Failed)
+    crate::arch::exit::exit_qemu(crate::arch::exit::QemuExitCode::Failed)
 }
 
 impl Device for Phy<'_> {

@@ -17,6 +17,10 @@ pub const DOUBLE_FAULT_IST_INDEX: u16 = 0;
 
 const IST_STACK_SIZE: usize = 32 * 1024;
 
+/// The kernel stack's size, asked of the bootloader (`boot::BOOTLOADER_CONFIG`), which maps it
+/// with a guard page below.
+pub const KERNEL_STACK_SIZE: u64 = 512 * 1024;
+
 #[repr(align(16))]
 struct IstStack(#[expect(dead_code, reason = "only the CPU uses the stack, through the TSS")] [u8; IST_STACK_SIZE]);
 

@@ -6,7 +6,7 @@
 //! IOMMU, what the screen and keyboard are. `report` (shell) and `cat sys:report` print it all as
 //! plain text, one fact per line, so it survives being copied from a screen photo or a serial log.
 
-use crate::shell::Command;
+use crate::registry::commands::Command;
 use alloc::format;
 use alloc::string::String;
 use core::fmt::Write;
@@ -22,9 +22,11 @@ pub static COMMANDS: &[Command] = &[
     },
 ];
 
-/// Publishes `sys:report`. Needs the heap (and is most useful after every service started).
+/// Publishes `sys:report` and registers the commands. Needs the heap (and is most useful after
+/// every service started).
 pub fn init() {
-    crate::scheme::register("sys:report", "hardware report for bug reports (same as `report`)", render);
+    crate::registry::commands::register(COMMANDS);
+    crate::registry::scheme::register("sys:report", "hardware report for bug reports (same as `report`)", render);
 }
 
 fn report(_: &[&str]) {
@@ -36,7 +38,7 @@ fn fbcon(args: &[&str]) {
         [] => {
             crate::println!(
                 "fbcon: {}",
-                if crate::console::framebuffer_output_on() { "on" } else { "off (or no framebuffer)" }
+                if crate::ui::console::framebuffer_output_on() { "on" } else { "off (or no framebuffer)" }
             );
             return;
         }
@@ -47,7 +49,7 @@ fn fbcon(args: &[&str]) {
             return;
         }
     };
-    if crate::console::set_framebuffer_output(on) {
+    if crate::ui::console::set_framebuffer_output(on) {
         crate::println!("fbcon: drawing {}", if on { "on" } else { "off" });
     } else {
         crate::println!("fbcon: no framebuffer console on this machine");
@@ -83,7 +85,7 @@ pub fn render() -> String {
 }
 
 fn write_report(out: &mut String) -> core::fmt::Result {
-    let acpi = crate::acpi::info();
+    let acpi = crate::firmware::acpi::info();
     let inventory = &acpi.inventory;
     let rsdp = (inventory.rsdp != 0).then_some(inventory.rsdp);
     writeln!(out, "== dma-kernel hardware report ==")?;
@@ -96,9 +98,9 @@ fn write_report(out: &mut String) -> core::fmt::Result {
     writeln!(out, "firmware: {}", firmware_from_rsdp(rsdp))?;
     let (vendor, brand) = cpu_identity();
     writeln!(out, "cpu: {vendor} \"{brand}\"")?;
-    writeln!(out, "tsc: {} MHz", crate::time::tsc() / crate::time::now_us().max(1))?;
+    writeln!(out, "tsc: {} MHz", crate::arch::time::tsc() / crate::arch::time::now_us().max(1))?;
 
-    let stats = crate::memory::frame_stats();
+    let stats = crate::mm::memory::frame_stats();
     let mib = |frames: usize| (frames as u64 * 4096) >> 20;
     writeln!(
         out,
@@ -108,7 +110,7 @@ fn write_report(out: &mut String) -> core::fmt::Result {
         mib(stats.free_frames_below_4g),
         stats.free_ranges,
         mib(stats.largest_free_run),
-        crate::memory::end_of_ram()
+        crate::mm::memory::end_of_ram()
     )?;
 
     match rsdp {
@@ -141,7 +143,7 @@ fn write_report(out: &mut String) -> core::fmt::Result {
         writeln!(out, "acpi problem: {problem}")?;
     }
     match &acpi.apic {
-        Some(apic) if crate::apic::is_ready() => writeln!(
+        Some(apic) if crate::arch::apic::is_ready() => writeln!(
             out,
             "interrupts: local APIC at {:#x}, {} I/O APIC(s), {} ISA override(s)",
             apic.local_apic,
@@ -151,8 +153,8 @@ fn write_report(out: &mut String) -> core::fmt::Result {
         Some(_) => writeln!(out, "interrupts: MADT found but the local APIC could not be mapped; drivers poll")?,
         None => writeln!(out, "interrupts: off (no usable MADT); drivers poll")?,
     }
-    let (sleeps, slept_us) = crate::time::sleep_stats();
-    let up_us = crate::time::now_us().max(1);
+    let (sleeps, slept_us) = crate::arch::time::sleep_stats();
+    let up_us = crate::arch::time::now_us().max(1);
     writeln!(
         out,
         "idle: halted {sleeps} times, {} ms of {} ms since the TSC started ({}%)",
@@ -173,20 +175,20 @@ fn write_report(out: &mut String) -> core::fmt::Result {
         }
     }
 
-    let view = |name: &str| crate::scheme::read(name).unwrap_or_else(|| String::from("(not published)\n"));
+    let view = |name: &str| crate::registry::scheme::read(name).unwrap_or_else(|| String::from("(not published)\n"));
     write_section(out, "iommu", &view("iommu:units"))?;
     write_section(out, "dma pools", &view("dma:pools"))?;
 
-    write_framebuffer(out, crate::console::framebuffer_state())?;
-    match crate::console::keyboard_state() {
-        Some(crate::console::KeyboardState::Present { firmware_config }) => {
+    write_framebuffer(out, crate::ui::console::framebuffer_state())?;
+    match crate::ui::console::keyboard_state() {
+        Some(crate::ui::console::KeyboardState::Present { firmware_config }) => {
             writeln!(out, "keyboard: PS/2 (i8042 configuration byte at boot {firmware_config:#04x})")?
         }
-        Some(crate::console::KeyboardState::Absent(why)) => writeln!(out, "keyboard: none: {why}")?,
+        Some(crate::ui::console::KeyboardState::Absent(why)) => writeln!(out, "keyboard: none: {why}")?,
         None => writeln!(out, "keyboard: not probed")?,
     }
 
-    write_section(out, "pci devices", &crate::pci::lspci_text())?;
+    write_section(out, "pci devices", &crate::platform::pci::lspci_text())?;
     writeln!(out, "== end of report ==")
 }
 
@@ -202,8 +204,8 @@ fn write_section(out: &mut String, title: &str, text: &str) -> core::fmt::Result
     Ok(())
 }
 
-fn write_framebuffer(out: &mut String, state: crate::console::FramebufferState) -> core::fmt::Result {
-    use crate::console::FramebufferState;
+fn write_framebuffer(out: &mut String, state: crate::ui::console::FramebufferState) -> core::fmt::Result {
+    use crate::ui::console::FramebufferState;
     let geometry = |info: &bootloader_api::info::FrameBufferInfo| {
         format!(
             "{}x{}, stride {} pixels, {} bytes/pixel, {:?}, {} bytes",
@@ -219,7 +221,7 @@ fn write_framebuffer(out: &mut String, state: crate::console::FramebufferState) 
             out,
             "framebuffer: {} - {columns}x{rows} text, drawing {}",
             geometry(&info),
-            if crate::console::framebuffer_output_on() { "on" } else { "off" }
+            if crate::ui::console::framebuffer_output_on() { "on" } else { "off" }
         ),
     }
 }

@@ -2,9 +2,9 @@
 //! `netbench`. Each polls the stack itself while it waits (there is no scheduler).
 
 use super::{Net, with_net};
+use crate::arch::time::{Deadline, now_us};
 use crate::println;
-use crate::shell::Command;
-use crate::time::{Deadline, now_us};
+use crate::registry::commands::Command;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;

@@ -10,15 +10,15 @@
 //! of equal or lower priority can arrive. The 8259 PICs of the PC/AT are masked: with an APIC
 //! they would only deliver spurious interrupts on vectors we use for exceptions.
 
-use crate::acpi::ApicInfo;
-use crate::memory::paging;
+use crate::firmware::acpi::ApicInfo;
+use crate::mm::memory::paging;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 use spin::Mutex;
 use x86_64::instructions::port::Port;
 
 /// Local APIC register offsets (Intel SDM Vol. 3A Table 11-1).
-mod reg {
+pub(super) mod reg {
     pub const ID: usize = 0x20;
     pub const VERSION: usize = 0x30;
     pub const TPR: usize = 0x80;
@@ -78,7 +78,7 @@ impl IoApic {
     }
 }
 
-fn local_apic_reg(offset: usize) -> *mut u32 {
+pub(super) fn local_apic_reg(offset: usize) -> *mut u32 {
     let base = LOCAL_APIC.load(Ordering::Acquire);
     // The caller checks for null via `is_ready`.
     base.wrapping_add(offset).cast()
@@ -235,75 +235,4 @@ fn redirect_gsi(gsi: u32, vector: u8, level: bool, active_low: bool, masked: boo
 /// address 0xFEE0_0000 | dest << 12 (physical mode), data = vector (fixed, edge).
 pub fn msi_message(vector: u8) -> (u64, u16) {
     (0xFEE0_0000 | (u64::from(local_apic_id()) << 12), u16::from(vector))
-}
-
-/// Local APIC timer ticks per microsecond (divide-by-16), 0 until [`init_wakeup_timer`] ran.
-static TIMER_TICKS_PER_US: AtomicU32 = AtomicU32::new(0);
-/// The vector the wake-up timer fires on.
-static TIMER_VECTOR: AtomicU8 = AtomicU8::new(0);
-
-/// Times the wake-up timer has fired.
-static TIMER_FIRES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// The timer's handler: nothing to do but count. Its only job was to end a `hlt`.
-fn timer_interrupt(_context: usize) {
-    TIMER_FIRES.fetch_add(1, Ordering::Relaxed);
-}
-
-/// How often the wake-up timer has fired.
-pub fn wakeup_timer_fires() -> u64 {
-    TIMER_FIRES.load(Ordering::Relaxed)
-}
-
-/// Sets up the local APIC timer as a one-shot wake-up alarm (SDM Vol. 3A §11.5.4) and measures
-/// its rate against the TSC. Its frequency is the bus or crystal clock, which the architecture
-/// does not tell us, so we count its ticks over 10 ms of the calibrated TSC.
-///
-/// Waiters that sleep with `hlt` until a device interrupts (see
-/// [`crate::time::sleep_until_interrupt`]) arm it first, so that a lost interrupt costs them
-/// a bounded delay instead of sleeping forever.
-pub fn init_wakeup_timer() {
-    if !is_ready() {
-        return;
-    }
-    let Ok(vector) = crate::interrupts::allocate_vector(timer_interrupt, 0) else {
-        log::warn!("APIC: no vector for the wake-up timer; waiters spin");
-        return;
-    };
-    // SAFETY: the timer registers are mapped; one-shot mode (bits 17:18 = 0), masked (bit 16)
-    // while measuring, divide by 16 (0b0011), counting down from the largest value.
-    unsafe {
-        local_apic_reg(reg::LVT_TIMER).write_volatile(1 << 16 | u32::from(vector));
-        local_apic_reg(reg::TIMER_DIVIDE).write_volatile(0b0011);
-        local_apic_reg(reg::TIMER_INITIAL_COUNT).write_volatile(u32::MAX);
-    }
-    crate::time::delay_us(10_000);
-    // SAFETY: reading the current count has no side effects; writing 0 stops the timer.
-    let left = unsafe { local_apic_reg(reg::TIMER_CURRENT_COUNT).read_volatile() };
-    // SAFETY: as above.
-    unsafe { local_apic_reg(reg::TIMER_INITIAL_COUNT).write_volatile(0) };
-    let per_us = (u32::MAX - left) / 10_000;
-    if per_us == 0 {
-        log::warn!("APIC: the local APIC timer did not count; waiters spin");
-        crate::interrupts::free_vector(vector);
-        return;
-    }
-    // SAFETY: unmask the timer, still one-shot on our vector; it is stopped (count 0).
-    unsafe { local_apic_reg(reg::LVT_TIMER).write_volatile(u32::from(vector)) };
-    TIMER_VECTOR.store(vector, Ordering::Relaxed);
-    TIMER_TICKS_PER_US.store(per_us, Ordering::Release);
-    log::info!("APIC: wake-up timer on vector {vector:#x}, {per_us} ticks/us (divide by 16)");
-}
-
-/// Arms the one-shot wake-up timer to fire in `us` microseconds (at most about a minute).
-/// False if there is no timer.
-pub fn arm_wakeup_timer(us: u64) -> bool {
-    let per_us = TIMER_TICKS_PER_US.load(Ordering::Acquire);
-    if per_us == 0 {
-        return false;
-    }
-    let ticks = us.saturating_mul(u64::from(per_us)).clamp(1, u64::from(u32::MAX)) as u32;
-    // SAFETY: writing the initial count (re)starts the one-shot countdown.
-    unsafe { local_apic_reg(reg::TIMER_INITIAL_COUNT).write_volatile(ticks) };
-    true
 }

@@ -3,7 +3,7 @@
 //!
 //! The `dma` crate holds every rule; this module gives it the machine:
 //! * memory: [`KernelMemory`] (frames from the frame allocator, addresses via the direct map);
-//! * a mapper: each PCI function's VT-d domain when the IOMMU is on (see `crate::iommu`), else
+//! * a mapper: each PCI function's VT-d domain when the IOMMU is on (see `crate::platform::iommu`), else
 //!   `Direct` (bus address = physical address) with a 1 MiB bounce area below 4 GiB, so a 32-bit
 //!   device can still use a buffer that lies above 4 GiB (Linux's swiotlb);
 //! * views: `dma:pools`, `dma:mappings`, `dma:errors` for the shell and the tests.
@@ -11,7 +11,7 @@
 //! Drivers get a handle from [`device_for`] and nothing else: the handle is the capability to
 //! do DMA, named after the device so every report says which device misbehaved.
 
-use crate::memory::KernelMemory;
+use crate::mm::memory::KernelMemory;
 use alloc::format;
 use alloc::sync::Arc;
 use dma::mapper::{BounceArea, Direct, DmaMapper};
@@ -49,12 +49,12 @@ pub fn init() {
             "dma:mappings" => "live streaming mappings per device",
             _ => "DMA-API misuse reports",
         };
-        crate::scheme::register(name, about, view_for(name));
+        crate::registry::scheme::register(name, about, view_for(name));
     }
-    crate::iommu::init(service().memory.clone());
+    crate::platform::iommu::init(service().memory.clone());
 }
 
-fn view_for(name: &str) -> crate::scheme::Render {
+fn view_for(name: &str) -> crate::registry::scheme::Render {
     match name {
         "dma:pools" => || dma::view("dma:pools").unwrap_or_default(),
         "dma:mappings" => || dma::view("dma:mappings").unwrap_or_default(),
@@ -83,7 +83,7 @@ pub fn memory() -> Arc<dyn PhysMemory> {
 /// Direct mapper.
 pub fn device_for(function: &PciFunction, driver: &str) -> DmaDevice {
     let s = service();
-    let mapper = crate::iommu::mapper_for(function).unwrap_or_else(|| s.mapper.clone());
+    let mapper = crate::platform::iommu::mapper_for(function).unwrap_or_else(|| s.mapper.clone());
     DmaDevice::new(format!("{} {driver}", Bdf(function.address)), s.memory.clone(), mapper)
 }
 

@@ -7,8 +7,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
-const BIOS_VTD: &str = include_str!("../../fixtures/qemu-q35-bios-vtd.acpi");
-const UEFI_VTD: &str = include_str!("../../fixtures/qemu-q35-uefi-vtd.acpi");
+const BIOS_VTD: &str = include_str!("../../../fixtures/qemu-q35-bios-vtd.acpi");
+const UEFI_VTD: &str = include_str!("../../../fixtures/qemu-q35-uefi-vtd.acpi");
 
 /// Physical memory made of the captured blocks at their captured addresses.
 struct Captured {
