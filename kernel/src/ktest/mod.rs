@@ -28,8 +28,36 @@ use crate::registry::commands::Command;
 use alloc::string::String;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// What a test returns: `Err` carries the reason for failure.
-pub type TestResult = Result<(), String>;
+/// Why a test did not pass.
+#[derive(Debug)]
+pub enum TestError {
+    /// Something the test checked was false: the message says what.
+    Failed(String),
+    /// The machine lacks what the test needs (a VT-d unit, a device interrupt). The test says
+    /// so instead of passing: `cargo xtask test` counts it as skipped, and as a failure on the
+    /// machines that must run it.
+    Skipped(&'static str),
+}
+
+impl From<String> for TestError {
+    fn from(reason: String) -> Self {
+        TestError::Failed(reason)
+    }
+}
+
+impl From<&str> for TestError {
+    fn from(reason: &str) -> Self {
+        TestError::Failed(reason.into())
+    }
+}
+
+/// What a test returns: `Err` says whether it failed (and why) or did not apply.
+pub type TestResult = Result<(), TestError>;
+
+/// Ends a test that does not apply to this machine, saying why.
+pub fn skip(reason: &'static str) -> TestResult {
+    Err(TestError::Skipped(reason))
+}
 
 /// One in-kernel test.
 pub struct KernelTest {
@@ -71,7 +99,7 @@ fn demo_page_fault() -> TestResult {
     let unmapped = 0x0000_0dea_dbee_f000 as *const u64;
     // SAFETY: not sound, on purpose: this read faults, and the test shows how a fault is reported.
     let value = unsafe { unmapped.read_volatile() };
-    Err(alloc::format!("read {value:#x} from an unmapped address without a fault"))
+    Err(alloc::format!("read {value:#x} from an unmapped address without a fault").into())
 }
 
 /// Recurses until the kernel stack runs into its guard page. The page fault cannot be delivered
@@ -83,7 +111,7 @@ fn demo_stack_overflow() -> TestResult {
         core::hint::black_box(&frame);
         recurse(depth + 1) + frame[depth as usize % 64]
     }
-    Err(alloc::format!("recursion returned {}", recurse(0)))
+    Err(alloc::format!("recursion returned {}", recurse(0)).into())
 }
 
 const NO_TEST: usize = usize::MAX;
@@ -98,7 +126,7 @@ pub fn run(from: usize, filter: &str, demo_failures: bool) -> (usize, usize) {
         all_tests().filter(|t| t.name.contains(filter)).collect()
     };
     crate::println!("ktest: begin {} tests", tests.len());
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (index, test) in tests.iter().enumerate().skip(from) {
         *RUNNING_NAME.lock() = test.name;
         RUNNING.store(index, Ordering::SeqCst);
@@ -109,13 +137,17 @@ pub fn run(from: usize, filter: &str, demo_failures: bool) -> (usize, usize) {
                 passed += 1;
                 crate::println!("ktest: [{index}] {} ... ok", test.name);
             }
-            Err(reason) => {
+            Err(TestError::Failed(reason)) => {
                 failed += 1;
                 crate::println!("ktest: [{index}] {} ... FAILED: {reason}", test.name);
             }
+            Err(TestError::Skipped(reason)) => {
+                skipped += 1;
+                crate::println!("ktest: [{index}] {} ... skipped: {reason}", test.name);
+            }
         }
     }
-    crate::println!("ktest: done passed={passed} failed={failed}");
+    crate::println!("ktest: done passed={passed} failed={failed} skipped={skipped}");
     (passed, failed)
 }
 
@@ -202,7 +234,7 @@ fn report_exception(exception: &dyn core::fmt::Display) {
 macro_rules! check {
     ($cond:expr, $($msg:tt)*) => {
         if !$cond {
-            return Err(alloc::format!($($msg)*));
+            return Err(alloc::format!($($msg)*).into());
         }
     };
 }
