@@ -105,7 +105,6 @@ pub mod pool;
 pub mod sg;
 pub mod sim;
 pub mod streaming;
-pub mod vtd;
 
 pub use buffer::{DmaBuf, PageBuffer};
 pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentView};

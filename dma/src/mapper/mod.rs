@@ -10,7 +10,8 @@
 //! (every device behind one bridge, every device in one IOMMU domain), so a mapper never keeps
 //! per-device state; the device passes its [`DeviceLimits`] in.
 //!
-//! The IOMMU mapper ([`Iommu`], VT-d second-level tables) implements the same trait: `map`
+//! The IOMMU mapper (`iommu_vtd::Iommu`, VT-d second-level tables, in the `iommu-vtd` crate, which
+//! depends on this one) implements the same trait: `map`
 //! allocates an IOVA range within `limits.mask` and writes page-table entries with read/write
 //! permission from the direction, `unmap` clears them and invalidates the IOTLB, `bus_to_phys`
 //! walks the tables, and `alloc_coherent` allocates frames anywhere and maps them.
@@ -48,11 +49,9 @@
 
 mod bounce;
 mod direct;
-mod iommu;
 
 pub use bounce::{BOUNCE_SLOT_SIZE, Bounce, BounceArea, BounceStats};
 pub use direct::Direct;
-pub use iommu::{Iommu, PENDING_PAGES_LIMIT};
 
 use crate::direction::DmaDirection;
 use crate::error::{AllocError, MapError};

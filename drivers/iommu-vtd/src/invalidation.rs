@@ -27,7 +27,7 @@
 //! address mask 2), and [`iotlb_descriptor`] encodes the 128-bit IOTLB invalidate descriptor
 //! of §6.5.2.3. Covering a fourth page too is harmless; missing one would not be.
 //! ```
-//! use dma::vtd::invalidation::{IotlbScope, iotlb_descriptor, page_scope};
+//! use iommu_vtd::invalidation::{IotlbScope, iotlb_descriptor, page_scope};
 //! let scope = page_scope(7, 0x5000, 3 * 4096, 18, true).unwrap();
 //! assert_eq!(scope, IotlbScope::Pages { domain: 7, iova: 0x4000, am: 2, leaf_only: true });
 //!
@@ -46,7 +46,7 @@
 
 use core::fmt;
 
-use crate::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
+use dma::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 
 use super::SourceId;
 use super::regs::{self, Cap, Ecap, VtdRegisters, ccmd, fsts, gcmd, iotlb};

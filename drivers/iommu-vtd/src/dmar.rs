@@ -26,8 +26,8 @@
 //! to. The bytes come from firmware, so a copy cut short or with one byte changed is refused
 //! with an error that says what is wrong, never half-trusted.
 //! ```
-//! use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeKind};
-//! use dma::vtd::SourceId;
+//! use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeKind};
+//! use iommu_vtd::SourceId;
 //! let endpoint = |start_bus, hops: &[(u8, u8)]| DeviceScope { kind: ScopeKind::PciEndpoint, enumeration_id: 0,
 //!     start_bus, path: hops.iter().map(|&(device, function)| PathEntry { device, function }).collect() };
 //! let usb = endpoint(0, &[(0x1c, 0), (0, 0)]); // hop 1 is a bridge, hop 2 the device below it

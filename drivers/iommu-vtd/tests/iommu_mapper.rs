@@ -5,10 +5,11 @@
 
 mod vtd_common;
 
-use dma::mapper::{DmaMapper, Iommu};
-use dma::vtd::sim::{SimConfig, SimUnit};
-use dma::vtd::{SourceId, UnmapPolicy};
+use dma::mapper::DmaMapper;
 use dma::{Bidirectional, DmaDevice, DmaPool, FromDevice, PageBuffer, ToDevice};
+use iommu_vtd::Iommu;
+use iommu_vtd::sim::{SimConfig, SimUnit};
+use iommu_vtd::{SourceId, UnmapPolicy};
 use std::sync::Arc;
 use vtd_common::{FOUR_GIB, Rig};
 
@@ -156,11 +157,11 @@ fn deferred_unmaps_free_pages_only_after_a_flush() {
     }
     // Ten isolation pages wait for the flush: none went back to the allocator yet.
     assert!(m.rig.mem.frames_in_use() >= before + 10, "isolation pages were freed before the IOTLB flush");
-    for _ in 0..dma::mapper::PENDING_PAGES_LIMIT {
+    for _ in 0..iommu_vtd::PENDING_PAGES_LIMIT {
         let tx = m.dev.map_range(buf, 0, 100, ToDevice).unwrap();
         buf = tx.unmap();
     }
-    assert!(m.rig.mem.frames_in_use() < before + 10 + dma::mapper::PENDING_PAGES_LIMIT, "pages never released");
+    assert!(m.rig.mem.frames_in_use() < before + 10 + iommu_vtd::PENDING_PAGES_LIMIT, "pages never released");
 }
 
 #[test]

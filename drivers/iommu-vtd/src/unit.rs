@@ -50,8 +50,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use dma::sim::SimMemory;
-//! use dma::vtd::sim::{SimConfig, SimUnit};
-//! use dma::vtd::{AccessKind, FaultReason, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
+//! use iommu_vtd::sim::{SimConfig, SimUnit};
+//! use iommu_vtd::{AccessKind, FaultReason, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
 //! use dma::{FrameRequest, PhysMemory};
 //! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! let sim = SimUnit::new(phys.clone(), SimConfig::default()); // registers and caches
@@ -83,7 +83,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::phys::{PAGE_SIZE, PhysAddr, PhysMemory, mask_from_bits};
+use dma::phys::{PAGE_SIZE, PhysAddr, PhysMemory, mask_from_bits};
 
 use super::fault::{FaultReason, FaultRecord};
 use super::invalidation::{ContextScope, InvalidationError, InvalidationStats, Invalidator, IotlbScope, page_scope};
@@ -136,7 +136,7 @@ impl Default for UnitConfig {
 /// ```
 /// # use std::sync::Arc;
 /// # use dma::{sim::SimMemory, FrameRequest, PhysMemory};
-/// # use dma::vtd::{sim::{SimConfig, SimUnit}, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
+/// # use iommu_vtd::{sim::{SimConfig, SimUnit}, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
 /// # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 /// # let sim = SimUnit::new(phys.clone(), SimConfig::default());
 /// # let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();

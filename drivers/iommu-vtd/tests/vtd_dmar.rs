@@ -1,8 +1,8 @@
 //! DMAR parsing (VT-d spec §8): QEMU's real table, hand-built ones, corrupted ones, fuzzing,
 //! and device-scope resolution through bridges.
 
-use dma::vtd::SourceId;
-use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeError, ScopeKind};
+use iommu_vtd::SourceId;
+use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeError, ScopeKind};
 use proptest::prelude::*;
 
 /// The DMAR table QEMU 7.2 gives a q35 machine with `-device intel-iommu` (captured under
@@ -17,8 +17,8 @@ fn qemu_dmar(fixture: &str) -> Vec<u8> {
     bytes
 }
 
-const BIOS: &str = include_str!("../../kernel/fixtures/qemu-q35-bios-vtd.acpi");
-const UEFI: &str = include_str!("../../kernel/fixtures/qemu-q35-uefi-vtd.acpi");
+const BIOS: &str = include_str!("../../../kernel/fixtures/qemu-q35-bios-vtd.acpi");
+const UEFI: &str = include_str!("../../../kernel/fixtures/qemu-q35-uefi-vtd.acpi");
 
 fn ep(bus: u8, path: &[(u8, u8)]) -> DeviceScope {
     scope(ScopeKind::PciEndpoint, 0, bus, path)
@@ -267,7 +267,7 @@ proptest! {
 /// behind a root port and a PCIe-to-PCI bridge (bus 2) belongs to the unit naming the port.
 #[test]
 fn sub_hierarchy_scope_covers_deeper_buses() {
-    use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, PathEntry, ScopeKind};
+    use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, PathEntry, ScopeKind};
     let port = DeviceScope {
         kind: ScopeKind::PciSubHierarchy,
         enumeration_id: 0,

@@ -33,9 +33,9 @@
 //! # use std::sync::Arc;
 //! # use dma::sim::SimMemory;
 //! # use dma::{DmaDevice, PageBuffer, PhysMemory, ToDevice};
-//! use dma::mapper::Iommu;
-//! use dma::vtd::sim::{SimConfig, SimUnit};
-//! use dma::vtd::{FaultReason, SourceId, Unit, UnitConfig, UnmapPolicy};
+//! use iommu_vtd::Iommu;
+//! use iommu_vtd::sim::{SimConfig, SimUnit};
+//! use iommu_vtd::{FaultReason, SourceId, Unit, UnitConfig, UnmapPolicy};
 //! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! let sim = SimUnit::new(phys.clone(), SimConfig::default());
 //! let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
@@ -63,13 +63,13 @@
 //! assert_eq!(&buf[..4], b"ping");
 //! ```
 
-use super::{CoherentRegion, DeviceLimits, DmaMapper, Mapped};
-use crate::direction::DmaDirection;
-use crate::error::{AllocError, MapError};
-use crate::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
-use crate::vtd::{AccessKind, Domain, DomainError, Perms, UnmapPolicy};
+use crate::{AccessKind, Domain, DomainError, Perms, UnmapPolicy};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use dma::direction::DmaDirection;
+use dma::error::{AllocError, MapError};
+use dma::mapper::{CoherentRegion, DeviceLimits, DmaMapper, Mapped};
+use dma::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 use spin::Mutex;
 
 const PAGE: u64 = PAGE_SIZE as u64;

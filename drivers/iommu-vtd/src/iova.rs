@@ -39,7 +39,7 @@
 //! the invalidation rule: a range freed with [`IovaAllocator::free_deferred`] comes back only
 //! after the flush that covers it.
 //! ```
-//! use dma::vtd::iova::{IovaAllocator, IovaError};
+//! use iommu_vtd::iova::{IovaAllocator, IovaError};
 //! let mut space = IovaAllocator::new(39); // a 39-bit domain
 //!
 //! // Three pages for a 32-bit device: an aligned block of four, as high as the mask allows.
@@ -67,7 +67,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::phys::PAGE_SIZE;
+use dma::phys::PAGE_SIZE;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
