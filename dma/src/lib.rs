@@ -19,6 +19,8 @@
 //!    Small blocks of it come from a [`DmaPool`].
 //!
 //! # A tour, on the simulated machine
+//! [`sim`] (cargo feature `sim`, which host tests enable and the kernel does not) plays the
+//! machine: RAM at physical addresses, and a device that reads and writes it by bus address.
 //! ```
 //! use std::sync::Arc;
 //! use dma::sim::{SimDevice, SimMemory};
@@ -103,6 +105,7 @@ pub mod mapper;
 pub mod phys;
 pub mod pool;
 pub mod sg;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod streaming;
 

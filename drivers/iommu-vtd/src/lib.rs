@@ -34,7 +34,7 @@
 //! - [`fault`]: fault recording registers and their decoding (§7.3).
 //! - [`unit`](mod@unit): bring-up of one remapping unit and [`unit::Domain`]s with map/unmap.
 //! - [`view`]: the `iommu:units` and `iommu:faults` text views.
-//! - [`sim`]: a simulated unit (registers, queued invalidation, an IOTLB cache, fault
+//! - [`sim`] (cargo feature `sim`, for host tests; the kernel leaves it off): a simulated unit (registers, queued invalidation, an IOTLB cache, fault
 //!   recording) for host tests.
 //!
 //! # Bringing a unit up (kernel)
@@ -72,6 +72,7 @@ pub mod invalidation;
 pub mod iova;
 mod mapper;
 pub mod regs;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod tables;
 pub mod unit;
