@@ -114,7 +114,7 @@ pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentVie
 pub use debug::{DebugReport, ReportKind};
 pub use device::DmaDevice;
 pub use direction::{Bidirectional, CpuReadable, CpuWritable, Direction, DmaDirection, FromDevice, ToDevice};
-pub use error::{AllocError, LimitError, MapError, MapFailed, MaskError, OutOfBounds};
+pub use error::{AllocError, IommuError, LimitError, MapError, MapFailed, MaskError, MaskUnsupported, OutOfBounds};
 pub use phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 pub use pool::{DmaPool, PoolBlock, PoolBusy, PoolCache, PoolError, PoolStats};
 pub use sg::{BusSegment, SgMapping};

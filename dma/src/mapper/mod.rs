@@ -54,7 +54,7 @@ pub use bounce::{BOUNCE_SLOT_SIZE, Bounce, BounceArea, BounceStats};
 pub use direct::Direct;
 
 use crate::direction::DmaDirection;
-use crate::error::{AllocError, MapError};
+use crate::error::{AllocError, MapError, MaskUnsupported};
 use crate::phys::{BusAddr, PhysAddr};
 
 /// What a mapper must know about the device it maps for.
@@ -102,7 +102,7 @@ pub trait DmaMapper: Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// Whether a device with `mask` can be served. `Err` carries the reason a user reads.
-    fn check_mask(&self, mask: u64) -> Result<(), &'static str>;
+    fn check_mask(&self, mask: u64) -> Result<(), MaskUnsupported>;
 
     /// Makes `len` bytes at `phys` reachable by a device with `limits`, moving data for
     /// `dir` as the map hand-over requires (the device owns the memory afterwards).

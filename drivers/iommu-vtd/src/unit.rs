@@ -83,6 +83,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+use dma::error::IommuError;
 use dma::phys::{PAGE_SIZE, PhysAddr, PhysMemory, mask_from_bits};
 
 use super::fault::{FaultReason, FaultRecord};
@@ -282,6 +283,42 @@ impl fmt::Display for DomainError {
                 write!(f, "{source} is already attached to IOMMU domain {domain}; detach it first")
             }
             DomainError::NotAttached { source } => write!(f, "{source} is not attached to this IOMMU domain"),
+        }
+    }
+}
+
+/// What the DMA service is told when a domain refuses a request: the same cases, in
+/// `dma`'s own error type (which cannot name this crate's).
+impl From<DomainError> for IommuError {
+    fn from(e: DomainError) -> IommuError {
+        match e {
+            DomainError::Iova(e) => match e {
+                IovaError::ZeroLength => IommuError::ZeroLength,
+                IovaError::NoSpace { len, limit } => IommuError::IovaExhausted { len, limit },
+                IovaError::Overlaps { iova } => IommuError::IovaInUse { iova },
+                IovaError::BadRange { iova } => IommuError::BadIovaRange { iova, len: 0 },
+                IovaError::NotAllocated { iova } => IommuError::NotMapped { iova },
+            },
+            DomainError::Table(e) => match e {
+                TableError::OutOfMemory => IommuError::TableAllocFailed,
+                TableError::Unaligned { iova, len } => IommuError::BadIovaRange { iova, len },
+                TableError::PhysUnaligned { phys } | TableError::PhysTooHigh { phys } => {
+                    IommuError::BadPhysAddr { phys }
+                }
+                TableError::BeyondWidth { iova, width } => IommuError::BeyondWidth { iova, width },
+                TableError::AlreadyMapped { iova } => IommuError::AlreadyMapped { iova },
+                TableError::SplitsLargePage { iova } => IommuError::SplitsLargePage { iova },
+            },
+            DomainError::Invalidation(_) => IommuError::InvalidationFailed,
+            DomainError::ZeroLength => IommuError::ZeroLength,
+            DomainError::NoPermissions => IommuError::NoPermissions,
+            DomainError::BadRange => IommuError::PhysRangeWraps,
+            DomainError::NotMapped { iova } => IommuError::NotMapped { iova },
+            DomainError::LengthMismatch { iova, mapped, asked } => IommuError::LengthMismatch { iova, mapped, asked },
+            DomainError::AlreadyAttached { source, domain } => {
+                IommuError::DeviceAlreadyAttached { requester: source.0, domain }
+            }
+            DomainError::NotAttached { source } => IommuError::DeviceNotAttached { requester: source.0 },
         }
     }
 }

@@ -179,3 +179,50 @@ fn scatter_gather_through_the_iommu() {
     assert_eq!(all, expected);
     assert_eq!(sg.unmap().len(), 2);
 }
+
+#[test]
+fn domain_failures_reach_the_driver_typed() {
+    use dma::{AllocError, IommuError, MapError};
+    let m = Machine::new(false, UnmapPolicy::Strict);
+    // A 24-bit device has 16 MiB of IOVA space (less IOVA 0): 16 MiB cannot fit.
+    m.dev.set_mask(24).unwrap();
+    let buf = PageBuffer::alloc(&m.rig.phys, 16 << 20, u64::MAX).unwrap();
+    let failed = m.dev.map(buf, ToDevice).unwrap_err();
+    assert!(
+        matches!(failed.error, MapError::Iommu(IommuError::IovaExhausted { len, limit: 0xff_ffff }) if len >= 16 << 20),
+        "{:?}",
+        failed.error
+    );
+    assert!(failed.to_string().contains("no free IOVA range"), "{failed}");
+    let err = m.dev.alloc_coherent_slice::<u8>(16 << 20).unwrap_err();
+    assert!(matches!(err, AllocError::Iommu(IommuError::IovaExhausted { .. })), "{err:?}");
+    assert!(err.to_string().contains("IOMMU"), "{err}");
+    m.rig.assert_no_violations();
+}
+
+#[test]
+fn domain_errors_convert_case_by_case() {
+    use dma::IommuError;
+    use iommu_vtd::DomainError;
+    use iommu_vtd::iova::IovaError;
+    use iommu_vtd::tables::TableError;
+    let cases = [
+        (
+            DomainError::Iova(IovaError::NoSpace { len: 4096, limit: 0xffff }),
+            IommuError::IovaExhausted { len: 4096, limit: 0xffff },
+        ),
+        (DomainError::Table(TableError::OutOfMemory), IommuError::TableAllocFailed),
+        (
+            DomainError::Table(TableError::BeyondWidth { iova: 1 << 40, width: 39 }),
+            IommuError::BeyondWidth { iova: 1 << 40, width: 39 },
+        ),
+        (DomainError::Table(TableError::AlreadyMapped { iova: 0x5000 }), IommuError::AlreadyMapped { iova: 0x5000 }),
+        (DomainError::NotMapped { iova: 0x6000 }, IommuError::NotMapped { iova: 0x6000 }),
+        (DomainError::NotAttached { source: NIC }, IommuError::DeviceNotAttached { requester: NIC.0 }),
+    ];
+    for (from, to) in cases {
+        assert_eq!(IommuError::from(from), to, "{from}");
+    }
+    let attached = IommuError::from(DomainError::AlreadyAttached { source: NIC, domain: 3 });
+    assert_eq!(attached.to_string(), "00:02.0 is already attached to IOMMU domain 3; detach it first");
+}
