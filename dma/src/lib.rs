@@ -111,7 +111,7 @@ pub mod streaming;
 
 pub use buffer::{DmaBuf, PageBuffer};
 pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentView};
-pub use debug::{DebugReport, ReportKind};
+pub use debug::{BadFree, DebugReport, ReportKind};
 pub use device::DmaDevice;
 pub use direction::{Bidirectional, CpuReadable, CpuWritable, Direction, DmaDirection, FromDevice, ToDevice};
 pub use error::{AllocError, IommuError, LimitError, MapError, MapFailed, MaskError, MaskUnsupported, OutOfBounds};

@@ -119,6 +119,40 @@ impl fmt::Display for IovaError {
     }
 }
 
+/// An invariant of the allocator that does not hold ([`IovaAllocator::check_invariants`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IovaInvariant {
+    /// A free block does not start at a multiple of its size.
+    Unaligned,
+    /// A free block and its buddy are both free: they should have merged.
+    MissedMerge,
+    /// Two blocks (free, live or pending) overlap.
+    Overlap,
+    /// Space at the top of the address space belongs to no block.
+    LeakedAtTop,
+    /// Space between blocks belongs to no block.
+    Leaked,
+}
+
+impl IovaInvariant {
+    /// The words a log line uses for it.
+    pub const fn text(self) -> &'static str {
+        match self {
+            IovaInvariant::Unaligned => "free block not naturally aligned",
+            IovaInvariant::MissedMerge => "free block and its buddy both free (missed merge)",
+            IovaInvariant::Overlap => "blocks overlap",
+            IovaInvariant::LeakedAtTop => "space leaked at the top",
+            IovaInvariant::Leaked => "space leaked",
+        }
+    }
+}
+
+impl fmt::Display for IovaInvariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
 /// The blocks one allocation is made of: one for ordinary allocations, several for a fixed
 /// (reserved) range.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -395,15 +429,15 @@ impl IovaAllocator {
 
     /// Checks the invariants (tests): free blocks aligned, disjoint from each other and from
     /// live and pending ranges, buddies not both free, everything accounted for.
-    pub fn check_invariants(&self) -> Result<(), &'static str> {
+    pub fn check_invariants(&self) -> Result<(), IovaInvariant> {
         let mut spans: Vec<(u64, u64)> = Vec::new();
         for (k, set) in self.free.iter().enumerate() {
             for &s in set {
                 if s % (1u64 << k) != 0 {
-                    return Err("free block not naturally aligned");
+                    return Err(IovaInvariant::Unaligned);
                 }
                 if (k + 1) < self.free.len() && set.contains(&(s ^ (1u64 << k))) {
-                    return Err("free block and its buddy both free (missed merge)");
+                    return Err(IovaInvariant::MissedMerge);
                 }
                 spans.push((s, 1u64 << k));
             }
@@ -423,12 +457,12 @@ impl IovaAllocator {
         let mut next = 0;
         for (s, n) in spans {
             if s != next {
-                return Err(if s < next { "blocks overlap" } else { "space leaked" });
+                return Err(if s < next { IovaInvariant::Overlap } else { IovaInvariant::Leaked });
             }
             next = s + n;
         }
         if next != self.space {
-            return Err("space leaked at the top");
+            return Err(IovaInvariant::LeakedAtTop);
         }
         Ok(())
     }

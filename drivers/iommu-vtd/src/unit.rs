@@ -165,6 +165,37 @@ pub enum UnmapPolicy {
     },
 }
 
+/// A status change bring-up or shutdown waits for in the global status register (§10.4.5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UnitStep {
+    /// Translation turned off (GSTS.TES clear).
+    TranslationDisable,
+    /// The invalidation queue turned off (GSTS.QIES clear).
+    QueuedInvalidationDisable,
+    /// The root table pointer latched (GSTS.RTPS).
+    RootTablePointer,
+    /// Translation turned on (GSTS.TES).
+    TranslationEnable,
+}
+
+impl UnitStep {
+    /// The words a log line uses for it.
+    pub const fn text(self) -> &'static str {
+        match self {
+            UnitStep::TranslationDisable => "translation disable",
+            UnitStep::QueuedInvalidationDisable => "queued invalidation disable",
+            UnitStep::RootTablePointer => "set root table pointer (GSTS.RTPS)",
+            UnitStep::TranslationEnable => "translation enable (GSTS.TES)",
+        }
+    }
+}
+
+impl fmt::Display for UnitStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
 /// Why bring-up or a unit-level operation failed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum UnitError {
@@ -176,7 +207,7 @@ pub enum UnitError {
     /// A status bit never changed.
     Timeout {
         /// What was waited for.
-        what: &'static str,
+        what: UnitStep,
     },
     /// Invalidation failed.
     Invalidation(InvalidationError),
@@ -433,11 +464,11 @@ impl Unit {
         if status & gcmd::TE != 0 {
             log::warn!("{name}: translation was left enabled by firmware; disabling it");
             if !regs::set_gcmd(&*regs, gcmd::TE, false) {
-                return Err(UnitError::Timeout { what: "translation disable" });
+                return Err(UnitError::Timeout { what: UnitStep::TranslationDisable });
             }
         }
         if status & gcmd::QIE != 0 && !regs::set_gcmd(&*regs, gcmd::QIE, false) {
-            return Err(UnitError::Timeout { what: "queued invalidation disable" });
+            return Err(UnitError::Timeout { what: UnitStep::QueuedInvalidationDisable });
         }
 
         let levels = choose_levels(cap, config.max_width).ok_or(UnitError::UnsupportedWidth { sagaw: cap.sagaw() })?;
@@ -455,7 +486,7 @@ impl Unit {
         let tables = ContextTables::new(&mem)?;
         regs.write64(regs::RTADDR, tables.root().0);
         if !regs::gcmd_oneshot(&*regs, gcmd::SRTP, true) {
-            return Err(UnitError::Timeout { what: "set root table pointer (GSTS.RTPS)" });
+            return Err(UnitError::Timeout { what: UnitStep::RootTablePointer });
         }
         inval.context(&*regs, &*phys, ContextScope::Global)?;
         inval.iotlb(&*regs, &*phys, IotlbScope::Global)?;
@@ -500,7 +531,7 @@ impl Unit {
         let mut hw = self.hw.lock();
         hw.inval.flush_write_buffer(&*self.regs)?;
         if !regs::set_gcmd(&*self.regs, gcmd::TE, true) {
-            return Err(UnitError::Timeout { what: "translation enable (GSTS.TES)" });
+            return Err(UnitError::Timeout { what: UnitStep::TranslationEnable });
         }
         hw.translation = true;
         log::info!("{}: DMA remapping enabled", self.name);

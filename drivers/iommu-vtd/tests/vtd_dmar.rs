@@ -2,7 +2,7 @@
 //! and device-scope resolution through bridges.
 
 use iommu_vtd::SourceId;
-use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeError, ScopeKind};
+use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeError, ScopeKind, StructureProblem};
 use proptest::prelude::*;
 
 /// The DMAR table QEMU 7.2 gives a q35 machine with `-device intel-iommu` (captured under
@@ -298,7 +298,8 @@ fn drhd_register_base_must_be_a_nonzero_page() {
         let t = DmarBuilder::new(39, 0).drhd(1, 0, base, &[]).build();
         match Dmar::parse(&t) {
             Err(DmarError::BadStructure { kind: 0, problem, .. }) => {
-                assert!(problem.contains("register base"), "{problem}")
+                assert_eq!(problem, StructureProblem::BadRegisterBase);
+                assert!(problem.to_string().contains("register base"), "{problem}")
             }
             other => panic!("base {base:#x}: {other:?}"),
         }
