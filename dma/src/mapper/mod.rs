@@ -10,11 +10,12 @@
 //! (every device behind one bridge, every device in one IOMMU domain), so a mapper never keeps
 //! per-device state; the device passes its [`DeviceLimits`] in.
 //!
-//! The IOMMU mapper (`iommu_vtd::Iommu`, VT-d second-level tables, in the `iommu-vtd` crate, which
-//! depends on this one) implements the same trait: `map`
-//! allocates an IOVA range within `limits.mask` and writes page-table entries with read/write
-//! permission from the direction, `unmap` clears them and invalidates the IOTLB, `bus_to_phys`
-//! walks the tables, and `alloc_coherent` allocates frames anywhere and maps them.
+//! The IOMMU mapper (`iommu_vtd::Iommu`: VT-d second-level tables, in the `iommu-vtd` crate,
+//! which depends on this one) implements the same trait from outside: `map` allocates an IOVA
+//! range within `limits.mask` and writes page-table entries with read/write permission from the
+//! direction, `unmap` clears them and invalidates the IOTLB, `bus_to_phys` walks the tables, and
+//! `alloc_coherent` allocates frames anywhere and maps them. Its failures arrive as
+//! [`MapError::Iommu`] and [`AllocError::Iommu`], carrying an [`IommuError`](crate::IommuError).
 //!
 //! # Example
 //! Drivers never call a mapper themselves (their [`DmaDevice`](crate::DmaDevice) does), but
