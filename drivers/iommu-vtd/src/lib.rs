@@ -34,8 +34,12 @@
 //! - [`fault`]: fault recording registers and their decoding (§7.3).
 //! - [`unit`](mod@unit): bring-up of one remapping unit and [`unit::Domain`]s with map/unmap.
 //! - [`view`]: the `iommu:units` and `iommu:faults` text views.
-//! - [`sim`] (cargo feature `sim`, for host tests; the kernel leaves it off): a simulated unit (registers, queued invalidation, an IOTLB cache, fault
-//!   recording) for host tests.
+//! - [`mapper`]: [`Iommu`], the `dma` crate's [`DmaMapper`](dma::mapper::DmaMapper) whose bus
+//!   addresses are IOVAs of one domain. This is how the crate plugs into the DMA service: `dma`
+//!   does not know this crate; a domain's failures reach drivers as [`dma::IommuError`]
+//!   (converted from [`DomainError`]).
+//! - [`sim`] (cargo feature `sim`, for host tests; the kernel leaves it off): a simulated unit
+//!   (registers, queued invalidation, an IOTLB cache, fault recording).
 //!
 //! # Bringing a unit up (kernel)
 //! ```ignore
@@ -70,7 +74,7 @@ pub mod dmar;
 pub mod fault;
 pub mod invalidation;
 pub mod iova;
-mod mapper;
+pub mod mapper;
 pub mod regs;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
