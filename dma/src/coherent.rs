@@ -60,7 +60,7 @@ unsafe impl<T: DmaSafe, const N: usize> DmaSafe for [T; N] {}
 /// Allocates coherent memory for `bytes` with alignment `align`.
 fn alloc_region(dev: &DmaDevice, bytes: usize, align: usize) -> Result<(CoherentRegion, NonNull<u8>), AllocError> {
     if align > PAGE_SIZE {
-        return Err(AllocError::TooLarge { bytes });
+        return Err(AllocError::UnsupportedAlignment { align, max: PAGE_SIZE });
     }
     let region = dev.mapper().alloc_coherent(&dev.limits(), bytes)?;
     let Some(ptr) = NonNull::new(dev.memory().phys_to_virt(region.phys)) else {

@@ -62,6 +62,37 @@ pub const RECENT_REPORTS: usize = 64;
 /// How many recent unmaps a device remembers, to tell a double unmap from a wild address.
 const RECENT_UNMAPS: usize = 64;
 
+/// What was wrong with a pool free ([`ReportKind::PoolBadFree`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BadFree {
+    /// The address is not in this pool.
+    NotInPool,
+    /// The address is inside the pool but not at the start of a block.
+    NotBlockStart,
+    /// The CPU and bus addresses name different blocks.
+    AddressesDisagree,
+    /// The block belongs to a `PoolBlock` handle, which frees itself on drop.
+    OwnedByHandle,
+}
+
+impl BadFree {
+    /// The words a log line uses for it.
+    pub const fn text(self) -> &'static str {
+        match self {
+            BadFree::NotInPool => "address is not in this pool",
+            BadFree::NotBlockStart => "address is not the start of a block",
+            BadFree::AddressesDisagree => "CPU and bus addresses name different blocks",
+            BadFree::OwnedByHandle => "block belongs to a PoolBlock handle, which frees itself on drop",
+        }
+    }
+}
+
+impl fmt::Display for BadFree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
 /// What went wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReportKind {
@@ -145,7 +176,7 @@ pub enum ReportKind {
         /// The bus address given.
         bus: BusAddr,
         /// What exactly was wrong.
-        reason: &'static str,
+        reason: BadFree,
     },
     /// A freed pool block was written (poison damaged) before it was allocated again.
     PoolWriteAfterFree {

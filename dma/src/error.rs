@@ -58,6 +58,16 @@ pub enum AllocError {
         /// What the allocator returned.
         phys: PhysAddr,
     },
+    /// The type asks for an alignment above one page; coherent memory is page aligned, no more.
+    UnsupportedAlignment {
+        /// The alignment asked for, in bytes.
+        align: usize,
+        /// The largest alignment coherent memory guarantees (one page).
+        max: usize,
+    },
+    /// The frames were allocated, but the device's IOMMU domain could not map them (they were
+    /// given back).
+    Iommu(IommuError),
 }
 
 impl fmt::Display for AllocError {
@@ -74,6 +84,11 @@ impl fmt::Display for AllocError {
                 f,
                 "the physical memory provider returned frames at {phys} outside the requested limit (provider bug)"
             ),
+            AllocError::UnsupportedAlignment { align, max } => write!(
+                f,
+                "an alignment of {align} bytes is not supported for coherent memory (at most {max}); use a type with a smaller alignment"
+            ),
+            AllocError::Iommu(e) => write!(f, "the IOMMU could not map the coherent memory: {e}"),
         }
     }
 }
@@ -122,11 +137,8 @@ pub enum MapError {
         len: usize,
     },
     /// The IOMMU refused the mapping (no IOVA space left below the mask, no memory for page
-    /// tables, or an invalidation that did not complete).
-    Iommu {
-        /// What the IOMMU code reported.
-        reason: &'static str,
-    },
+    /// tables, or an invalidation that did not complete): the [`IommuError`] says which.
+    Iommu(IommuError),
 }
 
 impl fmt::Display for MapError {
@@ -154,7 +166,187 @@ impl fmt::Display for MapError {
             MapError::TooLarge { len } => {
                 write!(f, "{len} bytes is too large to map in one piece; use a scatter list")
             }
-            MapError::Iommu { reason } => write!(f, "the IOMMU could not map the buffer: {reason}"),
+            MapError::Iommu(e) => write!(f, "the IOMMU could not map the buffer: {e}"),
+        }
+    }
+}
+
+/// Why an IOMMU domain refused a request, as the DMA service carries it.
+///
+/// The IOMMU drivers depend on this crate, not the other way round, so their own error types
+/// cannot appear in [`MapError`] or [`AllocError`]; each driver converts its domain errors into
+/// this one (the `iommu-vtd` crate implements `From<DomainError>`). Addresses are IOVAs (bus
+/// addresses in the domain) unless a field says otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuError {
+    /// No free IOVA range of `len` bytes at or below `limit` (the device's mask, or the
+    /// domain's width): the IOVA space is exhausted.
+    IovaExhausted {
+        /// Bytes asked for.
+        len: u64,
+        /// Highest usable address.
+        limit: u64,
+    },
+    /// A fixed IOVA range overlaps a live or pending one (or IOVA 0).
+    IovaInUse {
+        /// Start of the range.
+        iova: u64,
+    },
+    /// No free frame for a page table.
+    TableAllocFailed,
+    /// No free frame for the page a sub-page mapping is isolated in.
+    IsolationPageAllocFailed {
+        /// Bytes of the mapping.
+        len: usize,
+    },
+    /// The address is beyond the domain's address width.
+    BeyondWidth {
+        /// The address.
+        iova: u64,
+        /// The domain's width in bits.
+        width: u32,
+    },
+    /// An IOVA range is empty, not 4 KiB aligned, or beyond the domain's width.
+    BadIovaRange {
+        /// Start of the range.
+        iova: u64,
+        /// Its length (0 when the domain did not say).
+        len: u64,
+    },
+    /// The physical address is not 4 KiB aligned, or needs more bits than an entry holds.
+    BadPhysAddr {
+        /// The physical address.
+        phys: u64,
+    },
+    /// The physical range wraps around the address space.
+    PhysRangeWraps,
+    /// A mapping of zero bytes.
+    ZeroLength,
+    /// A mapping with neither read nor write permission would not be present.
+    NoPermissions,
+    /// The address is already mapped (overlapping mappings: a bug in the IOVA allocator).
+    AlreadyMapped {
+        /// The first mapped address.
+        iova: u64,
+    },
+    /// The address is not a live mapping (a double unmap, or a wrong address).
+    NotMapped {
+        /// The address.
+        iova: u64,
+    },
+    /// An unmap with a length different from the mapping's.
+    LengthMismatch {
+        /// The address.
+        iova: u64,
+        /// Bytes (page rounded) the mapping has.
+        mapped: u64,
+        /// Bytes (page rounded) asked for.
+        asked: u64,
+    },
+    /// An unmap would cut a large page in two.
+    SplitsLargePage {
+        /// Where the large page starts.
+        iova: u64,
+    },
+    /// The IOTLB or context-cache invalidation did not complete; the range stays quarantined.
+    InvalidationFailed,
+    /// The device (by PCI requester id) already belongs to another domain.
+    DeviceAlreadyAttached {
+        /// Requester id: bus in bits 15..8, device in 7..3, function in 2..0.
+        requester: u16,
+        /// The domain it belongs to.
+        domain: u16,
+    },
+    /// The device (by PCI requester id) is not attached to this domain.
+    DeviceNotAttached {
+        /// Requester id: bus in bits 15..8, device in 7..3, function in 2..0.
+        requester: u16,
+    },
+}
+
+/// Writes a PCI requester id as `bus:device.function`.
+fn write_bdf(f: &mut fmt::Formatter<'_>, requester: u16) -> fmt::Result {
+    write!(f, "{:02x}:{:02x}.{}", requester >> 8, (requester >> 3) & 0x1f, requester & 7)
+}
+
+impl fmt::Display for IommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            IommuError::IovaExhausted { len, limit } => write!(
+                f,
+                "no free IOVA range of {len:#x} bytes below {limit:#x}; unmap buffers, or flush deferred unmaps"
+            ),
+            IommuError::IovaInUse { iova } => write!(f, "IOVA range at {iova:#x} overlaps a live mapping or IOVA 0"),
+            IommuError::TableAllocFailed => {
+                f.write_str("no free frame for an IOMMU page table; free memory or mappings")
+            }
+            IommuError::IsolationPageAllocFailed { len } => {
+                write!(f, "no memory for a sub-page isolation page ({len} bytes); free memory or mappings")
+            }
+            IommuError::BeyondWidth { iova, width } => {
+                write!(f, "IOVA {iova:#x} is beyond the domain's {width}-bit address width")
+            }
+            IommuError::BadIovaRange { iova, len } => {
+                write!(f, "IOVA range {iova:#x}+{len:#x} is empty, unaligned or beyond the domain's address width")
+            }
+            IommuError::BadPhysAddr { phys } => {
+                write!(f, "physical address {phys:#x} is not 4 KiB aligned or beyond what an IOMMU entry can hold")
+            }
+            IommuError::PhysRangeWraps => f.write_str("physical range wraps around the address space"),
+            IommuError::ZeroLength => f.write_str("zero-length IOMMU mapping"),
+            IommuError::NoPermissions => f.write_str("IOMMU mapping with neither read nor write permission"),
+            IommuError::AlreadyMapped { iova } => {
+                write!(f, "IOVA {iova:#x} is already mapped (overlapping mappings: an IOVA allocator bug)")
+            }
+            IommuError::NotMapped { iova } => {
+                write!(f, "IOVA {iova:#x} is not mapped in this domain (double unmap, or a wrong address)")
+            }
+            IommuError::LengthMismatch { iova, mapped, asked } => write!(
+                f,
+                "unmap of IOVA {iova:#x} with {asked:#x} bytes, but it was mapped with {mapped:#x}; unmap what was mapped"
+            ),
+            IommuError::SplitsLargePage { iova } => {
+                write!(f, "unmap would split the large page at IOVA {iova:#x}; unmap whole mappings")
+            }
+            IommuError::InvalidationFailed => f.write_str(
+                "the IOMMU invalidation did not complete (the unit is not responding); the range stays quarantined",
+            ),
+            IommuError::DeviceAlreadyAttached { requester, domain } => {
+                write_bdf(f, requester)?;
+                write!(f, " is already attached to IOMMU domain {domain}; detach it first")
+            }
+            IommuError::DeviceNotAttached { requester } => {
+                write_bdf(f, requester)?;
+                f.write_str(" is not attached to this IOMMU domain")
+            }
+        }
+    }
+}
+
+/// Why a mapper cannot serve a device with a given DMA mask
+/// ([`DmaMapper::check_mask`](crate::mapper::DmaMapper::check_mask)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskUnsupported {
+    /// RAM extends above the mask and the mapper has no bounce area below it.
+    RamAboveMask,
+    /// The mapper's bounce area lies above the mask.
+    BounceAreaAboveMask,
+    /// An IOMMU domain needs IOVA space for page tables, coherent memory and isolation pages:
+    /// a mask of at least `min_bits`.
+    IommuNeedsWiderMask {
+        /// The narrowest mask, in bits, an IOMMU domain accepts.
+        min_bits: u32,
+    },
+}
+
+impl fmt::Display for MaskUnsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MaskUnsupported::RamAboveMask => f.write_str("RAM extends above the mask and no bounce area lies below it"),
+            MaskUnsupported::BounceAreaAboveMask => f.write_str("the bounce area lies above the mask"),
+            MaskUnsupported::IommuNeedsWiderMask { min_bits } => {
+                write!(f, "an IOMMU domain needs a DMA mask of at least {min_bits} bits")
+            }
         }
     }
 }
@@ -203,7 +395,7 @@ pub enum MaskError {
         /// The width asked for.
         bits: u32,
         /// Why, from the mapper.
-        reason: &'static str,
+        reason: MaskUnsupported,
     },
 }
 

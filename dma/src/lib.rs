@@ -19,6 +19,8 @@
 //!    Small blocks of it come from a [`DmaPool`].
 //!
 //! # A tour, on the simulated machine
+//! [`sim`] (cargo feature `sim`, which host tests enable and the kernel does not) plays the
+//! machine: RAM at physical addresses, and a device that reads and writes it by bus address.
 //! ```
 //! use std::sync::Arc;
 //! use dma::sim::{SimDevice, SimMemory};
@@ -103,16 +105,16 @@ pub mod mapper;
 pub mod phys;
 pub mod pool;
 pub mod sg;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod streaming;
-pub mod vtd;
 
 pub use buffer::{DmaBuf, PageBuffer};
 pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentView};
-pub use debug::{DebugReport, ReportKind};
+pub use debug::{BadFree, DebugReport, ReportKind};
 pub use device::DmaDevice;
 pub use direction::{Bidirectional, CpuReadable, CpuWritable, Direction, DmaDirection, FromDevice, ToDevice};
-pub use error::{AllocError, LimitError, MapError, MapFailed, MaskError, OutOfBounds};
+pub use error::{AllocError, IommuError, LimitError, MapError, MapFailed, MaskError, MaskUnsupported, OutOfBounds};
 pub use phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 pub use pool::{DmaPool, PoolBlock, PoolBusy, PoolCache, PoolError, PoolStats};
 pub use sg::{BusSegment, SgMapping};

@@ -163,3 +163,21 @@ fn non_coherent_memory_passes_ownership_explicitly() {
     drop((rx, tx, both));
     assert!(m.dev.live_mappings().is_empty());
 }
+
+/// A type whose alignment (8 KiB) is more than the page alignment coherent memory has.
+#[derive(Clone, Copy)]
+#[repr(C, align(8192))]
+struct OverAligned {
+    word: u64,
+}
+
+// SAFETY: a plain integer plus padding: every bit pattern is a valid value.
+unsafe impl DmaSafe for OverAligned {}
+
+#[test]
+fn an_alignment_above_a_page_is_its_own_error() {
+    let m = Machine::direct("00:04.6 align", 64, 0);
+    let err = m.dev.alloc_coherent::<OverAligned>().unwrap_err();
+    assert_eq!(err, AllocError::UnsupportedAlignment { align: 8192, max: 4096 });
+    assert!(err.to_string().contains("alignment of 8192 bytes"), "{err}");
+}

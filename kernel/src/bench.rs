@@ -6,9 +6,9 @@
 use crate::println;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use dma::mapper::{DeviceLimits, DmaMapper, Iommu};
-use dma::vtd::UnmapPolicy;
+use dma::mapper::{DeviceLimits, DmaMapper};
 use dma::{DmaDirection, PhysAddr};
+use iommu_vtd::{Iommu, UnmapPolicy};
 
 /// Shell commands this module adds.
 pub static COMMANDS: &[crate::registry::commands::Command] = &[crate::registry::commands::Command {

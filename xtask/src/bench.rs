@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 /// `cargo xtask bench [pool|vtd|iommu|net|disk|boot]...`: every benchmark by default.
 ///
-/// Host benchmarks are criterion runs of the `dma` crate (`pool`: DMA pool against a bare free
-/// list and linked_list_allocator; `vtd`: page-table and IOVA cost of map+unmap). QEMU
+/// Host benchmarks are criterion runs (`pool`, of the `dma` crate: DMA pool against a bare free
+/// list and linked_list_allocator; `vtd`, of the `iommu-vtd` crate: page-table and IOVA cost of
+/// map+unmap). QEMU
 /// benchmarks boot the kernel under TCG and report ratios against a floor measured in the same
 /// boot (`iommu`: Direct vs strict vs deferred VT-d; `net`: e1000 frames per second; `disk`:
 /// AHCI throughput and IOPS beside a command round-trip floor; `boot`: QEMU start to the prompt,
@@ -34,7 +35,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         let result = match name {
             "pool" | "vtd" => {
                 let status = build::cargo()
-                    .args(["bench", "-p", "dma", "--bench", name])
+                    .args(["bench", "-p", if name == "vtd" { "iommu-vtd" } else { "dma" }, "--bench", name])
                     .status()
                     .map_err(|e| format!("cannot run cargo bench: {e}"))?;
                 if status.success() { Ok(()) } else { Err(format!("cargo bench --bench {name} failed")) }

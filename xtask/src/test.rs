@@ -297,19 +297,26 @@ fn host_tests(tally: &mut Tally) -> Result<(), String> {
     if !output.status.success() && failed == 0 {
         tally.record("cargo test --workspace (build)", Err("cargo test failed before running tests".into()));
     }
-    // The `dma` crate's rustdoc is its reference: it must build with no broken link and no
-    // undocumented public item (`missing_docs` is a warning there, made an error here).
-    let doc = build::cargo()
-        .args(["doc", "-p", "dma", "--no-deps"])
-        .env("RUSTDOCFLAGS", "-D warnings")
-        .output()
-        .map_err(|e| format!("cannot run cargo doc: {e}"))?;
-    let result = if doc.status.success() {
-        Ok(())
-    } else {
-        Err(format!("cargo doc -p dma with -D warnings failed:\n{}", String::from_utf8_lossy(&doc.stderr)))
-    };
-    tally.record("host::dma_rustdoc_builds_without_warnings", result);
+    // The `dma` and `iommu-vtd` crates' rustdoc is their reference: it must build with no broken
+    // link and no undocumented public item (`missing_docs` is a warning there, made an error here).
+    // The simulators (feature `sim`) are documented too, as docs.rs would build them.
+    for krate in ["dma", "iommu-vtd"] {
+        let doc = build::cargo()
+            .args(["doc", "-p", krate, "--no-deps", "--features", "sim"])
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .output()
+            .map_err(|e| format!("cannot run cargo doc: {e}"))?;
+        let result = if doc.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "cargo doc -p {krate} --features sim with -D warnings failed:\n{}",
+                String::from_utf8_lossy(&doc.stderr)
+            ))
+        };
+        let name = format!("host::{}_rustdoc_builds_without_warnings", krate.replace('-', "_"));
+        tally.record(&name, result);
+    }
     Ok(())
 }
 

@@ -65,7 +65,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{CoherentRegion, DeviceLimits, DmaMapper, Mapped};
 use crate::direction::DmaDirection;
-use crate::error::{AllocError, MapError};
+use crate::error::{AllocError, MapError, MaskUnsupported};
 use crate::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory, frames_for};
 
 /// Size of one bounce slot (Linux's IO_TLB_SIZE): mappings take whole runs of slots.
@@ -328,8 +328,8 @@ impl DmaMapper for Bounce {
         "bounce"
     }
 
-    fn check_mask(&self, mask: u64) -> Result<(), &'static str> {
-        if self.area.last_addr() <= mask { Ok(()) } else { Err("the bounce area lies above the mask") }
+    fn check_mask(&self, mask: u64) -> Result<(), MaskUnsupported> {
+        if self.area.last_addr() <= mask { Ok(()) } else { Err(MaskUnsupported::BounceAreaAboveMask) }
     }
 
     fn map(&self, limits: &DeviceLimits, phys: PhysAddr, len: usize, dir: DmaDirection) -> Result<Mapped, MapError> {

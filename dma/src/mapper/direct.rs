@@ -39,7 +39,7 @@ use alloc::sync::Arc;
 
 use super::{BounceArea, BounceStats, CoherentRegion, DeviceLimits, DmaMapper, Mapped};
 use crate::direction::DmaDirection;
-use crate::error::{AllocError, MapError};
+use crate::error::{AllocError, MapError, MaskUnsupported};
 use crate::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory, frames_for};
 
 /// Bus address equals physical address (a PC without an IOMMU, or with the IOMMU in
@@ -108,7 +108,7 @@ impl DmaMapper for Direct {
         if self.bounce.is_some() { "direct+bounce" } else { "direct" }
     }
 
-    fn check_mask(&self, mask: u64) -> Result<(), &'static str> {
+    fn check_mask(&self, mask: u64) -> Result<(), MaskUnsupported> {
         if mask >= self.memory.max_phys_addr() {
             return Ok(());
         }
@@ -120,7 +120,7 @@ impl DmaMapper for Direct {
         if mask >= 0xffff_ffff {
             return Ok(());
         }
-        Err("RAM extends above the mask and no bounce area lies below it")
+        Err(MaskUnsupported::RamAboveMask)
     }
 
     fn map(&self, limits: &DeviceLimits, phys: PhysAddr, len: usize, dir: DmaDirection) -> Result<Mapped, MapError> {

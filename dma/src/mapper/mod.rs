@@ -10,10 +10,12 @@
 //! (every device behind one bridge, every device in one IOMMU domain), so a mapper never keeps
 //! per-device state; the device passes its [`DeviceLimits`] in.
 //!
-//! The IOMMU mapper ([`Iommu`], VT-d second-level tables) implements the same trait: `map`
-//! allocates an IOVA range within `limits.mask` and writes page-table entries with read/write
-//! permission from the direction, `unmap` clears them and invalidates the IOTLB, `bus_to_phys`
-//! walks the tables, and `alloc_coherent` allocates frames anywhere and maps them.
+//! The IOMMU mapper (`iommu_vtd::Iommu`: VT-d second-level tables, in the `iommu-vtd` crate,
+//! which depends on this one) implements the same trait from outside: `map` allocates an IOVA
+//! range within `limits.mask` and writes page-table entries with read/write permission from the
+//! direction, `unmap` clears them and invalidates the IOTLB, `bus_to_phys` walks the tables, and
+//! `alloc_coherent` allocates frames anywhere and maps them. Its failures arrive as
+//! [`MapError::Iommu`] and [`AllocError::Iommu`], carrying an [`IommuError`](crate::IommuError).
 //!
 //! # Example
 //! Drivers never call a mapper themselves (their [`DmaDevice`](crate::DmaDevice) does), but
@@ -48,14 +50,12 @@
 
 mod bounce;
 mod direct;
-mod iommu;
 
 pub use bounce::{BOUNCE_SLOT_SIZE, Bounce, BounceArea, BounceStats};
 pub use direct::Direct;
-pub use iommu::{Iommu, PENDING_PAGES_LIMIT};
 
 use crate::direction::DmaDirection;
-use crate::error::{AllocError, MapError};
+use crate::error::{AllocError, MapError, MaskUnsupported};
 use crate::phys::{BusAddr, PhysAddr};
 
 /// What a mapper must know about the device it maps for.
@@ -103,7 +103,7 @@ pub trait DmaMapper: Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// Whether a device with `mask` can be served. `Err` carries the reason a user reads.
-    fn check_mask(&self, mask: u64) -> Result<(), &'static str>;
+    fn check_mask(&self, mask: u64) -> Result<(), MaskUnsupported>;
 
     /// Makes `len` bytes at `phys` reachable by a device with `limits`, moving data for
     /// `dir` as the map hand-over requires (the device owns the memory afterwards).

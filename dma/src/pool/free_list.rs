@@ -11,7 +11,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{POOL_POISON_FREED, PoolBusy, PoolStats};
-use crate::debug::ReportKind;
+use crate::debug::{BadFree, ReportKind};
 use crate::device::DmaDevice;
 use crate::error::AllocError;
 use crate::mapper::CoherentRegion;
@@ -360,25 +360,25 @@ impl PoolInner {
         let bad = |reason| ReportKind::PoolBadFree { pool: self.name.clone(), bus, reason };
         let mut st = self.state.lock();
         let Some((&base, &p)) = st.by_bus.range(..=bus.0).next_back() else {
-            return Err(bad("address is not in this pool"));
+            return Err(bad(BadFree::NotInPool));
         };
         if bus.0 - base >= self.unit as u64 {
-            return Err(bad("address is not in this pool"));
+            return Err(bad(BadFree::NotInPool));
         }
         let off = (bus.0 - base) as usize;
         let Some(b) = self.block_at(off) else {
-            return Err(bad("address is not the start of a block"));
+            return Err(bad(BadFree::NotBlockStart));
         };
         let block_cpu = st.units[p as usize].cpu.wrapping_add(off);
         if block_cpu != cpu {
-            return Err(bad("CPU and bus addresses name different blocks"));
+            return Err(bad(BadFree::AddressesDisagree));
         }
         let (w, m) = self.bit_of(p, b);
         if st.allocated[w] & m == 0 {
             return Err(ReportKind::PoolDoubleFree { pool: self.name.clone(), bus });
         }
         if st.raw[w] & m == 0 {
-            return Err(bad("block belongs to a PoolBlock handle, which frees itself on drop"));
+            return Err(bad(BadFree::OwnedByHandle));
         }
         st.raw[w] &= !m;
         self.push(&mut st, p, b, block_cpu);

@@ -13,8 +13,8 @@ use crate::check;
 use alloc::format;
 use alloc::string::String;
 use device_io::{Mmio, Registers};
-use dma::vtd::{AccessKind, FaultRecord, SourceId};
 use dma::{Bidirectional, DmaDevice, PageBuffer, ToDevice};
+use iommu_vtd::{AccessKind, FaultRecord, SourceId};
 use pci::{Bdf, PciFunction};
 use spin::Once;
 

@@ -1,7 +1,7 @@
 //! Intel VT-d in the kernel: find the units the DMAR table describes, give every PCI function a
 //! domain of its own, and make the IOMMU mapper the DMA service's default.
 //!
-//! All the VT-d logic lives in `dma::vtd`; this module supplies the machine (register mappings,
+//! All the VT-d logic lives in the `iommu-vtd` crate; this module supplies the machine (register mappings,
 //! PCI topology, the fault interrupt) and the policy:
 //! * **one domain per device**, except devices behind a PCIe-to-PCI bridge: their requests carry
 //!   the bridge's requester id, so the unit cannot tell them apart and they share one domain;
@@ -19,9 +19,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use dma::PhysMemory;
-use dma::mapper::{DmaMapper, Iommu};
-use dma::vtd::regs::MmioRegisters;
-use dma::vtd::{Domain, SourceId, Unit, UnitConfig, UnmapPolicy};
+use dma::mapper::DmaMapper;
+use iommu_vtd::Iommu;
+use iommu_vtd::regs::MmioRegisters;
+use iommu_vtd::{Domain, SourceId, Unit, UnitConfig, UnmapPolicy};
 use pci::{Bdf, PciAddress, PciFunction};
 use spin::{Mutex, Once};
 
@@ -85,18 +86,18 @@ fn fault_interrupt(_context: usize) {
 pub fn init(memory: Arc<dyn PhysMemory>) {
     STATE.call_once(|| bring_up(memory));
     crate::registry::scheme::register("iommu:units", "VT-d units: capabilities and state", || match state() {
-        Some(s) => dma::vtd::view::render_units(&s.units),
+        Some(s) => iommu_vtd::view::render_units(&s.units),
         None => String::from("no VT-d unit in use (no DMAR table, or it was rejected; DMA is Direct)\n"),
     });
     crate::registry::scheme::register("iommu:faults", "VT-d fault records, per device", || match state() {
-        Some(s) => dma::vtd::view::render_faults(&s.units),
+        Some(s) => iommu_vtd::view::render_faults(&s.units),
         None => String::from("no VT-d unit in use\n"),
     });
 }
 
 fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
     let bytes = crate::firmware::acpi::info().dmar.as_ref()?;
-    let dmar = match dma::vtd::dmar::Dmar::parse(bytes) {
+    let dmar = match iommu_vtd::dmar::Dmar::parse(bytes) {
         Ok(d) => d,
         Err(e) => {
             log::error!("iommu: DMAR table rejected: {e}; DMA stays Direct (no isolation)");
@@ -182,7 +183,7 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
         }
         for s in sources {
             match mapper.domain().attach(s) {
-                Ok(()) | Err(dma::vtd::DomainError::AlreadyAttached { .. }) => {}
+                Ok(()) | Err(iommu_vtd::DomainError::AlreadyAttached { .. }) => {}
                 Err(e) => log::error!("iommu: cannot attach {}: {e}", Bdf(f.address)),
             }
         }
@@ -234,7 +235,7 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
 }
 
 /// Reads and logs every pending fault record of every unit; returns them.
-pub fn poll_faults() -> Vec<dma::vtd::FaultRecord> {
+pub fn poll_faults() -> Vec<iommu_vtd::FaultRecord> {
     state().map(|s| s.units.iter().flat_map(|u| u.poll_faults()).collect()).unwrap_or_default()
 }
 

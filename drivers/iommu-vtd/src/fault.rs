@@ -19,8 +19,8 @@
 //! so a student sees which device did what, where, and why it was stopped. A register whose
 //! F bit is clear holds nothing.
 //! ```
-//! use dma::vtd::fault::{FRCD_F, FRCD_T, FaultRecord};
-//! use dma::vtd::{AccessKind, FaultReason, SourceId};
+//! use iommu_vtd::fault::{FRCD_F, FRCD_T, FaultRecord};
+//! use iommu_vtd::{AccessKind, FaultReason, SourceId};
 //! let lo = 0x1234_5678; // FI: bits 63..12 are the page; bits 11..0 are reserved
 //! let hi = FRCD_F | (0x05 << 32) | 0x0010; // F set, T clear (a write), FR = 5h, SID = 0x0010
 //!

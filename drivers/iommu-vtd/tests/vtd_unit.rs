@@ -5,17 +5,17 @@ mod vtd_common;
 
 use std::sync::{Arc, Mutex};
 
-use dma::vtd::fault::FaultReason;
-use dma::vtd::regs::{self, VtdRegisters, gcmd};
-use dma::vtd::sim::{SimConfig, SimDmaError, SimUnit};
-use dma::vtd::{AccessKind, DomainError, Perms, SourceId, Unit, UnitConfig, UnitError, UnmapPolicy, view};
 use dma::{PhysAddr, PhysMemory};
+use iommu_vtd::fault::FaultReason;
+use iommu_vtd::regs::{self, VtdRegisters, gcmd};
+use iommu_vtd::sim::{SimConfig, SimDmaError, SimUnit};
+use iommu_vtd::{AccessKind, DomainError, Perms, SourceId, Unit, UnitConfig, UnitError, UnmapPolicy, view};
 use vtd_common::{FOUR_GIB, MIB2, Rig};
 
 const NIC: SourceId = SourceId::new(0, 2, 0);
 const DISK: SourceId = SourceId::new(0, 0x1f, 2);
 
-fn fault_of(e: SimDmaError) -> dma::vtd::FaultRecord {
+fn fault_of(e: SimDmaError) -> iommu_vtd::FaultRecord {
     match e {
         SimDmaError::Fault(r) => r,
         other => panic!("expected a fault, got {other}"),
@@ -361,7 +361,7 @@ fn caching_mode_needs_invalidation_on_not_present_to_present() {
 fn non_coherent_unit_gets_every_table_write_flushed() {
     let flushed: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
     let f = flushed.clone();
-    let hook: dma::vtd::tables::CacheFlush = Arc::new(move |p: *const u8, n: usize| {
+    let hook: iommu_vtd::tables::CacheFlush = Arc::new(move |p: *const u8, n: usize| {
         f.lock().unwrap().push((p as usize, n));
     });
     let rig = Rig::with(

@@ -1,8 +1,8 @@
 //! DMAR parsing (VT-d spec §8): QEMU's real table, hand-built ones, corrupted ones, fuzzing,
 //! and device-scope resolution through bridges.
 
-use dma::vtd::SourceId;
-use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeError, ScopeKind};
+use iommu_vtd::SourceId;
+use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeError, ScopeKind, StructureProblem};
 use proptest::prelude::*;
 
 /// The DMAR table QEMU 7.2 gives a q35 machine with `-device intel-iommu` (captured under
@@ -17,8 +17,8 @@ fn qemu_dmar(fixture: &str) -> Vec<u8> {
     bytes
 }
 
-const BIOS: &str = include_str!("../../kernel/fixtures/qemu-q35-bios-vtd.acpi");
-const UEFI: &str = include_str!("../../kernel/fixtures/qemu-q35-uefi-vtd.acpi");
+const BIOS: &str = include_str!("../../../kernel/fixtures/qemu-q35-bios-vtd.acpi");
+const UEFI: &str = include_str!("../../../kernel/fixtures/qemu-q35-uefi-vtd.acpi");
 
 fn ep(bus: u8, path: &[(u8, u8)]) -> DeviceScope {
     scope(ScopeKind::PciEndpoint, 0, bus, path)
@@ -267,7 +267,7 @@ proptest! {
 /// behind a root port and a PCIe-to-PCI bridge (bus 2) belongs to the unit naming the port.
 #[test]
 fn sub_hierarchy_scope_covers_deeper_buses() {
-    use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, PathEntry, ScopeKind};
+    use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, PathEntry, ScopeKind};
     let port = DeviceScope {
         kind: ScopeKind::PciSubHierarchy,
         enumeration_id: 0,
@@ -298,7 +298,8 @@ fn drhd_register_base_must_be_a_nonzero_page() {
         let t = DmarBuilder::new(39, 0).drhd(1, 0, base, &[]).build();
         match Dmar::parse(&t) {
             Err(DmarError::BadStructure { kind: 0, problem, .. }) => {
-                assert!(problem.contains("register base"), "{problem}")
+                assert_eq!(problem, StructureProblem::BadRegisterBase);
+                assert!(problem.to_string().contains("register base"), "{problem}")
             }
             other => panic!("base {base:#x}: {other:?}"),
         }

@@ -26,8 +26,8 @@
 //! to. The bytes come from firmware, so a copy cut short or with one byte changed is refused
 //! with an error that says what is wrong, never half-trusted.
 //! ```
-//! use dma::vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeKind};
-//! use dma::vtd::SourceId;
+//! use iommu_vtd::dmar::{DeviceScope, Dmar, DmarBuilder, DmarError, PathEntry, ScopeKind};
+//! use iommu_vtd::SourceId;
 //! let endpoint = |start_bus, hops: &[(u8, u8)]| DeviceScope { kind: ScopeKind::PciEndpoint, enumeration_id: 0,
 //!     start_bus, path: hops.iter().map(|&(device, function)| PathEntry { device, function }).collect() };
 //! let usb = endpoint(0, &[(0x1c, 0), (0, 0)]); // hop 1 is a bridge, hop 2 the device below it
@@ -308,15 +308,88 @@ pub enum DmarError {
         /// Its type.
         kind: u16,
         /// What is wrong.
-        problem: &'static str,
+        problem: StructureProblem,
     },
     /// A device scope inside a structure is malformed.
     BadScope {
         /// Byte offset of the scope in the table.
         offset: usize,
         /// What is wrong.
-        problem: &'static str,
+        problem: ScopeProblem,
     },
+}
+
+/// What is wrong with a remapping structure ([`DmarError::BadStructure`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StructureProblem {
+    /// The 4-byte structure header runs past the end of the table.
+    HeaderPastEnd,
+    /// The length field is smaller than the structure header (§8.2).
+    LengthBelowHeader,
+    /// The length field runs past the end of the table.
+    LengthPastEnd,
+    /// A DRHD is shorter than its fixed part (§8.3).
+    DrhdTooShort,
+    /// A DRHD register base is zero or not 4 KiB aligned (§8.3).
+    BadRegisterBase,
+    /// An RMRR is shorter than its fixed part (§8.4).
+    RmrrTooShort,
+    /// An RMRR region is not a run of whole 4 KiB pages (§8.4).
+    BadRmrrRange,
+}
+
+impl StructureProblem {
+    /// The words a log line uses for it.
+    pub const fn text(self) -> &'static str {
+        match self {
+            StructureProblem::HeaderPastEnd => "the structure header runs past the end of the table",
+            StructureProblem::LengthBelowHeader => "length field is smaller than the 4-byte structure header",
+            StructureProblem::LengthPastEnd => "length field runs past the end of the table",
+            StructureProblem::DrhdTooShort => "DRHD is shorter than its 16-byte fixed part",
+            StructureProblem::BadRegisterBase => "DRHD register base address is zero or not 4 KiB aligned",
+            StructureProblem::RmrrTooShort => "RMRR is shorter than its 24-byte fixed part",
+            StructureProblem::BadRmrrRange => {
+                "RMRR region is not a run of whole 4 KiB pages (base > limit or unaligned)"
+            }
+        }
+    }
+}
+
+impl fmt::Display for StructureProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+/// What is wrong with a device scope ([`DmarError::BadScope`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ScopeProblem {
+    /// The 6-byte scope header runs past the end of its structure (§8.3.1).
+    HeaderPastEnd,
+    /// The length field is smaller than the scope header.
+    LengthBelowHeader,
+    /// The length leaves half a path entry (path entries are 2 bytes).
+    HalfPathEntry,
+    /// The length field runs past the end of its structure.
+    LengthPastEnd,
+}
+
+impl ScopeProblem {
+    /// The words a log line uses for it.
+    pub const fn text(self) -> &'static str {
+        match self {
+            ScopeProblem::HeaderPastEnd => "the scope's 6-byte header runs past the end of its structure",
+            ScopeProblem::LengthBelowHeader => "length field is smaller than the 6-byte scope header",
+            ScopeProblem::HalfPathEntry => "length leaves half a path entry (path entries are 2 bytes)",
+            ScopeProblem::LengthPastEnd => "length field runs past the end of its structure",
+        }
+    }
+}
+
+impl fmt::Display for ScopeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
 }
 
 impl fmt::Display for DmarError {
@@ -399,25 +472,25 @@ impl Dmar {
             let bad =
                 |problem| DmarError::BadStructure { offset: off, kind: u16_at(table, off).unwrap_or(0xffff), problem };
             let (Some(kind), Some(slen)) = (u16_at(table, off), u16_at(table, off + 2)) else {
-                return Err(bad("the structure header runs past the end of the table"));
+                return Err(bad(StructureProblem::HeaderPastEnd));
             };
             let slen_u = slen as usize;
             if slen_u < 4 {
-                return Err(bad("length field is smaller than the 4-byte structure header"));
+                return Err(bad(StructureProblem::LengthBelowHeader));
             }
             let Some(body) = table.get(off..off + slen_u) else {
-                return Err(bad("length field runs past the end of the table"));
+                return Err(bad(StructureProblem::LengthPastEnd));
             };
             match kind {
                 0 => {
                     if slen_u < 16 {
-                        return Err(bad("DRHD is shorter than its 16-byte fixed part"));
+                        return Err(bad(StructureProblem::DrhdTooShort));
                     }
                     // The register set is at least one 4 KiB page, mapped as such (§8.3,
                     // Register Base Address; §10.4): a zero or unaligned base cannot be a unit.
                     let base = u64_at(body, 8).unwrap_or(0);
                     if base == 0 || base % 4096 != 0 {
-                        return Err(bad("DRHD register base address is zero or not 4 KiB aligned"));
+                        return Err(bad(StructureProblem::BadRegisterBase));
                     }
                     out.units.push(Drhd {
                         flags: body[4],
@@ -429,12 +502,12 @@ impl Dmar {
                 }
                 1 => {
                     if slen_u < 24 {
-                        return Err(bad("RMRR is shorter than its 24-byte fixed part"));
+                        return Err(bad(StructureProblem::RmrrTooShort));
                     }
                     let base = u64_at(body, 8).unwrap_or(0);
                     let limit = u64_at(body, 16).unwrap_or(0);
                     if base > limit || base % 4096 != 0 || limit % 4096 != 4095 {
-                        return Err(bad("RMRR region is not a run of whole 4 KiB pages (base > limit or unaligned)"));
+                        return Err(bad(StructureProblem::BadRmrrRange));
                     }
                     out.rmrrs.push(Rmrr {
                         segment: u16_at(body, 6).unwrap_or(0),
@@ -499,17 +572,17 @@ fn parse_scopes(body: &[u8], start: usize, table_off: usize) -> Result<Vec<Devic
     while off < body.len() {
         let bad = |problem| DmarError::BadScope { offset: table_off + off, problem };
         let Some(hdr) = body.get(off..off + 6) else {
-            return Err(bad("the scope's 6-byte header runs past the end of its structure"));
+            return Err(bad(ScopeProblem::HeaderPastEnd));
         };
         let slen = hdr[1] as usize;
         if slen < 6 {
-            return Err(bad("length field is smaller than the 6-byte scope header"));
+            return Err(bad(ScopeProblem::LengthBelowHeader));
         }
         if (slen - 6) % 2 != 0 {
-            return Err(bad("length leaves half a path entry (path entries are 2 bytes)"));
+            return Err(bad(ScopeProblem::HalfPathEntry));
         }
         let Some(scope) = body.get(off..off + slen) else {
-            return Err(bad("length field runs past the end of its structure"));
+            return Err(bad(ScopeProblem::LengthPastEnd));
         };
         let path = scope[6..].as_chunks::<2>().0.iter().map(|p| PathEntry { device: p[0], function: p[1] }).collect();
         scopes.push(DeviceScope { kind: ScopeKind::from_u8(hdr[0]), enumeration_id: hdr[4], start_bus: hdr[5], path });

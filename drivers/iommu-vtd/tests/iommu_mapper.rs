@@ -5,10 +5,11 @@
 
 mod vtd_common;
 
-use dma::mapper::{DmaMapper, Iommu};
-use dma::vtd::sim::{SimConfig, SimUnit};
-use dma::vtd::{SourceId, UnmapPolicy};
+use dma::mapper::DmaMapper;
 use dma::{Bidirectional, DmaDevice, DmaPool, FromDevice, PageBuffer, ToDevice};
+use iommu_vtd::Iommu;
+use iommu_vtd::sim::{SimConfig, SimUnit};
+use iommu_vtd::{SourceId, UnmapPolicy};
 use std::sync::Arc;
 use vtd_common::{FOUR_GIB, Rig};
 
@@ -156,11 +157,11 @@ fn deferred_unmaps_free_pages_only_after_a_flush() {
     }
     // Ten isolation pages wait for the flush: none went back to the allocator yet.
     assert!(m.rig.mem.frames_in_use() >= before + 10, "isolation pages were freed before the IOTLB flush");
-    for _ in 0..dma::mapper::PENDING_PAGES_LIMIT {
+    for _ in 0..iommu_vtd::PENDING_PAGES_LIMIT {
         let tx = m.dev.map_range(buf, 0, 100, ToDevice).unwrap();
         buf = tx.unmap();
     }
-    assert!(m.rig.mem.frames_in_use() < before + 10 + dma::mapper::PENDING_PAGES_LIMIT, "pages never released");
+    assert!(m.rig.mem.frames_in_use() < before + 10 + iommu_vtd::PENDING_PAGES_LIMIT, "pages never released");
 }
 
 #[test]
@@ -177,4 +178,51 @@ fn scatter_gather_through_the_iommu() {
     }
     assert_eq!(all, expected);
     assert_eq!(sg.unmap().len(), 2);
+}
+
+#[test]
+fn domain_failures_reach_the_driver_typed() {
+    use dma::{AllocError, IommuError, MapError};
+    let m = Machine::new(false, UnmapPolicy::Strict);
+    // A 24-bit device has 16 MiB of IOVA space (less IOVA 0): 16 MiB cannot fit.
+    m.dev.set_mask(24).unwrap();
+    let buf = PageBuffer::alloc(&m.rig.phys, 16 << 20, u64::MAX).unwrap();
+    let failed = m.dev.map(buf, ToDevice).unwrap_err();
+    assert!(
+        matches!(failed.error, MapError::Iommu(IommuError::IovaExhausted { len, limit: 0xff_ffff }) if len >= 16 << 20),
+        "{:?}",
+        failed.error
+    );
+    assert!(failed.to_string().contains("no free IOVA range"), "{failed}");
+    let err = m.dev.alloc_coherent_slice::<u8>(16 << 20).unwrap_err();
+    assert!(matches!(err, AllocError::Iommu(IommuError::IovaExhausted { .. })), "{err:?}");
+    assert!(err.to_string().contains("IOMMU"), "{err}");
+    m.rig.assert_no_violations();
+}
+
+#[test]
+fn domain_errors_convert_case_by_case() {
+    use dma::IommuError;
+    use iommu_vtd::DomainError;
+    use iommu_vtd::iova::IovaError;
+    use iommu_vtd::tables::TableError;
+    let cases = [
+        (
+            DomainError::Iova(IovaError::NoSpace { len: 4096, limit: 0xffff }),
+            IommuError::IovaExhausted { len: 4096, limit: 0xffff },
+        ),
+        (DomainError::Table(TableError::OutOfMemory), IommuError::TableAllocFailed),
+        (
+            DomainError::Table(TableError::BeyondWidth { iova: 1 << 40, width: 39 }),
+            IommuError::BeyondWidth { iova: 1 << 40, width: 39 },
+        ),
+        (DomainError::Table(TableError::AlreadyMapped { iova: 0x5000 }), IommuError::AlreadyMapped { iova: 0x5000 }),
+        (DomainError::NotMapped { iova: 0x6000 }, IommuError::NotMapped { iova: 0x6000 }),
+        (DomainError::NotAttached { source: NIC }, IommuError::DeviceNotAttached { requester: NIC.0 }),
+    ];
+    for (from, to) in cases {
+        assert_eq!(IommuError::from(from), to, "{from}");
+    }
+    let attached = IommuError::from(DomainError::AlreadyAttached { source: NIC, domain: 3 });
+    assert_eq!(attached.to_string(), "00:02.0 is already attached to IOMMU domain 3; detach it first");
 }

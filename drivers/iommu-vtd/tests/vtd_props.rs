@@ -6,8 +6,8 @@ mod vtd_common;
 use std::collections::BTreeMap;
 
 use dma::PhysAddr;
-use dma::vtd::sim::SimConfig;
-use dma::vtd::{AccessKind, Perms, SourceId, UnmapPolicy};
+use iommu_vtd::sim::SimConfig;
+use iommu_vtd::{AccessKind, Perms, SourceId, UnmapPolicy};
 use proptest::prelude::*;
 use vtd_common::{MIB2, Rig};
 
@@ -43,7 +43,7 @@ fn perms(p: u8) -> Perms {
     Perms { read: p & 1 != 0, write: p & 2 != 0 }
 }
 
-fn check_live(rig: &Rig, d: &dma::vtd::Domain, iova: u64, l: &Live) -> Result<(), TestCaseError> {
+fn check_live(rig: &Rig, d: &iommu_vtd::Domain, iova: u64, l: &Live) -> Result<(), TestCaseError> {
     let last = iova + l.len - 1;
     for probe in [iova, last, iova + l.len / 2] {
         let expect = l.phys + (probe - iova);

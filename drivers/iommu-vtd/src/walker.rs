@@ -17,9 +17,9 @@
 //! ```
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, FrameRequest, PhysMemory};
-//! # use dma::vtd::{sim::{SimConfig, SimUnit}, Unit, UnitConfig, UnmapPolicy};
-//! use dma::vtd::walker::translate;
-//! use dma::vtd::{AccessKind, FaultReason, Perms, SourceId};
+//! # use iommu_vtd::{sim::{SimConfig, SimUnit}, Unit, UnitConfig, UnmapPolicy};
+//! use iommu_vtd::walker::translate;
+//! use iommu_vtd::{AccessKind, FaultReason, Perms, SourceId};
 //! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! # let sim = SimUnit::new(phys.clone(), SimConfig::default());
 //! # let unit = Unit::bring_up("dmar0", sim, phys.clone(), UnitConfig::default()).unwrap();
@@ -42,7 +42,7 @@
 //! assert_eq!(walk(nic, iova), Err(FaultReason::READ_DENIED)); // not present any more
 //! ```
 
-use crate::phys::{PhysAddr, PhysMemory};
+use dma::phys::{PhysAddr, PhysMemory};
 
 use super::fault::FaultReason;
 use super::regs::{Cap, Ecap};

@@ -18,9 +18,9 @@
 //! ```
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, PhysMemory};
-//! use dma::vtd::regs::{self, Cap, Ecap, SAGAW_48, VtdRegisters, gcmd};
-//! use dma::vtd::sim::{SIM_FAULT_OFFSET, SIM_IOTLB_OFFSET, SimConfig, SimUnit};
-//! use dma::vtd::{Unit, UnitConfig};
+//! use iommu_vtd::regs::{self, Cap, Ecap, SAGAW_48, VtdRegisters, gcmd};
+//! use iommu_vtd::sim::{SIM_FAULT_OFFSET, SIM_IOTLB_OFFSET, SimConfig, SimUnit};
+//! use iommu_vtd::{Unit, UnitConfig};
 //! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! let sim = SimUnit::new(phys.clone(), SimConfig::default());
 //! let (cap, ecap) = (Cap(sim.read64(regs::CAP)), Ecap(sim.read64(regs::ECAP)));

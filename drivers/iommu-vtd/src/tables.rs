@@ -44,8 +44,8 @@
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, PhysMemory};
 //! use dma::PhysAddr;
-//! use dma::vtd::tables::{ContextEntry, ContextTables, PTE_PS, PTE_R, PTE_W, PageTable, SIZE_2M, TableMemory};
-//! use dma::vtd::{Perms, SourceId};
+//! use iommu_vtd::tables::{ContextEntry, ContextTables, PTE_PS, PTE_R, PTE_W, PageTable, SIZE_2M, TableMemory};
+//! use iommu_vtd::{Perms, SourceId};
 //! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! let mem = TableMemory::new(phys, None, u64::MAX); // no flush hook: the unit's walks snoop caches
 //! let mut pt = PageTable::new(&mem, 3, true, false).unwrap(); // 3 levels, 2 MiB leaves allowed
@@ -71,7 +71,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
+use dma::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 
 use super::{Perms, SourceId};
 

@@ -27,7 +27,7 @@
 //! address mask 2), and [`iotlb_descriptor`] encodes the 128-bit IOTLB invalidate descriptor
 //! of §6.5.2.3. Covering a fourth page too is harmless; missing one would not be.
 //! ```
-//! use dma::vtd::invalidation::{IotlbScope, iotlb_descriptor, page_scope};
+//! use iommu_vtd::invalidation::{IotlbScope, iotlb_descriptor, page_scope};
 //! let scope = page_scope(7, 0x5000, 3 * 4096, 18, true).unwrap();
 //! assert_eq!(scope, IotlbScope::Pages { domain: 7, iova: 0x4000, am: 2, leaf_only: true });
 //!
@@ -46,7 +46,7 @@
 
 use core::fmt;
 
-use crate::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
+use dma::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 
 use super::SourceId;
 use super::regs::{self, Cap, Ecap, VtdRegisters, ccmd, fsts, gcmd, iotlb};
@@ -89,18 +89,55 @@ pub enum IotlbScope {
     },
 }
 
+/// Which invalidation request (or queue operation) a timeout or a refusal is about (§6.5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum InvalidationStep {
+    /// A register-based context-cache invalidation (CCMD_REG, §10.4.7).
+    ContextCache,
+    /// A register-based IOTLB invalidation (IOTLB_REG, §10.4.8.1).
+    Iotlb,
+    /// Turning the invalidation queue on (GSTS.QIES, §10.4.5).
+    QueueEnable,
+    /// A write-buffer flush (GSTS.WBFS, §6.8).
+    WriteBufferFlush,
+    /// Waiting for a free slot in the invalidation queue (§6.5.2).
+    QueueSpace,
+    /// Waiting for a queued invalidation's wait descriptor (§6.5.2.8).
+    Queued,
+}
+
+impl InvalidationStep {
+    /// The words a log line uses for it.
+    pub const fn text(self) -> &'static str {
+        match self {
+            InvalidationStep::ContextCache => "context-cache",
+            InvalidationStep::Iotlb => "IOTLB",
+            InvalidationStep::QueueEnable => "queue enable",
+            InvalidationStep::WriteBufferFlush => "write-buffer flush",
+            InvalidationStep::QueueSpace => "queue space",
+            InvalidationStep::Queued => "queued",
+        }
+    }
+}
+
+impl fmt::Display for InvalidationStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
 /// Why an invalidation did not complete.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum InvalidationError {
     /// The unit did not finish in time.
     Timeout {
         /// Which request.
-        what: &'static str,
+        what: InvalidationStep,
     },
     /// The unit refused the request (actual granularity 0).
     Rejected {
         /// Which request.
-        what: &'static str,
+        what: InvalidationStep,
     },
     /// The invalidation queue stopped on a bad descriptor (FSTS.IQE); the queue is unusable.
     QueueError {
@@ -285,7 +322,7 @@ impl Invalidator {
         regs.write64(regs::IQA, base.0 & !0xfff);
         if !regs::set_gcmd(regs, gcmd::QIE, true) {
             // Leak the frames: the unit may have latched IQA and could still read them.
-            return Err(InvalidationError::Timeout { what: "queue enable" });
+            return Err(InvalidationError::Timeout { what: InvalidationStep::QueueEnable });
         }
         Ok(Invalidator {
             mode: Mode::Queued(Queue { base, status, tail: 0, seq: 0, broken: false }),
@@ -326,7 +363,7 @@ impl Invalidator {
                         ccmd::ICC | ccmd::DEVICE | ((source.0 as u64) << ccmd::SID_SHIFT) | domain as u64
                     }
                 };
-                let what = "context-cache";
+                let what = InvalidationStep::ContextCache;
                 regs::poll64(regs, regs::CCMD, |c| c & ccmd::ICC == 0).ok_or(InvalidationError::Timeout { what })?;
                 regs.write64(regs::CCMD, v);
                 let done = regs::poll64(regs, regs::CCMD, |c| c & ccmd::ICC == 0)
@@ -373,7 +410,7 @@ impl Invalidator {
                         iotlb::IVT | iotlb::PAGE | drain | ((domain as u64) << iotlb::DID_SHIFT)
                     }
                 };
-                let what = "IOTLB";
+                let what = InvalidationStep::Iotlb;
                 regs.write64(reg_off, v);
                 let done =
                     regs::poll64(regs, reg_off, |c| c & iotlb::IVT == 0).ok_or(InvalidationError::Timeout { what })?;
@@ -396,7 +433,7 @@ impl Invalidator {
         if regs::gcmd_oneshot(regs, gcmd::WBF, false) {
             Ok(())
         } else {
-            Err(InvalidationError::Timeout { what: "write-buffer flush" })
+            Err(InvalidationError::Timeout { what: InvalidationStep::WriteBufferFlush })
         }
     }
 
@@ -435,7 +472,7 @@ impl Invalidator {
             let next = (q.tail + 1) % QUEUE_ENTRIES;
             let head_ok = regs::poll64(regs, regs::IQH, |h| (h as usize >> 4) % QUEUE_ENTRIES != next);
             if head_ok.is_none() {
-                return Err(InvalidationError::Timeout { what: "queue space" });
+                return Err(InvalidationError::Timeout { what: InvalidationStep::QueueSpace });
             }
             // SAFETY: slot `tail` (< 256) is inside the queue frame, and the unit does not read
             // it: it lies outside head..tail.
@@ -464,6 +501,6 @@ impl Invalidator {
             }
             core::hint::spin_loop();
         }
-        Err(InvalidationError::Timeout { what: "queued" })
+        Err(InvalidationError::Timeout { what: InvalidationStep::Queued })
     }
 }

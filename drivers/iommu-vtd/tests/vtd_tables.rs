@@ -4,16 +4,16 @@
 use std::sync::Arc;
 
 use dma::sim::SimMemory;
-use dma::vtd::fault::{FaultReason, FaultRecord};
-use dma::vtd::invalidation::{
+use dma::{PhysAddr, PhysMemory};
+use iommu_vtd::fault::{FaultReason, FaultRecord};
+use iommu_vtd::invalidation::{
     ContextScope, IotlbScope, context_descriptor, iotlb_descriptor, page_scope, wait_descriptor,
 };
-use dma::vtd::iova::{IovaAllocator, IovaError};
-use dma::vtd::regs::{Cap, Ecap, SAGAW_39, SAGAW_48, Version};
-use dma::vtd::tables::{ContextEntry, ContextTables, PageTable, TableError, TableMemory};
-use dma::vtd::walker::{WalkCaps, translate};
-use dma::vtd::{AccessKind, Perms, SourceId};
-use dma::{PhysAddr, PhysMemory};
+use iommu_vtd::iova::{IovaAllocator, IovaError};
+use iommu_vtd::regs::{Cap, Ecap, SAGAW_39, SAGAW_48, Version};
+use iommu_vtd::tables::{ContextEntry, ContextTables, PageTable, TableError, TableMemory};
+use iommu_vtd::walker::{WalkCaps, translate};
+use iommu_vtd::{AccessKind, Perms, SourceId};
 
 const DEV: SourceId = SourceId::new(3, 4, 5);
 

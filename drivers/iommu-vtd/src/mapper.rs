@@ -33,9 +33,9 @@
 //! # use std::sync::Arc;
 //! # use dma::sim::SimMemory;
 //! # use dma::{DmaDevice, PageBuffer, PhysMemory, ToDevice};
-//! use dma::mapper::Iommu;
-//! use dma::vtd::sim::{SimConfig, SimUnit};
-//! use dma::vtd::{FaultReason, SourceId, Unit, UnitConfig, UnmapPolicy};
+//! use iommu_vtd::Iommu;
+//! use iommu_vtd::sim::{SimConfig, SimUnit};
+//! use iommu_vtd::{FaultReason, SourceId, Unit, UnitConfig, UnmapPolicy};
 //! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! let sim = SimUnit::new(phys.clone(), SimConfig::default());
 //! let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
@@ -63,13 +63,13 @@
 //! assert_eq!(&buf[..4], b"ping");
 //! ```
 
-use super::{CoherentRegion, DeviceLimits, DmaMapper, Mapped};
-use crate::direction::DmaDirection;
-use crate::error::{AllocError, MapError};
-use crate::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
-use crate::vtd::{AccessKind, Domain, DomainError, Perms, UnmapPolicy};
+use crate::{AccessKind, Domain, Perms, UnmapPolicy};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use dma::direction::DmaDirection;
+use dma::error::{AllocError, IommuError, MapError, MaskUnsupported};
+use dma::mapper::{CoherentRegion, DeviceLimits, DmaMapper, Mapped};
+use dma::phys::{BusAddr, FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 use spin::Mutex;
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -95,14 +95,8 @@ fn perms(dir: DmaDirection) -> Perms {
     }
 }
 
-fn domain_reason(e: &DomainError) -> &'static str {
-    match e {
-        DomainError::Iova(_) => "no free IOVA range below the device's mask",
-        DomainError::Table(_) => "no memory for IOMMU page tables",
-        DomainError::Invalidation(_) => "the IOTLB invalidation did not complete",
-        _ => "the domain refused the request",
-    }
-}
+/// The narrowest DMA mask, in bits, a device behind an IOMMU domain may have.
+const MIN_MASK_BITS: u32 = 24;
 
 impl Iommu {
     /// A mapper for the devices attached to `domain`. `isolate_sub_page` bounces streaming
@@ -165,10 +159,10 @@ impl DmaMapper for Iommu {
         if self.isolate_sub_page { "iommu+isolation" } else { "iommu" }
     }
 
-    fn check_mask(&self, mask: u64) -> Result<(), &'static str> {
+    fn check_mask(&self, mask: u64) -> Result<(), MaskUnsupported> {
         // Page tables, coherent memory and isolation pages all need a few MiB of IOVA space.
-        if mask < (1 << 24) - 1 {
-            return Err("an IOMMU domain needs a DMA mask of at least 24 bits");
+        if mask < (1 << MIN_MASK_BITS) - 1 {
+            return Err(MaskUnsupported::IommuNeedsWiderMask { min_bits: MIN_MASK_BITS });
         }
         Ok(())
     }
@@ -182,7 +176,7 @@ impl DmaMapper for Iommu {
             let page = self
                 .memory
                 .alloc_frames(FrameRequest { count: frames, max_addr: u64::MAX, align: PAGE })
-                .ok_or(MapError::Iommu { reason: "no memory for a sub-page isolation page" })?;
+                .ok_or(MapError::Iommu(IommuError::IsolationPageAllocFailed { len }))?;
             // Initialise from the buffer for every direction: a FromDevice page must not show
             // the device whatever the page held before (the swiotlb information leak).
             self.copy(phys, page, len);
@@ -201,7 +195,7 @@ impl DmaMapper for Iommu {
                     // SAFETY: never mapped, so no device can reach it.
                     unsafe { self.memory.free_frames(page, len.div_ceil(PAGE_SIZE)) };
                 }
-                Err(MapError::Iommu { reason: domain_reason(&e) })
+                Err(MapError::Iommu(e.into()))
             }
         }
     }
@@ -253,7 +247,7 @@ impl DmaMapper for Iommu {
                 log::warn!("iommu: coherent mapping of {size} bytes failed: {e}");
                 // SAFETY: never mapped.
                 unsafe { self.memory.free_frames(phys, frames) };
-                Err(AllocError::OutOfMemory { bytes, limit: limits.mask })
+                Err(AllocError::Iommu(e.into()))
             }
         }
     }

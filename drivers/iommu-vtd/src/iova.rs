@@ -39,7 +39,7 @@
 //! the invalidation rule: a range freed with [`IovaAllocator::free_deferred`] comes back only
 //! after the flush that covers it.
 //! ```
-//! use dma::vtd::iova::{IovaAllocator, IovaError};
+//! use iommu_vtd::iova::{IovaAllocator, IovaError};
 //! let mut space = IovaAllocator::new(39); // a 39-bit domain
 //!
 //! // Three pages for a 32-bit device: an aligned block of four, as high as the mask allows.
@@ -67,7 +67,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::phys::PAGE_SIZE;
+use dma::phys::PAGE_SIZE;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -116,6 +116,40 @@ impl fmt::Display for IovaError {
                 write!(f, "IOVA {iova:#x} does not start a live mapping (double unmap or wrong address?)")
             }
         }
+    }
+}
+
+/// An invariant of the allocator that does not hold ([`IovaAllocator::check_invariants`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IovaInvariant {
+    /// A free block does not start at a multiple of its size.
+    Unaligned,
+    /// A free block and its buddy are both free: they should have merged.
+    MissedMerge,
+    /// Two blocks (free, live or pending) overlap.
+    Overlap,
+    /// Space at the top of the address space belongs to no block.
+    LeakedAtTop,
+    /// Space between blocks belongs to no block.
+    Leaked,
+}
+
+impl IovaInvariant {
+    /// The words a log line uses for it.
+    pub const fn text(self) -> &'static str {
+        match self {
+            IovaInvariant::Unaligned => "free block not naturally aligned",
+            IovaInvariant::MissedMerge => "free block and its buddy both free (missed merge)",
+            IovaInvariant::Overlap => "blocks overlap",
+            IovaInvariant::LeakedAtTop => "space leaked at the top",
+            IovaInvariant::Leaked => "space leaked",
+        }
+    }
+}
+
+impl fmt::Display for IovaInvariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
     }
 }
 
@@ -395,15 +429,15 @@ impl IovaAllocator {
 
     /// Checks the invariants (tests): free blocks aligned, disjoint from each other and from
     /// live and pending ranges, buddies not both free, everything accounted for.
-    pub fn check_invariants(&self) -> Result<(), &'static str> {
+    pub fn check_invariants(&self) -> Result<(), IovaInvariant> {
         let mut spans: Vec<(u64, u64)> = Vec::new();
         for (k, set) in self.free.iter().enumerate() {
             for &s in set {
                 if s % (1u64 << k) != 0 {
-                    return Err("free block not naturally aligned");
+                    return Err(IovaInvariant::Unaligned);
                 }
                 if (k + 1) < self.free.len() && set.contains(&(s ^ (1u64 << k))) {
-                    return Err("free block and its buddy both free (missed merge)");
+                    return Err(IovaInvariant::MissedMerge);
                 }
                 spans.push((s, 1u64 << k));
             }
@@ -423,12 +457,12 @@ impl IovaAllocator {
         let mut next = 0;
         for (s, n) in spans {
             if s != next {
-                return Err(if s < next { "blocks overlap" } else { "space leaked" });
+                return Err(if s < next { IovaInvariant::Overlap } else { IovaInvariant::Leaked });
             }
             next = s + n;
         }
         if next != self.space {
-            return Err("space leaked at the top");
+            return Err(IovaInvariant::LeakedAtTop);
         }
         Ok(())
     }

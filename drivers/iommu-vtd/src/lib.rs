@@ -25,7 +25,7 @@
 //! - [`regs`]: register offsets and bit layouts (§10.4), the [`regs::VtdRegisters`] access
 //!   trait, and MMIO access for the kernel.
 //! - [`tables`]: root/context tables and second-level page tables in frames from
-//!   [`PhysMemory`](crate::PhysMemory).
+//!   [`PhysMemory`](dma::PhysMemory).
 //! - [`walker`]: a software page walk that translates exactly as the hardware does, with the
 //!   spec's fault reasons (Appendix A). Tests use it to prove the tables are right.
 //! - [`iova`]: the per-domain IOVA allocator; freed IOVAs wait for their invalidation.
@@ -34,12 +34,16 @@
 //! - [`fault`]: fault recording registers and their decoding (§7.3).
 //! - [`unit`](mod@unit): bring-up of one remapping unit and [`unit::Domain`]s with map/unmap.
 //! - [`view`]: the `iommu:units` and `iommu:faults` text views.
-//! - [`sim`]: a simulated unit (registers, queued invalidation, an IOTLB cache, fault
-//!   recording) for host tests.
+//! - [`mapper`]: [`Iommu`], the `dma` crate's [`DmaMapper`](dma::mapper::DmaMapper) whose bus
+//!   addresses are IOVAs of one domain. This is how the crate plugs into the DMA service: `dma`
+//!   does not know this crate; a domain's failures reach drivers as [`dma::IommuError`]
+//!   (converted from [`DomainError`]).
+//! - [`sim`] (cargo feature `sim`, for host tests; the kernel leaves it off): a simulated unit
+//!   (registers, queued invalidation, an IOTLB cache, fault recording).
 //!
 //! # Bringing a unit up (kernel)
 //! ```ignore
-//! use dma::vtd::{dmar::Dmar, regs::MmioRegisters, unit::{Unit, UnitConfig, UnmapPolicy}};
+//! use iommu_vtd::{dmar::Dmar, regs::MmioRegisters, unit::{Unit, UnitConfig, UnmapPolicy}};
 //! let dmar = Dmar::parse(&acpi_info.dmar_bytes)?;
 //! for drhd in &dmar.units {
 //!     let mmio = map_mmio(drhd.register_base, drhd.register_size()); // kernel paging
@@ -62,11 +66,17 @@
 //! - Nothing here panics on input firmware or a device can produce: table bytes, register
 //!   values and fault records are all treated as untrusted.
 
+#![no_std]
+#![warn(missing_docs)]
+extern crate alloc;
+
 pub mod dmar;
 pub mod fault;
 pub mod invalidation;
 pub mod iova;
+pub mod mapper;
 pub mod regs;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod tables;
 pub mod unit;
@@ -76,6 +86,7 @@ pub mod walker;
 use core::fmt;
 
 pub use fault::{FaultReason, FaultRecord};
+pub use mapper::{Iommu, PENDING_PAGES_LIMIT};
 pub use unit::{Domain, DomainError, Unit, UnitConfig, UnitError, UnmapPolicy};
 
 /// A PCI requester id, the name the unit knows a device by (§3.4.1): bus in bits 15..8, device
@@ -147,11 +158,11 @@ impl Perms {
 
     /// The permissions a streaming mapping in direction `dir` needs: no more than that, so a
     /// device that writes into a buffer it was only meant to read is stopped by the IOMMU.
-    pub const fn for_direction(dir: crate::DmaDirection) -> Perms {
+    pub const fn for_direction(dir: dma::DmaDirection) -> Perms {
         match dir {
-            crate::DmaDirection::ToDevice => Perms::READ,
-            crate::DmaDirection::FromDevice => Perms::WRITE,
-            crate::DmaDirection::Bidirectional => Perms::READ_WRITE,
+            dma::DmaDirection::ToDevice => Perms::READ,
+            dma::DmaDirection::FromDevice => Perms::WRITE,
+            dma::DmaDirection::Bidirectional => Perms::READ_WRITE,
         }
     }
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use dma::sim::SimMemory;
-use dma::vtd::sim::{SimConfig, SimUnit};
-use dma::vtd::{Unit, UnitConfig};
 use dma::{FrameRequest, PhysAddr, PhysMemory};
+use iommu_vtd::sim::{SimConfig, SimUnit};
+use iommu_vtd::{Unit, UnitConfig};
 
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
 pub const MIB2: u64 = 2 << 20;

@@ -6,7 +6,7 @@
 //! 100,000 other mappings live in the same domain; the cost should not grow with the live
 //! count. A `deferred` group shows the same 4 KiB pair with batched domain-wide flushes.
 //!
-//! Run: `cargo bench -p dma --bench vtd`; `dma/VTD_BENCHMARKS.md` has the numbers.
+//! Run: `cargo bench -p iommu-vtd --bench vtd`; `drivers/iommu-vtd/BENCHMARKS.md` has the numbers.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dma::sim::{SimMemory, SimRegion};
-use dma::vtd::sim::{SimConfig, SimUnit};
-use dma::vtd::{Domain, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
 use dma::{FrameRequest, PhysAddr, PhysMemory};
+use iommu_vtd::sim::{SimConfig, SimUnit};
+use iommu_vtd::{Domain, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
 
 const LIVE: [usize; 3] = [10, 1_000, 100_000];
 const SIZES: [(&str, usize); 3] = [("4K", 4096), ("64K", 64 << 10), ("2M", 2 << 20)];

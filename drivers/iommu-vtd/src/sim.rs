@@ -29,8 +29,8 @@
 //! ```
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, FrameRequest, PhysMemory};
-//! use dma::vtd::sim::{SimConfig, SimDmaError, SimUnit};
-//! use dma::vtd::{FaultReason, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
+//! use iommu_vtd::sim::{SimConfig, SimDmaError, SimUnit};
+//! use iommu_vtd::{FaultReason, Perms, SourceId, Unit, UnitConfig, UnmapPolicy};
 //! # let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! let sim = SimUnit::new(phys.clone(), SimConfig::default());
 //! let unit = Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap();
@@ -60,7 +60,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::phys::{PAGE_SIZE, PhysAddr, PhysMemory};
+use dma::phys::{PAGE_SIZE, PhysAddr, PhysMemory};
 
 use super::fault::{FaultReason, FaultRecord};
 use super::regs::{self, VtdRegisters, fsts, gcmd};

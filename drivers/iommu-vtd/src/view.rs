@@ -9,8 +9,8 @@
 //! ```
 //! # use std::sync::Arc;
 //! # use dma::{sim::SimMemory, PhysMemory};
-//! use dma::vtd::sim::{SimConfig, SimUnit};
-//! use dma::vtd::{SourceId, Unit, UnitConfig, UnmapPolicy, view};
+//! use iommu_vtd::sim::{SimConfig, SimUnit};
+//! use iommu_vtd::{SourceId, Unit, UnitConfig, UnmapPolicy, view};
 //! let phys: Arc<dyn PhysMemory> = SimMemory::low_and_high(8 << 20, 8 << 20);
 //! let sim = SimUnit::new(phys.clone(), SimConfig::default());
 //! let units = [Unit::bring_up("dmar0", sim.clone(), phys.clone(), UnitConfig::default()).unwrap()];
