@@ -748,6 +748,16 @@ mod tests {
     }
 
     #[test]
+    fn iommu_and_block_tests_must_run_where_the_machine_has_what_they_need() {
+        let vtd = MachineConfig::standard();
+        let direct = MachineConfig { iommu: false, ..MachineConfig::standard() };
+        assert!(must_run(&vtd, "iommu::unmapped_iova_faults_and_kernel_goes_on"));
+        assert!(!must_run(&direct, "iommu::unmapped_iova_faults_and_kernel_goes_on"));
+        assert!(must_run(&direct, "block::completion_by_intx"));
+        assert!(!must_run(&vtd, "net::dhcp_lease"));
+    }
+
+    #[test]
     fn lspci_check_needs_every_q35_device() {
         let good = "00:00.0 8086:29c0 class 06/00/00 Host bridge\n\
                     00:02.0 8086:100e class 02/00/00 Ethernet controller BAR0 mem32 0xfeb80000 [128K]\n\
