@@ -35,7 +35,8 @@
 //! | [`ecam`] | memory-mapped access from ACPI MCFG regions |
 //! | [`port_io`] | legacy port `0xCF8`/`0xCFC` access |
 //! | [`bar`] | decoding and sizing Base Address Registers |
-//! | [`capability`] | walking and decoding the capability list; programming MSI |
+//! | [`capability`] | walking and decoding the capability list |
+//! | [`msi`] | programming MSI (PCI 3.0 §6.8.1) and the x86 message format |
 //! | [`mod@enumerate`] | the bus walk that produces [`enumerate::PciFunction`]s |
 //! | [`interrupt`] | choosing MSI-X, MSI or INTx for a function; which INTx lines are valid |
 //! | [`view`] | `lspci`-style lines and the `pci:devices` scheme view |
@@ -50,6 +51,7 @@ pub mod capability;
 pub mod ecam;
 pub mod enumerate;
 pub mod interrupt;
+pub mod msi;
 pub mod port_io;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
