@@ -38,7 +38,9 @@ extern crate alloc;
 
 pub mod desc;
 pub mod regs;
+mod rx;
 mod stats;
+mod tx;
 
 #[cfg(test)]
 mod sim;
@@ -54,7 +56,11 @@ use desc::{DescriptorRing, RxDescriptor, TxDescriptor, rx_errors, rx_status, tx_
 use device_io::{Clock, Registers};
 use dma::{AllocError, DmaDevice, DmaPool, PoolBlock, PoolError};
 use regs::EerdLayout;
+use rx::ReceiveRing;
+pub use rx::{DropReason, RxVerdict, classify_rx};
 pub use stats::{Counters, DeviceCounters};
+pub use tx::TransmitError;
+use tx::TransmitRing;
 
 /// Smallest Ethernet frame without its CRC (IEEE 802.3: 64 bytes with the 4-byte FCS). The
 /// device pads shorter transmits (TCTL.PSP) and never stores shorter good frames.
@@ -203,121 +209,6 @@ impl From<PoolError> for InitError {
 impl From<AllocError> for InitError {
     fn from(e: AllocError) -> Self {
         InitError::Alloc(e)
-    }
-}
-
-/// Why a frame was not queued.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TransmitError {
-    /// Zero-length frame.
-    Empty,
-    /// Longer than [`MAX_FRAME_LEN`].
-    TooLong {
-        /// Its length.
-        len: usize,
-    },
-    /// Every descriptor is in flight; reclaim completed ones (or wait) and try again.
-    RingFull,
-    /// No transmit buffer could be allocated.
-    NoBuffer(AllocError),
-}
-
-impl fmt::Display for TransmitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransmitError::Empty => f.write_str("empty frame: nothing to send"),
-            TransmitError::TooLong { len } => {
-                write!(f, "frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte maximum (no jumbo frames)")
-            }
-            TransmitError::RingFull => f.write_str("transmit ring full: reclaim completed frames and retry"),
-            TransmitError::NoBuffer(e) => write!(f, "no transmit buffer: {e}"),
-        }
-    }
-}
-
-/// What the receive path decided about one descriptor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RxVerdict {
-    /// A good frame of this many bytes.
-    Deliver(usize),
-    /// Part of a frame already being discarded (counted when it began).
-    Skip,
-    /// A bad frame, counted under this reason.
-    Drop(DropReason),
-}
-
-/// Why a received frame was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// The descriptor's error bits (CE, SE, SEQ, CXE, RXE) are set.
-    Errored,
-    /// Shorter than [`MIN_FRAME_LEN`].
-    Runt,
-    /// Longer than [`MAX_FRAME_LEN`] (or than the buffer).
-    Oversized,
-    /// Spread over several descriptors (no EOP on the first): cannot happen with 2 KiB buffers
-    /// and long packets off, so the device is misbehaving.
-    Fragmented,
-}
-
-/// Classifies one done receive descriptor. `discarding` is true while the rest of a fragmented
-/// frame is being skipped; it is updated. Pure, so the rules are tested on their own.
-pub fn classify_rx(desc: &RxDescriptor, discarding: &mut bool) -> RxVerdict {
-    let eop = desc.status & rx_status::EOP != 0;
-    if *discarding {
-        if eop {
-            *discarding = false;
-        }
-        return RxVerdict::Skip;
-    }
-    if !eop {
-        *discarding = true;
-        return RxVerdict::Drop(DropReason::Fragmented);
-    }
-    let len = usize::from(desc.length);
-    if desc.errors & rx_errors::FRAME != 0 {
-        RxVerdict::Drop(DropReason::Errored)
-    } else if len < MIN_FRAME_LEN {
-        RxVerdict::Drop(DropReason::Runt)
-    } else if len > MAX_FRAME_LEN || len > BUFFER_BYTES {
-        RxVerdict::Drop(DropReason::Oversized)
-    } else {
-        RxVerdict::Deliver(len)
-    }
-}
-
-struct ReceiveRing {
-    ring: DescriptorRing,
-    /// `buffers[i]` is the buffer descriptor `i` points at, for the driver's whole life.
-    buffers: Vec<PoolBlock>,
-    /// Next descriptor to look at for DD.
-    next: usize,
-    /// Descriptors recycled since RDT was last written.
-    unreturned: usize,
-    /// Skipping the rest of a fragmented frame.
-    discarding: bool,
-}
-
-struct TransmitRing {
-    ring: DescriptorRing,
-    /// The buffer (and frame length) descriptor `i` points at while in flight.
-    in_flight: Vec<Option<(PoolBlock, usize)>>,
-    /// Next descriptor to fill (what TDT says).
-    tail: usize,
-    /// Oldest descriptor not yet reclaimed. `clean == tail`: nothing in flight.
-    clean: usize,
-    /// When the ring last made progress (a completion, or the first frame onto an empty ring).
-    last_progress_us: u64,
-}
-
-impl TransmitRing {
-    fn pending(&self) -> usize {
-        (self.tail + self.ring.len() - self.clean) % self.ring.len()
-    }
-
-    /// One descriptor stays unused so that TDT == TDH always means "empty" (SDM §3.4).
-    fn free(&self) -> usize {
-        self.ring.len() - 1 - self.pending()
     }
 }
 
@@ -660,204 +551,6 @@ impl<R: Registers, C: Clock> E1000<R, C> {
             self.counters.rx_overruns += 1;
         }
         icr
-    }
-
-    /// Hands the next good received frame to `f` in place, then gives its buffer back to the
-    /// device. Bad frames on the way are counted and dropped. `None` when no frame is waiting.
-    pub fn receive_with<T>(&mut self, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
-        let mut f = Some(f);
-        loop {
-            let index = self.rx.next;
-            let desc = RxDescriptor::from_words(self.rx.ring.read(index));
-            if desc.status & rx_status::DD == 0 {
-                self.return_rx_descriptors();
-                return None;
-            }
-            // DD is set: the device wrote the buffer before the descriptor. Order our reads of
-            // the buffer after the status read.
-            fence(Ordering::Acquire);
-            let verdict = classify_rx(&desc, &mut self.rx.discarding);
-            let mut result = None;
-            match verdict {
-                RxVerdict::Deliver(len) => {
-                    let buffer = &mut self.rx.buffers[index];
-                    // SAFETY: DD says the device is done with this buffer, and it is handed
-                    // back (recycle below) only after `f` returns: nothing else accesses it.
-                    let bytes = unsafe { buffer.as_mut_slice() };
-                    let frame = &bytes[..len.min(bytes.len())];
-                    self.counters.rx_packets += 1;
-                    self.counters.rx_bytes += len as u64;
-                    result = f.take().map(|f| f(frame));
-                }
-                RxVerdict::Skip => {}
-                RxVerdict::Drop(reason) => {
-                    self.counters.rx_dropped += 1;
-                    match reason {
-                        DropReason::Errored => self.counters.rx_errors += 1,
-                        DropReason::Runt => self.counters.rx_runts += 1,
-                        DropReason::Oversized => self.counters.rx_oversized += 1,
-                        DropReason::Fragmented => self.counters.rx_fragmented += 1,
-                    }
-                }
-            }
-            self.recycle_rx(index);
-            if let Some(r) = result {
-                return Some(r);
-            }
-        }
-    }
-
-    /// Gives descriptor `index`'s buffer back to the device: same buffer, status cleared.
-    fn recycle_rx(&mut self, index: usize) {
-        let addr = self.rx.buffers[index].bus_addr().as_u64();
-        self.rx.ring.write(index, RxDescriptor { addr, ..Default::default() }.to_words());
-        self.rx.next = (index + 1) % self.rx.ring.len();
-        self.rx.unreturned += 1;
-        // Batch, but never keep more than a quarter of the ring from the device.
-        if self.rx.unreturned >= RDT_BATCH.min(self.rx.ring.len() / 4) {
-            self.return_rx_descriptors();
-        }
-    }
-
-    /// Moves RDT up to the last recycled descriptor (SDM §3.2.6: software adds receive buffers
-    /// by advancing the tail).
-    fn return_rx_descriptors(&mut self) {
-        if self.rx.unreturned == 0 {
-            return;
-        }
-        self.rx.unreturned = 0;
-        let last = (self.rx.next + self.rx.ring.len() - 1) % self.rx.ring.len();
-        // Descriptor writes must reach memory before the device sees the new tail.
-        fence(Ordering::SeqCst);
-        self.regs.write32(regs::RDT, last as u32);
-    }
-
-    /// Descriptors free for transmit now.
-    pub fn transmit_space(&self) -> usize {
-        self.tx.free()
-    }
-
-    /// Frames queued and not yet reclaimed.
-    pub fn transmit_pending(&self) -> usize {
-        self.tx.pending()
-    }
-
-    /// Queues a copy of `frame` (without CRC: the device appends it).
-    pub fn transmit(&mut self, frame: &[u8]) -> Result<(), TransmitError> {
-        self.transmit_with(frame.len(), |buffer| buffer.copy_from_slice(frame))
-    }
-
-    /// Queues a `len`-byte frame that `fill` writes straight into the transmit buffer.
-    pub fn transmit_with<T>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> T) -> Result<T, TransmitError> {
-        if len == 0 {
-            return Err(TransmitError::Empty);
-        }
-        if len > MAX_FRAME_LEN {
-            return Err(TransmitError::TooLong { len });
-        }
-        if self.tx.free() == 0 {
-            self.reclaim_transmitted();
-        }
-        if self.tx.free() == 0 {
-            self.counters.tx_ring_full += 1;
-            return Err(TransmitError::RingFull);
-        }
-        let mut block = self.tx_pool.alloc().map_err(TransmitError::NoBuffer)?;
-        // SAFETY: the block was just allocated and no descriptor points at it yet, so the
-        // device cannot access it.
-        let bytes = unsafe { block.as_mut_slice() };
-        let result = fill(&mut bytes[..len]);
-        let index = self.tx.tail;
-        let desc = TxDescriptor {
-            addr: block.bus_addr().as_u64(),
-            length: len as u16,
-            // EOP: the frame is this one buffer; IFCS: append the CRC; RS: write DD back when
-            // sent, so the buffer can be reclaimed (SDM §3.3.3.1).
-            cmd: tx_cmd::EOP | tx_cmd::IFCS | tx_cmd::RS,
-            ..Default::default()
-        };
-        if self.tx.pending() == 0 {
-            self.tx.last_progress_us = self.clock.now_us();
-        }
-        self.tx.ring.write(index, desc.to_words());
-        self.tx.in_flight[index] = Some((block, len));
-        self.tx.tail = (index + 1) % self.tx.ring.len();
-        // The descriptor and the frame must be in memory before the device reads TDT.
-        fence(Ordering::SeqCst);
-        // TDT (§13.4.42): the device sends descriptors TDH..TDT.
-        self.regs.write32(regs::TDT, self.tx.tail as u32);
-        Ok(result)
-    }
-
-    /// Returns the buffers of frames the device has sent (DD set, SDM §3.3.3.2) to their pool.
-    /// Returns how many were reclaimed.
-    pub fn reclaim_transmitted(&mut self) -> usize {
-        let mut reclaimed = 0;
-        while self.tx.clean != self.tx.tail {
-            let index = self.tx.clean;
-            let desc = TxDescriptor::from_words(self.tx.ring.read(index));
-            if desc.status & tx_status::DD == 0 {
-                break;
-            }
-            if let Some((block, len)) = self.tx.in_flight[index].take() {
-                if desc.status & (tx_status::EC | tx_status::LC) != 0 {
-                    self.counters.tx_errors += 1;
-                } else {
-                    self.counters.tx_packets += 1;
-                    self.counters.tx_bytes += len as u64;
-                }
-                drop(block);
-            }
-            self.tx.ring.write(index, [0, 0]);
-            self.tx.clean = (index + 1) % self.tx.ring.len();
-            reclaimed += 1;
-        }
-        if reclaimed > 0 {
-            self.tx.last_progress_us = self.clock.now_us();
-        }
-        reclaimed
-    }
-
-    /// Detects a transmit hang: frames pending and no completion for [`Config::tx_timeout_us`].
-    /// A hung device is reset and re-initialised (frames in flight are dropped and counted).
-    /// Returns true if it reset the device.
-    pub fn check_transmit_hang(&mut self) -> bool {
-        self.reclaim_transmitted();
-        if self.tx.pending() == 0 {
-            return false;
-        }
-        let stalled_us = self.clock.now_us().saturating_sub(self.tx.last_progress_us);
-        if stalled_us < self.config.tx_timeout_us {
-            return false;
-        }
-        let (tdh, tdt) = (self.regs.read32(regs::TDH), self.regs.read32(regs::TDT));
-        log::warn!(
-            "{}: transmit hang: {} frames pending for {} ms (TDH {} TDT {}, STATUS {:#x}); resetting the device",
-            self.name,
-            self.tx.pending(),
-            stalled_us / 1000,
-            tdh,
-            tdt,
-            self.regs.read32(regs::STATUS)
-        );
-        self.counters.tx_hangs += 1;
-        self.update_device_counters();
-        if let Err(e) = self.bring_up() {
-            log::error!("{}: re-initialisation after a transmit hang failed: {e}", self.name);
-        }
-        true
-    }
-
-    /// Resets and re-initialises the device (as after a hang).
-    pub fn reset(&mut self) -> Result<(), InitError> {
-        self.update_device_counters();
-        self.bring_up()
-    }
-
-    /// Writes TDT with its current value: the device has nothing new to send, so this costs
-    /// exactly one register write. The benchmark's cost floor.
-    pub fn ring_transmit_doorbell(&self) {
-        self.regs.write32(regs::TDT, self.tx.tail as u32);
     }
 
     /// The driver's own counters.
