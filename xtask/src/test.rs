@@ -633,6 +633,11 @@ fn runner_self_check(machine: &MachineConfig, images: &boot::DiskImages, work: &
         ("runner::reports_a_panic_with_location", failed_with("demo::panics", "panicked at kernel/src/ktest/mod.rs")),
         ("runner::reports_a_page_fault_with_address", failed_with("demo::page_fault", "read of 0xdeadbeef000")),
         ("runner::reports_a_double_fault_on_stack_overflow", failed_with("demo::stack_overflow", "double fault")),
+        // The crash path allocates nothing: a fault taken with the heap's lock held is reported.
+        (
+            "runner::reports_a_fault_taken_with_the_heap_locked",
+            failed_with("demo::fault_with_the_heap_locked", "read of 0xdeadbeef000"),
+        ),
         (
             "runner::runs_tests_after_a_crash",
             if verdict("demo::passes") == Some(Ok(())) { Ok(()) } else { Err(format!("verdicts: {verdicts:?}")) },

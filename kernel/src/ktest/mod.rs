@@ -84,6 +84,7 @@ static DEMO_FAILURES: &[KernelTest] = &[
     KernelTest { name: "demo::panics", run: demo_panic },
     KernelTest { name: "demo::page_fault", run: demo_page_fault },
     KernelTest { name: "demo::stack_overflow", run: demo_stack_overflow },
+    KernelTest { name: "demo::fault_with_the_heap_locked", run: demo_fault_with_the_heap_locked },
     KernelTest { name: "demo::passes", run: || Ok(()) },
 ];
 
@@ -100,6 +101,23 @@ fn demo_page_fault() -> TestResult {
     // SAFETY: not sound, on purpose: this read faults, and the test shows how a fault is reported.
     let value = unsafe { unmapped.read_volatile() };
     Err(alloc::format!("read {value:#x} from an unmapped address without a fault").into())
+}
+
+/// Faults while the heap's lock is held, as a fault inside an allocation would: the report must
+/// still appear, so nothing on the crash path may allocate.
+#[inline(never)]
+fn demo_fault_with_the_heap_locked() -> TestResult {
+    #[cfg(target_os = "none")]
+    {
+        let unmapped = 0x0000_0dea_dbee_f000 as *const u64;
+        // SAFETY: not sound, on purpose: this read faults with the heap locked.
+        let value = crate::mm::while_heap_locked(|| unsafe { unmapped.read_volatile() });
+        Err(alloc::format!("read {value:#x} from an unmapped address without a fault").into())
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        Ok(())
+    }
 }
 
 /// Recurses until the kernel stack runs into its guard page. The page fault cannot be delivered

@@ -22,6 +22,13 @@ pub(crate) fn init_heap(start: *mut u8, size: usize) {
 #[cfg(not(target_os = "none"))]
 pub(crate) fn init_heap(_start: *mut u8, _size: usize) {}
 
+/// Runs `f` with the heap's lock held, as if interrupted in the middle of an allocation. Only
+/// the test that crash reports never need the heap uses it; `f` must not allocate.
+#[cfg(target_os = "none")]
+pub fn while_heap_locked<T>(f: impl FnOnce() -> T) -> T {
+    HEAP.while_locked(f)
+}
+
 /// Bytes used and free in the heap.
 pub fn heap_usage() -> (usize, usize) {
     #[cfg(target_os = "none")]

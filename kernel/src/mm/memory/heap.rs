@@ -44,6 +44,12 @@ impl InterruptSafeHeap {
     pub fn usage(&self) -> (usize, usize) {
         with_heap(&self.heap, |heap| (heap.used(), heap.free()))
     }
+
+    /// Runs `f` with the heap's lock held (and interrupts off), as an allocation in progress
+    /// would. For the test that a crash taken there is still reported: `f` must not allocate.
+    pub fn while_locked<T>(&self, f: impl FnOnce() -> T) -> T {
+        with_heap(&self.heap, |_heap| f())
+    }
 }
 
 /// Runs `f` on the heap with interrupts off (on the machine; host builds have no interrupts to
