@@ -14,10 +14,9 @@
 //! After QEMU exits, xtask reads the image files: the written ranges hold the new pattern, every
 //! other sector (neighbours included) still holds the original one, and the files did not grow.
 
-use crate::qemu::{MachineConfig, WaitError};
+use crate::qemu::MachineConfig;
 use crate::test::{self, Tally};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 const SECTOR: usize = 512;
 
@@ -231,13 +230,7 @@ fn run_one(base: MachineConfig, images: &boot::DiskImages, work: &Path, tally: &
     });
     tally.record(&name("no_command_failed_or_recovered"), stats);
 
-    let _ = session.send_line("exit");
-    let exited = match session.wait_exit(Duration::from_secs(60)) {
-        Ok(Some(0)) => Ok(()),
-        Ok(other) => Err(format!("QEMU ended with {other:?}")),
-        Err(WaitError::TimedOut) => Err("QEMU did not power off".into()),
-        Err(WaitError::Exited(code)) => Err(format!("QEMU exited with {code:?}")),
-    };
+    let exited = test::power_off(&mut session);
     let clean_exit = exited.is_ok();
     tally.record(&name("exit"), exited);
     drop(session);

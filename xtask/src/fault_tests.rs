@@ -15,10 +15,9 @@
 //! fails any request whose range covers that sector; `once = "on"` fires the rule one time.
 
 use crate::disk_tests::Image;
-use crate::qemu::{MachineConfig, WaitError};
+use crate::qemu::MachineConfig;
 use crate::test::{self, Tally};
 use std::path::Path;
-use std::time::Duration;
 
 /// Sector whose first read fails (inside the QD32 verify range).
 const READ_ONCE: u64 = 2048;
@@ -118,13 +117,7 @@ pub fn run(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
         }),
     );
 
-    let _ = session.send_line("exit");
-    let exited = match session.wait_exit(Duration::from_secs(60)) {
-        Ok(Some(0)) => Ok(()),
-        Ok(other) => Err(format!("QEMU ended with {other:?}")),
-        Err(WaitError::TimedOut) => Err("QEMU did not power off".into()),
-        Err(WaitError::Exited(code)) => Err(format!("QEMU exited with {code:?}")),
-    };
+    let exited = test::power_off(&mut session);
     let clean = exited.is_ok();
     tally.record(&name("exit_powers_off"), exited);
     drop(session);

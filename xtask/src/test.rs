@@ -520,6 +520,17 @@ fn qemu_suite(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, t
     }
 }
 
+/// Types `exit` and waits for QEMU to end with status 0 (the kernel's ACPI power-off).
+pub fn power_off(session: &mut Session) -> Result<(), String> {
+    let _ = session.send_line("exit");
+    match session.wait_exit(COMMAND_TIMEOUT) {
+        Ok(Some(0)) => Ok(()),
+        Ok(other) => Err(format!("QEMU ended with {other:?}")),
+        Err(WaitError::TimedOut) => Err("QEMU did not power off".into()),
+        Err(WaitError::Exited(code)) => Err(format!("QEMU exited with {code:?}")),
+    }
+}
+
 /// Types a command and returns what it printed up to the next prompt.
 pub fn command(session: &mut Session, line: &str) -> Result<String, String> {
     session.send_line(line)?;
