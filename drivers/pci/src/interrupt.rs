@@ -1,9 +1,11 @@
 //! How a PCI function should interrupt the CPU: MSI-X, MSI or INTx, and which INTx routings mean
 //! anything. Pure decisions, host-tested here; the kernel programs the choice (local APIC vector,
-//! MSI message, I/O APIC redirection entry) in one place, `kernel/src/pci.rs`, for every driver.
+//! MSI-X table entry, MSI message, I/O APIC redirection entry) in one place,
+//! `kernel/src/platform/pci.rs`, for every driver.
 //!
 //! # Preference
-//! 1. **MSI-X** (PCI Local Bus Spec 3.0 §6.8.2): a table of messages in a BAR, one per queue.
+//! 1. **MSI-X** (PCI Local Bus Spec 3.0 §6.8.2): a table of messages in a BAR, one per queue,
+//!    each masked on its own; programmed by [`crate::msix`] (the kernel uses entry 0).
 //! 2. **MSI** (§6.8.1): the device writes one message to the local APIC. No wire, no routing
 //!    knowledge, never shared, and edge-like: nothing stays asserted.
 //! 3. **INTx** (§2.2.6): a wire (INTA#..INTD#), shared, level-triggered. Its route to an
@@ -130,11 +132,9 @@ impl Offers {
 /// What the kernel can program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Support {
-    /// A local APIC is running: needed by every mechanism (MSI messages go to it, and the I/O
-    /// APIC delivers INTx through it).
+    /// A local APIC is running: needed by every mechanism (MSI and MSI-X messages go to it, and
+    /// the I/O APIC delivers INTx through it).
     pub apic: bool,
-    /// The kernel programs MSI-X tables.
-    pub msix: bool,
 }
 
 /// An INTx route: the ISA IRQ the pin reaches and the trigger mode and polarity to program for it
@@ -187,13 +187,7 @@ pub fn intx_route(pin: u8, line: u8) -> Result<IntxRoute, &'static str> {
 /// MSI-X, MSI and INTx, best first, each either to be tried or refused with a reason.
 pub fn choose(offers: &Offers, support: &Support) -> [Candidate; 3] {
     let needs_apic = |m: Mechanism| if support.apic { Ok(m) } else { Err(NO_APIC) };
-    let msix = if !offers.msix {
-        Err("the function has no MSI-X capability")
-    } else if !support.msix {
-        Err("the kernel does not program MSI-X tables (not implemented)")
-    } else {
-        needs_apic(Mechanism::MsiX)
-    };
+    let msix = if offers.msix { needs_apic(Mechanism::MsiX) } else { Err("the function has no MSI-X capability") };
     let msi = if offers.msi { needs_apic(Mechanism::Msi) } else { Err("the function has no MSI capability") };
     let intx = intx_route(offers.interrupt_pin, offers.interrupt_line).and_then(|r| needs_apic(Mechanism::Intx(r)));
     [("MSI-X", msix), ("MSI", msi), ("INTx", intx)]
@@ -202,12 +196,12 @@ pub fn choose(offers: &Offers, support: &Support) -> [Candidate; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enumerate::enumerate;
+    use crate::enumerate::{ClassCode, enumerate};
     use crate::sim::{bdf, fixtures};
     use alloc::format;
     use alloc::vec::Vec;
 
-    const APIC: Support = Support { apic: true, msix: false };
+    const APIC: Support = Support { apic: true };
 
     fn level_high(irq: u8) -> Mechanism {
         Mechanism::Intx(IntxRoute { irq, trigger: Trigger::Level, polarity: Polarity::ActiveHigh })
@@ -228,19 +222,40 @@ mod tests {
     }
 
     #[test]
-    fn msix_comes_first_only_when_the_kernel_programs_it() {
+    fn msix_comes_first_then_msi_then_intx() {
         let all = Offers { msix: true, msi: true, interrupt_pin: 1, interrupt_line: 11 };
-        let [msix, msi, _] = choose(&all, &APIC);
-        assert!(msix.1.is_err_and(|why| why.contains("not implemented")));
-        assert_eq!(msi.1, Ok(Mechanism::Msi));
-        let [msix, ..] = choose(&all, &Support { apic: true, msix: true });
+        let [msix, msi, intx] = choose(&all, &APIC);
+        assert_eq!(msix, ("MSI-X", Ok(Mechanism::MsiX)));
+        assert_eq!(msi, ("MSI", Ok(Mechanism::Msi)));
+        assert_eq!(intx, ("INTx", Ok(level_high(11))));
+        let msix_only = Offers { msix: true, msi: false, interrupt_pin: 0, interrupt_line: 255 };
+        let [msix, msi, intx] = choose(&msix_only, &APIC);
         assert_eq!(msix.1, Ok(Mechanism::MsiX));
+        assert_eq!(msi.1, Err("the function has no MSI capability"));
+        assert_eq!(intx.1, Err("the function has no interrupt pin"));
+    }
+
+    #[test]
+    fn the_82574_offers_msix_first() {
+        // QEMU's e1000e (82574): MSI at 0xD0, MSI-X with 5 entries in BAR3 at 0xA0, INTA#.
+        let nic = ClassCode::new(0x02, 0x00, 0x00);
+        let function = crate::sim::SimFunction::endpoint(0x8086, 0x10D3, nic)
+            .interrupt(11, 1)
+            .msi(0xD0, true, false, 0)
+            .msix(0xA0, 5, (3, 0), (3, 0x2000));
+        let sim = crate::sim::SimConfigSpace::new().with(bdf(0, 3, 0), function);
+        let functions = enumerate(&sim, 0);
+        let candidates = choose(&Offers::of(&functions[0]), &APIC);
+        assert_eq!(candidates.map(|c| c.1.is_ok()), [true, true, true]);
+        assert_eq!(candidates[0], ("MSI-X", Ok(Mechanism::MsiX)));
+        let msix = functions[0].msix().unwrap();
+        assert_eq!((msix.table_size, msix.table_bar, msix.table_offset), (5, 3, 0));
     }
 
     #[test]
     fn without_an_apic_nothing_is_chosen_but_missing_capabilities_are_named() {
         let all = Offers { msix: true, msi: true, interrupt_pin: 1, interrupt_line: 11 };
-        let none = Support { apic: false, msix: true };
+        let none = Support { apic: false };
         assert!(choose(&all, &none).iter().all(|c| c.1 == Err(NO_APIC)));
         let bare = Offers { msix: false, msi: false, interrupt_pin: 0, interrupt_line: 255 };
         let reasons = choose(&bare, &none).map(|c| c.1.unwrap_err());

@@ -1,5 +1,5 @@
 //! PCI for the teaching kernel: configuration-space access, bus enumeration, BAR sizing,
-//! capabilities, MSI programming, and text views for the shell.
+//! capabilities, MSI and MSI-X programming, and text views for the shell.
 //!
 //! # Why the code is shaped this way
 //! Every PCI function has a small configuration space (256 bytes on conventional PCI, 4 KiB on
@@ -14,7 +14,7 @@
 //!   Configuration Transactions"): an address written to port `0xCF8`, data moved through port
 //!   `0xCFC`. Only the first 256 bytes are reachable. See [`port_io`].
 //!
-//! All the logic in this crate (enumeration, BAR sizing, capability walking, MSI) is written
+//! All the logic in this crate (enumeration, BAR sizing, capability walking, MSI, MSI-X) is written
 //! against one seam, [`access::CheckedConfigAccess`], so that host tests can run it over a
 //! simulated configuration space (`sim`, behind the `sim` feature) long before it runs on a machine.
 //!
@@ -23,7 +23,7 @@
 //!   make no sense is logged (the log line names its BDF) and skipped; the walk goes on.
 //! - [`enumerate::enumerate`] sizes BARs, which briefly turns off a function's memory and I/O
 //!   decoding. Run it once at boot, before drivers use the devices.
-//! - Reading config space is cheap and may happen anywhere; enumeration and MSI programming
+//! - Reading config space is cheap and may happen anywhere; enumeration and MSI/MSI-X programming
 //!   write to devices and belong in boot or driver-probe code, not in interrupt handlers.
 //!   (`PortIoAccess` holds its lock with interrupts off, so a stray access from a handler
 //!   cannot deadlock, but it would still interleave with a driver's read-modify-write.)
@@ -37,6 +37,7 @@
 //! | [`bar`] | decoding and sizing Base Address Registers |
 //! | [`capability`] | walking and decoding the capability list |
 //! | [`msi`] | programming MSI (PCI 3.0 §6.8.1) and the x86 message format |
+//! | [`msix`] | programming MSI-X (PCI 3.0 §6.8.2): the table in a BAR, reached through [`msix::MsixTable`] |
 //! | [`mod@enumerate`] | the bus walk that produces [`enumerate::PciFunction`]s |
 //! | [`interrupt`] | choosing MSI-X, MSI or INTx for a function; which INTx lines are valid |
 //! | [`view`] | `lspci`-style lines and the `pci:devices` scheme view |
@@ -52,6 +53,7 @@ pub mod ecam;
 pub mod enumerate;
 pub mod interrupt;
 pub mod msi;
+pub mod msix;
 pub mod port_io;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -65,6 +67,7 @@ pub use capability::{
 };
 pub use ecam::{EcamAccess, EcamError, EcamRegion, MappedEcamRegion};
 pub use enumerate::{BridgeBuses, BridgeHop, ClassCode, FunctionError, PciFunction, Subsystem, enumerate};
+pub use msix::{MsixError, MsixTable};
 #[cfg(target_arch = "x86_64")]
 pub use port_io::PortIoAccess;
 pub use view::{Bdf, DeviceBlock, LspciLine, devices_view, lspci};

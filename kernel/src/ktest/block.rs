@@ -94,7 +94,7 @@ fn round_trip(polling: bool, lba: u64) -> TestResult {
         }
         let irqs_after = d.interrupts();
         match (polling, d.irq_mode()) {
-            (false, block::IrqMode::Msi { .. } | block::IrqMode::Intx { .. }) => {
+            (false, block::IrqMode::MsiX { .. } | block::IrqMode::Msi { .. } | block::IrqMode::Intx { .. }) => {
                 check!(irqs_after > irqs, "no interrupt delivered for 3 commands")
             }
             (true, _) => check!(irqs_after == irqs, "interrupts counted while polling"),

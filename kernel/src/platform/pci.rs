@@ -6,7 +6,7 @@
 //!
 //! It also wires PCI interrupts, once for every driver ([`wire_interrupt`]): the choice between
 //! MSI-X, MSI and INTx is made by `pci::interrupt` (host-tested), and programmed here (vector,
-//! MSI message, I/O APIC route).
+//! MSI-X table entry, MSI message, I/O APIC route).
 
 use crate::mm::memory::paging;
 use alloc::boxed::Box;
@@ -139,6 +139,11 @@ pub enum IrqMode {
         /// Why not interrupts.
         reason: &'static str,
     },
+    /// MSI-X: table entry 0 makes the device write `vector` to the local APIC.
+    MsiX {
+        /// CPU vector.
+        vector: u8,
+    },
     /// Message-signalled: the device writes `vector` to the local APIC.
     Msi {
         /// CPU vector.
@@ -169,6 +174,7 @@ impl core::fmt::Display for IrqMode {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             IrqMode::Polling { reason } => write!(f, "polling ({reason})"),
+            IrqMode::MsiX { vector } => write!(f, "MSI-X entry 0 vector {vector:#x}"),
             IrqMode::Msi { vector } => write!(f, "MSI vector {vector:#x}"),
             IrqMode::Intx { irq, vector, trigger, polarity } => {
                 write!(f, "INTx IRQ {irq} (I/O APIC, {trigger}, {polarity}) vector {vector:#x}")
@@ -194,11 +200,9 @@ impl Wired {
     }
 }
 
-/// What this kernel can program. MSI-X is not implemented: its message table lives in a BAR,
-/// which would have to be mapped and filled; no device here needs it (QEMU's e1000 and AHCI have
-/// no MSI-X capability), so a function that offers it gets MSI, then INTx.
+/// What this kernel can program: every mechanism, once the local APIC runs.
 fn interrupt_support() -> Support {
-    Support { apic: crate::arch::apic::is_ready(), msix: false }
+    Support { apic: crate::arch::apic::is_ready() }
 }
 
 /// Wires `function`'s interrupt to `handler(context)`: MSI-X, MSI or INTx, as
@@ -241,7 +245,10 @@ pub fn wire_interrupt(
             },
         };
         let tried = match mechanism {
-            Mechanism::MsiX => Err("MSI-X is not implemented"),
+            Mechanism::MsiX => enable_msix(function, v).and_then(|()| {
+                let mode = IrqMode::MsiX { vector: v };
+                prove(mode).map(|()| mode).inspect_err(|_| disable_msix(function))
+            }),
             Mechanism::Msi => enable_msi(function, v).and_then(|()| {
                 let mode = IrqMode::Msi { vector: v };
                 prove(mode).map(|()| mode).inspect_err(|_| {
@@ -263,6 +270,62 @@ pub fn wire_interrupt(
     }
     let reason = passed_over.last().map_or("no interrupt mechanism", |&(_, why)| why);
     Wired { mode: IrqMode::Polling { reason }, passed_over }
+}
+
+/// The mapped MSI-X table of a function, as [`pci::MsixTable`] wants it.
+struct MappedTable(device_io::Mmio);
+
+impl pci::MsixTable for MappedTable {
+    fn read_u32(&self, offset: u32) -> u32 {
+        use device_io::Registers;
+        self.0.read32(offset as usize)
+    }
+    fn write_u32(&self, offset: u32, value: u32) {
+        use device_io::Registers;
+        self.0.write32(offset as usize, value)
+    }
+}
+
+/// Programs entry 0 of `function`'s MSI-X table to deliver `vector` to this CPU
+/// ([`crate::arch::apic::msi_message`]) and enables MSI-X (see [`pci::capability::MsixCapability::enable`]
+/// for the order, PCI Local Bus Spec 3.0 §6.8.2). The table is mapped uncached from the BAR its
+/// BIR names (only the table's own pages), and memory decoding and bus mastering are turned on:
+/// an MSI-X message is a memory write the function masters. On failure MSI-X is left off.
+pub fn enable_msix(function: &PciFunction, vector: u8) -> Result<(), &'static str> {
+    let msix = function.msix().ok_or("the function has no MSI-X capability")?;
+    if !msix.bars_valid() {
+        return Err("the MSI-X capability names a reserved BAR (BIR 6 or 7)");
+    }
+    let bar =
+        function.bar(msix.table_bar).filter(|b| b.is_memory()).ok_or("the MSI-X table's BAR is not a memory BAR")?;
+    let bytes = u64::from(msix.table_bytes());
+    if u64::from(msix.table_offset) + bytes > bar.size() {
+        return Err("the MSI-X table does not fit in its BAR");
+    }
+    let virt = paging::map_mmio(bar.address() + u64::from(msix.table_offset), bytes)
+        .map_err(|_| "cannot map the MSI-X table")?;
+    let virt = core::ptr::NonNull::new(virt).ok_or("cannot map the MSI-X table")?;
+    // SAFETY: `virt` maps exactly the table's `bytes` bytes uncached, in the MMIO window, for the
+    // kernel's lifetime; nothing treats it as ordinary memory.
+    let table = MappedTable(unsafe { device_io::Mmio::new(virt, bytes as usize) });
+    let config = function.config(access());
+    config.enable_memory_space();
+    config.enable_bus_mastering();
+    let (address, data) = crate::arch::apic::msi_message(vector);
+    msix.enable(&config, &table, 0, address, u32::from(data)).map_err(|e| {
+        msix.disable(&config);
+        match e {
+            pci::MsixError::EnableDidNotStick => "the MSI-X capability refused to enable",
+            _ => "the MSI-X capability cannot be programmed",
+        }
+    })
+}
+
+/// Turns `function`'s MSI-X off (Message Control), as after a failed [`enable_msix`] proof.
+pub fn disable_msix(function: &PciFunction) {
+    if let Some(msix) = function.msix() {
+        msix.disable(&function.config(access()));
+    }
 }
 
 /// Programs `function`'s MSI capability to deliver `vector` to this CPU

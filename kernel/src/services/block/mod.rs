@@ -184,6 +184,7 @@ fn boot_disks(hba: &mut Hba) -> u32 {
 fn setup_interrupt(f: &pci::PciFunction, name: &str, index: usize) -> IrqMode {
     let wired = crate::platform::pci::wire_interrupt(f, interrupt, index, &mut |_| Ok(()));
     match wired.mode {
+        IrqMode::MsiX { vector } => log::info!("{name}: MSI-X on vector {vector:#x}"),
         IrqMode::Msi { vector } => log::info!("{name}: MSI on vector {vector:#x}"),
         IrqMode::Intx { irq, vector, .. } => {
             if f.msi().is_some()
@@ -514,6 +515,7 @@ fn render_info() -> String {
         with_hba(c, |h| {
             let caps = h.capabilities();
             let irq = match c.irq {
+                IrqMode::MsiX { vector } => format!("msi-x vector {vector:#x}"),
                 IrqMode::Msi { vector } => format!("msi vector {vector:#x}"),
                 IrqMode::Intx { vector, irq, .. } => format!("intx line {irq} vector {vector:#x}"),
                 IrqMode::Polling { .. } => "polling".into(),

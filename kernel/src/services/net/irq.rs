@@ -64,7 +64,9 @@ pub fn setup(function: &PciFunction) {
     super::with_net(|net| {
         net.irq = mode;
         match mode {
-            IrqMode::Intx { .. } | IrqMode::Msi { .. } => log::info!("net: {}: interrupts: {mode}", net.bdf),
+            IrqMode::Intx { .. } | IrqMode::Msi { .. } | IrqMode::MsiX { .. } => {
+                log::info!("net: {}: interrupts: {mode}", net.bdf)
+            }
             IrqMode::Polling { .. } => {
                 net.nic.disable_interrupts();
                 log::warn!("net: {}: interrupts unavailable, {mode}", net.bdf);
@@ -88,6 +90,7 @@ fn prove(mode: IrqMode) -> Result<(), &'static str> {
     super::with_net(|net| net.nic.disable_interrupts());
     Err(match mode {
         IrqMode::Msi { .. } => "a test MSI never arrived",
+        IrqMode::MsiX { .. } => "a test MSI-X message never arrived",
         _ => "a test interrupt raised through ICS never arrived",
     })
 }
