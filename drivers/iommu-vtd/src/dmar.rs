@@ -116,6 +116,14 @@ impl Drhd {
         self.flags & 1 != 0
     }
 
+    /// Whether the unit translates any device: it names at least one device scope, or has
+    /// INCLUDE_PCI_ALL. A unit with neither (firmware describing hardware it left unused) is
+    /// skipped rather than brought up, as Linux does when it parses the DRHDs
+    /// (`drivers/iommu/intel/dmar.c`): enabling it would only cost an interrupt and a queue.
+    pub fn translates_anything(&self) -> bool {
+        self.include_pci_all() || !self.scopes.is_empty()
+    }
+
     /// Bytes of register space to map.
     pub const fn register_size(&self) -> usize {
         4096 << (self.size & 0xf)

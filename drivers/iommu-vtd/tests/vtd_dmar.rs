@@ -306,3 +306,14 @@ fn drhd_register_base_must_be_a_nonzero_page() {
     }
     assert!(Dmar::parse(&DmarBuilder::new(39, 0).drhd(1, 0, 0xfed9_0000, &[]).build()).is_ok());
 }
+
+#[test]
+fn a_unit_with_no_scope_and_no_include_all_translates_nothing() {
+    let qemu = Dmar::parse(&qemu_dmar(BIOS)).unwrap();
+    assert!(qemu.units[0].translates_anything(), "QEMU's unit names its devices");
+    let mut idle = qemu.units[0].clone();
+    idle.scopes.clear();
+    assert!(!idle.translates_anything(), "no scope, no INCLUDE_PCI_ALL: the kernel skips it");
+    idle.flags |= 1;
+    assert!(idle.translates_anything(), "INCLUDE_PCI_ALL covers every unclaimed device");
+}

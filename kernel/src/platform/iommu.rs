@@ -121,6 +121,13 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
     // Units, with translation still off.
     let mut units: Vec<(u64, Arc<Unit>)> = Vec::new();
     for (i, drhd) in dmar.units.iter().enumerate() {
+        if !drhd.translates_anything() {
+            log::warn!(
+                "iommu: unit at {:#x} names no device and lacks INCLUDE_PCI_ALL: it translates nothing; skipped",
+                drhd.register_base
+            );
+            continue;
+        }
         let size = drhd.register_size();
         let base = match paging::map_mmio(drhd.register_base, size as u64) {
             Ok(base) => base,
