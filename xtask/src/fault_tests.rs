@@ -37,6 +37,50 @@ fn rules() -> String {
     [rule("read", READ_ONCE, true), rule("write", WRITE_ONCE, true), rule("read", READ_ALWAYS, false)].concat()
 }
 
+/// A VT-d unit that cannot turn translation on (injected through fw_cfg, see
+/// `kernel/src/platform/iommu.rs`): the devices behind it must get the Direct mapper, named in
+/// the log, and never IOVAs, which would send their DMA to whatever physical memory sits at the
+/// IOVA's address; and their DMA must still work.
+pub fn iommu_enable_failure(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
+    println!("\n== a VT-d unit that cannot enable translation (fault injected through fw_cfg) ==");
+    let name = |check: &str| format!("iommu-failsafe::{check}");
+    let mut machine = MachineConfig { name: "iommu-failsafe".into(), ..MachineConfig::standard() };
+    machine.extra_args.extend(["-fw_cfg", "name=opt/dma-kernel/inject,string=iommu-enable-fails"].map(String::from));
+    let mut session = match test::boot(&machine, images, work, "failsafe") {
+        Ok(s) => s,
+        Err(why) => return tally.record(&name("boot"), Err(why)),
+    };
+    let log = session.output();
+    tally.record(
+        &name("the_failure_and_every_device_are_named"),
+        if log.contains("dmar0: cannot enable translation")
+            && ["00:02.0", "00:1f.2"].iter().all(|d| log.contains(&format!("iommu: {d}: its unit does not translate")))
+        {
+            Ok(())
+        } else {
+            Err("the boot log does not name the failed unit and the e1000 and AHCI as falling back".into())
+        },
+    );
+    tally.record(
+        &name("devices_use_direct_never_iovas"),
+        test::command(&mut session, "cat dma:mappings").and_then(|t| {
+            let lines: Vec<&str> = t.lines().filter(|l| l.contains(" mapper=")).collect();
+            let on = |d: &str| lines.iter().any(|l| l.starts_with(d) && l.contains("mapper=direct"));
+            if on("00:02.0") && on("00:1f.2") && !lines.iter().any(|l| l.contains("mapper=iommu")) {
+                Ok(())
+            } else {
+                Err(format!("expected every device on the Direct mapper:\n{}", t.trim()))
+            }
+        }),
+    );
+    tally.record(
+        &name("dma_still_works"),
+        test::command(&mut session, "disk read ahci0p0 0")
+            .and_then(|t| if t.contains("disk: read ok") { Ok(()) } else { Err(t.trim().to_string()) }),
+    );
+    tally.record(&name("exit_powers_off"), test::power_off(&mut session));
+}
+
 /// Boots with the faulty disk on port 1 and runs the checks.
 pub fn run(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
     println!("\n== disk faults injected by blkdebug (AHCI) ==");

@@ -87,7 +87,7 @@ impl Tally {
 /// work folder (`target/xtask-test/<job>/`), so two can run at once; `cargo xtask test` runs
 /// them in child processes, two at a time on a 2-core machine (each QEMU under TCG keeps one
 /// core busy), and prints each job's output whole, in this order.
-const QEMU_JOBS: [&str; 10] = [
+const QEMU_JOBS: [&str; 11] = [
     "bios-vtd",
     "bios-novtd",
     "uefi-vtd",
@@ -97,6 +97,7 @@ const QEMU_JOBS: [&str; 10] = [
     "net",
     "disk",
     "disk-faults",
+    "iommu-failsafe",
     "console",
 ];
 
@@ -248,6 +249,8 @@ fn run_job(job: &str) -> Result<ExitCode, String> {
         "console" => crate::console_tests::run(&images, &work, &mut tally),
         // Injected disk errors (QEMU's blkdebug): reported, recovered or failed cleanly.
         "disk-faults" => crate::fault_tests::run(&images, &work, &mut tally),
+        // A VT-d unit that cannot translate: its devices fall back to Direct, never IOVAs.
+        "iommu-failsafe" => crate::fault_tests::iommu_enable_failure(&images, &work, &mut tally),
         name => {
             let machine = configuration(name).ok_or_else(|| format!("unknown job `{name}`"))?;
             println!("\n== QEMU configuration {} ==", machine.name);

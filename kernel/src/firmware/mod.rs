@@ -4,3 +4,5 @@
 //! ([`acpi::info`]): interrupt controllers, the PM timer, ECAM windows, the DMAR table.
 
 pub mod acpi;
+#[cfg(feature = "test-support")]
+pub mod fw_cfg;

@@ -10,7 +10,10 @@
 //!   through;
 //! * **strict unmap** (invalidate before `unmap` returns) and **sub-page isolation** on;
 //! * a malformed DMAR table, or a unit that fails to come up, leaves the Direct mapper in charge
-//!   with a log line saying why.
+//!   with a log line saying why;
+//! * **fail-safe**: a unit that cannot turn translation on gives its devices back to the Direct
+//!   mapper, each named in the log, so no device ever programs an IOVA that nothing translates;
+//! * a unit that names no device and lacks INCLUDE_PCI_ALL is skipped.
 
 use crate::mm::memory::paging;
 use alloc::collections::BTreeMap;
@@ -53,6 +56,17 @@ pub fn mapper_for(function: &PciFunction) -> Option<Arc<dyn DmaMapper>> {
     Some(mapper)
 }
 
+/// Turns translation on, unless the test runner asked the kernel to pretend the unit refuses
+/// (`-fw_cfg name=opt/dma-kernel/inject,string=iommu-enable-fails`, test builds only): the
+/// fail-safe path above then runs on a machine whose unit would have worked.
+fn enable_translation(unit: &Unit) -> Result<(), alloc::string::String> {
+    #[cfg(feature = "test-support")]
+    if crate::firmware::fw_cfg::fault_injected("iommu-enable-fails") {
+        return Err("translation left off by the injected fault `iommu-enable-fails`".into());
+    }
+    unit.enable_translation().map_err(|e| alloc::format!("{e}"))
+}
+
 /// The domain `function` is attached to.
 pub fn domain_of(function: &PciFunction) -> Option<Arc<Domain>> {
     Some(state()?.mappers.get(&function.address)?.domain().clone())
@@ -87,7 +101,9 @@ pub fn init(memory: Arc<dyn PhysMemory>) {
     STATE.call_once(|| bring_up(memory));
     crate::registry::scheme::register("iommu:units", "VT-d units: capabilities and state", || match state() {
         Some(s) => iommu_vtd::view::render_units(&s.units),
-        None => String::from("no VT-d unit in use (no DMAR table, or it was rejected; DMA is Direct)\n"),
+        None => String::from(
+            "no VT-d unit in use (no DMAR table, it was rejected, or no unit could translate; DMA is Direct)\n",
+        ),
     });
     crate::registry::scheme::register("iommu:faults", "VT-d fault records, per device", || match state() {
         Some(s) => iommu_vtd::view::render_faults(&s.units),
@@ -157,6 +173,8 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
     // One domain per requester id: a function's own, or its PCIe-to-PCI bridge's.
     let mut domains: BTreeMap<(u64, PciAddress), Arc<Iommu>> = BTreeMap::new();
     let mut mappers = BTreeMap::new();
+    // Which unit translates each function, to unbind them if that unit cannot translate.
+    let mut unit_of: BTreeMap<PciAddress, u64> = BTreeMap::new();
     for f in functions.iter().filter(|f| !f.is_bridge()) {
         let source = SourceId::new(f.address.bus(), f.address.device(), f.address.function());
         let Some(drhd) = dmar.unit_for_in_hierarchy(f.address.segment(), source, secondary_bus, bus_range) else {
@@ -194,6 +212,7 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
                 Err(e) => log::error!("iommu: cannot attach {}: {e}", Bdf(f.address)),
             }
         }
+        unit_of.insert(f.address, drhd.register_base);
         mappers.insert(f.address, mapper);
     }
 
@@ -222,16 +241,40 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
         }
     }
 
-    let units: Vec<Arc<Unit>> = units.into_iter().map(|(_, u)| u).collect();
-    for unit in &units {
+    // Translation on, unit by unit. A unit that cannot enable it translates nothing, so the
+    // devices behind it must never be given IOVAs: their DMA would reach physical memory at
+    // the IOVA's address. They fall back to the Direct mapper (with its bounce area for 32-bit
+    // devices), and the log names each one: no isolation for them, but correct DMA.
+    let mut failed = Vec::new();
+    for (base, unit) in &units {
         if let Ok(vector) = crate::arch::interrupts::allocate_vector(fault_interrupt, 0) {
             let (address, data) = crate::arch::apic::msi_message(vector);
             unit.configure_fault_interrupt(address, u32::from(data));
         }
-        if let Err(e) = unit.enable_translation() {
-            log::error!("iommu: {}: cannot enable translation: {e}", unit.name());
+        match enable_translation(unit) {
+            Ok(()) => {}
+            Err(e) => {
+                log::error!("iommu: {}: cannot enable translation: {e}", unit.name());
+                failed.push(*base);
+            }
         }
     }
+    for (address, base) in &unit_of {
+        if failed.contains(base) && mappers.remove(address).is_some() {
+            log::warn!(
+                "iommu: {}: its unit does not translate; the device uses Direct DMA (bounce buffers below 4 GiB), \
+                 never IOVAs, and is not isolated",
+                Bdf(*address)
+            );
+        }
+    }
+    domains.retain(|(base, _), _| !failed.contains(base));
+    units.retain(|(base, _)| !failed.contains(base));
+    if units.is_empty() {
+        log::error!("iommu: translation could not be enabled on any unit; DMA stays Direct (no isolation)");
+        return None;
+    }
+    let units: Vec<Arc<Unit>> = units.into_iter().map(|(_, u)| u).collect();
     log::info!(
         "iommu: {} unit(s), translation on, {} domain(s) for {} device(s); strict unmap, sub-page isolation",
         units.len(),

@@ -1,0 +1,81 @@
+//! QEMU's firmware configuration device (fw_cfg): how the test runner hands the kernel a
+//! fault to inject, without a kernel command line.
+//!
+//! The device is QEMU's, not a PC's: QEMU `docs/specs/fw_cfg.rst` (7.2). On x86 it answers at
+//! I/O port 0x510 (selector, 16-bit, written) and 0x511 (data, read a byte at a time). Selector
+//! 0x0000 returns the signature `QEMU`; selector 0x0019 returns the file directory: a big-endian
+//! `u32` count, then 64-byte entries (big-endian `u32` size, big-endian `u16` selector, `u16`
+//! reserved, 56-byte NUL-terminated name). `-fw_cfg name=opt/…,string=…` adds a file.
+//!
+//! Only test builds (feature `test-support`) compile this: the kernel on real hardware never
+//! touches ports it has no reason to believe are there.
+
+use x86_64::instructions::port::Port;
+
+const SELECTOR_PORT: u16 = 0x510;
+const DATA_PORT: u16 = 0x511;
+const SIGNATURE: u16 = 0x0000;
+const FILE_DIR: u16 = 0x0019;
+
+/// Selects `item` and reads `out.len()` bytes of it.
+fn read(item: u16, out: &mut [u8]) {
+    let mut selector: Port<u16> = Port::new(SELECTOR_PORT);
+    let mut data: Port<u8> = Port::new(DATA_PORT);
+    // SAFETY: QEMU's fw_cfg ports (checked by the signature before any file is read); writing
+    // the selector and reading data have no effect beyond moving fw_cfg's read cursor.
+    unsafe {
+        selector.write(item);
+        for byte in out.iter_mut() {
+            *byte = data.read();
+        }
+    }
+}
+
+/// Whether QEMU's fw_cfg answers.
+fn present() -> bool {
+    let mut signature = [0u8; 4];
+    read(SIGNATURE, &mut signature);
+    &signature == b"QEMU"
+}
+
+/// Copies the fw_cfg file `name` into `out`; returns its length (at most `out.len()` bytes are
+/// copied), or `None` without fw_cfg or without such a file.
+pub fn read_file(name: &str, out: &mut [u8]) -> Option<usize> {
+    if !present() {
+        return None;
+    }
+    let mut count = [0u8; 4];
+    read(FILE_DIR, &mut count);
+    let count = u32::from_be_bytes(count);
+    // The directory is read in one pass: the cursor moves on from the count.
+    let mut entry = [0u8; 64];
+    let mut found = None;
+    for _ in 0..count.min(4096) {
+        let mut data: Port<u8> = Port::new(DATA_PORT);
+        for byte in entry.iter_mut() {
+            // SAFETY: as in `read`; the directory was selected by the count's read above.
+            *byte = unsafe { data.read() };
+        }
+        let name_bytes = &entry[8..];
+        let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+        if &name_bytes[..len] == name.as_bytes() && found.is_none() {
+            let size = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
+            let select = u16::from_be_bytes([entry[4], entry[5]]);
+            found = Some((select, size));
+        }
+    }
+    let (select, size) = found?;
+    let n = size.min(out.len());
+    read(select, &mut out[..n]);
+    Some(size)
+}
+
+/// The fault the test runner asked for (`-fw_cfg name=opt/dma-kernel/inject,string=WHAT`), if
+/// it is `what`.
+pub fn fault_injected(what: &str) -> bool {
+    let mut buf = [0u8; 64];
+    match read_file("opt/dma-kernel/inject", &mut buf) {
+        Some(len) => buf[..len.min(buf.len())].split(|&b| b == b',').any(|word| word == what.as_bytes()),
+        None => false,
+    }
+}
