@@ -173,8 +173,6 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
     // One domain per requester id: a function's own, or its PCIe-to-PCI bridge's.
     let mut domains: BTreeMap<(u64, PciAddress), Arc<Iommu>> = BTreeMap::new();
     let mut mappers = BTreeMap::new();
-    // Which unit translates each function, to unbind them if that unit cannot translate.
-    let mut unit_of: BTreeMap<PciAddress, u64> = BTreeMap::new();
     for f in functions.iter().filter(|f| !f.is_bridge()) {
         let source = SourceId::new(f.address.bus(), f.address.device(), f.address.function());
         let Some(drhd) = dmar.unit_for_in_hierarchy(f.address.segment(), source, secondary_bus, bus_range) else {
@@ -212,7 +210,6 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
                 Err(e) => log::error!("iommu: cannot attach {}: {e}", Bdf(f.address)),
             }
         }
-        unit_of.insert(f.address, drhd.register_base);
         mappers.insert(f.address, mapper);
     }
 
@@ -245,7 +242,7 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
     // devices behind it must never be given IOVAs: their DMA would reach physical memory at
     // the IOVA's address. They fall back to the Direct mapper (with its bounce area for 32-bit
     // devices), and the log names each one: no isolation for them, but correct DMA.
-    let mut failed = Vec::new();
+    let mut failed: Vec<u64> = Vec::new();
     for (base, unit) in &units {
         if let Ok(vector) = crate::arch::interrupts::allocate_vector(fault_interrupt, 0) {
             let (address, data) = crate::arch::apic::msi_message(vector);
@@ -259,16 +256,23 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
             }
         }
     }
-    for (address, base) in &unit_of {
-        if failed.contains(base) && mappers.remove(address).is_some() {
+    // A mapper's domain knows its unit (`Domain::unit`): the devices to give back are those whose
+    // domain sits on a failed unit.
+    let on_failed_unit = |mapper: &Iommu| {
+        units.iter().any(|(base, unit)| failed.contains(base) && Arc::ptr_eq(mapper.domain().unit(), unit))
+    };
+    mappers.retain(|address, mapper| {
+        let keep = !on_failed_unit(mapper);
+        if !keep {
             log::warn!(
                 "iommu: {}: its unit does not translate; the device uses Direct DMA (bounce buffers below 4 GiB), \
                  never IOVAs, and is not isolated",
                 Bdf(*address)
             );
         }
-    }
-    domains.retain(|(base, _), _| !failed.contains(base));
+        keep
+    });
+    domains.retain(|_, mapper| !on_failed_unit(mapper));
     units.retain(|(base, _)| !failed.contains(base));
     if units.is_empty() {
         log::error!("iommu: translation could not be enabled on any unit; DMA stays Direct (no isolation)");
