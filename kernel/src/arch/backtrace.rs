@@ -71,6 +71,18 @@ fn stack_of(rbp: u64, stacks: &[Range<u64>; 2]) -> Option<usize> {
     stacks.iter().position(|s| s.start <= rbp && end <= s.end)
 }
 
+/// The frame at `rbp`: its saved rbp (the caller's frame) and its return address, read only if
+/// both words lie on a known stack. Also returns which stack that is.
+fn read_frame(rbp: u64, stacks: &[Range<u64>; 2]) -> Option<(usize, u64, u64)> {
+    let stack = stack_of(rbp, stacks)?;
+    // SAFETY: `stack_of` checked that the 16 bytes at `rbp` lie inside a stack that is mapped
+    // for the kernel's whole life (the boot stack, or the static double-fault stack), and that
+    // `rbp` is aligned for u64 reads.
+    let (caller_rbp, return_address) =
+        unsafe { ((rbp as *const u64).read_volatile(), ((rbp + 8) as *const u64).read_volatile()) };
+    Some((stack, caller_rbp, return_address))
+}
+
 /// The return addresses of the frames starting at `rbp`, innermost first.
 ///
 /// Each step reads the two words at `rbp` only after checking they lie on a known stack. A frame
@@ -82,12 +94,7 @@ pub fn return_addresses(rbp: u64) -> impl Iterator<Item = u64> {
     let mut next = Some(rbp);
     core::iter::from_fn(move || {
         let rbp = next.take()?;
-        let stack = stack_of(rbp, &stacks)?;
-        // SAFETY: `stack_of` checked that the 16 bytes at `rbp` lie inside a stack that is mapped
-        // for the kernel's whole life (the boot stack, or the static double-fault stack), and
-        // that `rbp` is aligned for u64 reads.
-        let (caller_rbp, return_address) =
-            unsafe { ((rbp as *const u64).read_volatile(), ((rbp + 8) as *const u64).read_volatile()) };
+        let (stack, caller_rbp, return_address) = read_frame(rbp, &stacks)?;
         if return_address == 0 {
             return None;
         }
@@ -140,12 +147,7 @@ pub fn print(first: Option<u64>, rbp: u64) {
 /// so the handler's own frame is skipped, not read as a call.
 pub fn print_exception(rip: u64, fatal_rbp: u64) {
     let stacks = known_stacks();
-    let saved_rbp = |rbp: u64| {
-        stack_of(rbp, &stacks)?;
-        // SAFETY: `stack_of` checked that the word lies on a known, always-mapped stack and is
-        // aligned.
-        Some(unsafe { (rbp as *const u64).read_volatile() })
-    };
+    let saved_rbp = |rbp: u64| read_frame(rbp, &stacks).map(|(_, caller_rbp, _)| caller_rbp);
     let interrupted = saved_rbp(fatal_rbp).and_then(saved_rbp).unwrap_or(0);
     print(Some(rip), interrupted);
 }

@@ -20,14 +20,18 @@ const FILE_DIR: u16 = 0x0019;
 /// Selects `item` and reads `out.len()` bytes of it.
 fn read(item: u16, out: &mut [u8]) {
     let mut selector: Port<u16> = Port::new(SELECTOR_PORT);
+    // SAFETY: QEMU's fw_cfg selector port (the signature is checked before any file is read);
+    // writing it only chooses the item the data port reads and rewinds its cursor.
+    unsafe { selector.write(item) };
+    read_on(out);
+}
+
+/// Reads the next `out.len()` bytes of the selected item.
+fn read_on(out: &mut [u8]) {
     let mut data: Port<u8> = Port::new(DATA_PORT);
-    // SAFETY: QEMU's fw_cfg ports (checked by the signature before any file is read); writing
-    // the selector and reading data have no effect beyond moving fw_cfg's read cursor.
-    unsafe {
-        selector.write(item);
-        for byte in out.iter_mut() {
-            *byte = data.read();
-        }
+    for byte in out.iter_mut() {
+        // SAFETY: QEMU's fw_cfg data port; a read only moves fw_cfg's cursor on.
+        *byte = unsafe { data.read() };
     }
 }
 
@@ -51,11 +55,7 @@ pub fn read_file(name: &str, out: &mut [u8]) -> Option<usize> {
     let mut entry = [0u8; 64];
     let mut found = None;
     for _ in 0..count.min(4096) {
-        let mut data: Port<u8> = Port::new(DATA_PORT);
-        for byte in entry.iter_mut() {
-            // SAFETY: as in `read`; the directory was selected by the count's read above.
-            *byte = unsafe { data.read() };
-        }
+        read_on(&mut entry);
         let name_bytes = &entry[8..];
         let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
         if &name_bytes[..len] == name.as_bytes() && found.is_none() {

@@ -94,10 +94,14 @@ fn demo_panic() -> TestResult {
     panic!("this test panics on purpose")
 }
 
+/// An address nothing maps: the demo faults read it, and the runner's self-check expects the
+/// page-fault report to name it (`read of 0xdeadbeef000`).
+const UNMAPPED: u64 = 0x0000_0dea_dbee_f000;
+
 /// Reads an address nothing maps: the page-fault handler must name it.
 #[inline(never)]
 fn demo_page_fault() -> TestResult {
-    let unmapped = 0x0000_0dea_dbee_f000 as *const u64;
+    let unmapped = UNMAPPED as *const u64;
     // SAFETY: not sound, on purpose: this read faults, and the test shows how a fault is reported.
     let value = unsafe { unmapped.read_volatile() };
     Err(alloc::format!("read {value:#x} from an unmapped address without a fault").into())
@@ -109,7 +113,7 @@ fn demo_page_fault() -> TestResult {
 fn demo_fault_with_the_heap_locked() -> TestResult {
     #[cfg(target_os = "none")]
     {
-        let unmapped = 0x0000_0dea_dbee_f000 as *const u64;
+        let unmapped = UNMAPPED as *const u64;
         // SAFETY: not sound, on purpose: this read faults with the heap locked.
         let value = crate::mm::while_heap_locked(|| unsafe { unmapped.read_volatile() });
         Err(alloc::format!("read {value:#x} from an unmapped address without a fault").into())
