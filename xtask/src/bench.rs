@@ -264,7 +264,7 @@ fn boot_time() -> Result<(), String> {
         uefi: baseline_dir.join("kernel-uefi.img"),
         kernel: debug.kernel.clone(),
     };
-    bootloader_images_of_unstripped(&debug.kernel, &baseline)?;
+    boot::create_unstripped_bios_image(&debug.kernel, &baseline.bios).map_err(|e| e.to_string())?;
     let bios = MachineConfig::standard();
     println!("baseline: the same debug kernel with its debug info inside ({:.1} MB), BIOS", size_mb(&debug.kernel));
     let [base, base_min, base_max] = measure(&bios, &baseline, &work, BASELINE_RUNS)?;
@@ -295,11 +295,6 @@ fn boot_time() -> Result<(), String> {
     println!("Reference, not measured here: Linux 6.1 reaches /init in {LINUX_REFERENCE_S:.1} s in the same QEMU.");
     println!("Target (issue 11): BIOS images at most 2.0 s, median of {RUNS}.");
     Ok(())
-}
-
-/// Packs the unstripped ELF the way images were made before they were stripped.
-fn bootloader_images_of_unstripped(kernel: &Path, images: &boot::DiskImages) -> Result<(), String> {
-    boot::create_unstripped_bios_image(kernel, &images.bios).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -101,8 +101,8 @@ pub fn check_qemu() -> Result<(), String> {
 }
 
 /// OVMF firmware code and a writable copy of its variable store.
+/// `check_qemu`, which every QEMU command line starts with, has made sure OVMF is installed.
 fn ovmf(work: &Path) -> Result<(PathBuf, PathBuf), String> {
-    crate::setup::ensure(&[crate::setup::Need::Ovmf])?;
     let (code, vars) = crate::setup::ovmf_files().ok_or("OVMF (UEFI firmware) not found")?;
     let vars_copy = work.join("ovmf-vars.fd");
     std::fs::copy(vars, &vars_copy).map_err(|e| format!("cannot copy {vars}: {e}"))?;
@@ -213,7 +213,7 @@ pub fn run_interactive(opts: RunOptions) -> Result<ExitCode, String> {
     }
     cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
-    relay_output(&mut child, &images.kernel, relay);
+    let output = relay_output(&mut child, &images.kernel, relay);
     let status = match opts.timeout {
         None => child.wait().map_err(|e| e.to_string())?,
         Some(limit) => {
@@ -231,19 +231,21 @@ pub fn run_interactive(opts: RunOptions) -> Result<ExitCode, String> {
             }
         }
     };
-    // Let the output thread write QEMU's last bytes.
-    std::thread::sleep(Duration::from_millis(100));
+    // QEMU has exited and closed its stdout: the relay ends once it has written the last bytes.
+    if let Some(output) = output {
+        let _ = output.join();
+    }
     Ok(exit_code(status.code()))
 }
 
 /// Copies QEMU's output to ours, symbolising backtraces; with `relay_input`, copies our input to
-/// QEMU once the shell prompt has appeared.
-fn relay_output(child: &mut Child, kernel: &Path, relay_input: bool) {
-    let Some(mut qemu_out) = child.stdout.take() else { return };
+/// QEMU once the shell prompt has appeared. Returns the output thread, which ends with QEMU.
+fn relay_output(child: &mut Child, kernel: &Path, relay_input: bool) -> Option<std::thread::JoinHandle<()>> {
+    let mut qemu_out = child.stdout.take()?;
     let qemu_in = if relay_input { child.stdin.take() } else { None };
     let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<()>();
     let mut annotator = crate::symbols::StreamAnnotator::new(kernel);
-    std::thread::spawn(move || {
+    let output = std::thread::spawn(move || {
         let mut stdout = std::io::stdout();
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
@@ -270,6 +272,7 @@ fn relay_output(child: &mut Child, kernel: &Path, relay_input: bool) {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut qemu_in);
         });
     }
+    Some(output)
 }
 
 /// A QEMU whose serial console a test reads and types into.

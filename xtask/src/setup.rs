@@ -66,7 +66,7 @@ pub fn ovmf_files() -> Option<(&'static str, &'static str)> {
     CANDIDATES.into_iter().find(|(code, vars)| Path::new(code).exists() && Path::new(vars).exists())
 }
 
-/// Whether `program --version` runs.
+/// Whether `program --version` runs (the program is installed).
 fn runs(program: &str) -> bool {
     Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
@@ -133,7 +133,7 @@ fn install_hint(missing: &[Need]) -> String {
 /// Whether this is Debian or a derivative (Ubuntu, Mint, …) with apt-get.
 fn is_debian_like() -> bool {
     let Ok(text) = std::fs::read_to_string("/etc/os-release") else { return false };
-    os_release_is_debian_like(&text) && runs_quietly("apt-get", &["--version"])
+    os_release_is_debian_like(&text) && runs("apt-get")
 }
 
 /// Whether an os-release file (`man 5 os-release`) names Debian or Ubuntu as the system or one
@@ -144,10 +144,6 @@ fn os_release_is_debian_like(text: &str) -> bool {
         (key == "ID" || key == "ID_LIKE")
             && value.trim_matches('"').split_whitespace().any(|id| id == "debian" || id == "ubuntu")
     })
-}
-
-fn runs_quietly(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Whether xtask runs as root (then no `sudo` is needed, and CI containers often have none).

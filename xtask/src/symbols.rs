@@ -84,16 +84,22 @@ impl Symbolizer {
         let mut out = String::with_capacity(text.len());
         for line in text.split_inclusive('\n') {
             out.push_str(line);
-            if let Some((frame, address)) = backtrace_line(line) {
+            if let Some(names) = self.names_after(line) {
                 if !line.ends_with('\n') {
                     out.push('\n');
                 }
-                for name in self.describe_frame(frame, address) {
-                    out.push_str(&format!("       {name}\n"));
-                }
+                out.push_str(&names);
             }
         }
         out
+    }
+
+    /// For a backtrace line, the lines naming its address, ended as the kernel ended its own
+    /// (`\r\n` or `\n`); `None` for any other line.
+    fn names_after(&self, line: &str) -> Option<String> {
+        let (frame, address) = backtrace_line(line)?;
+        let end = if line.trim_end_matches('\n').ends_with('\r') { "\r\n" } else { "\n" };
+        Some(self.describe_frame(frame, address).iter().map(|name| format!("       {name}{end}")).collect())
     }
 
     /// The names for one printed frame. A return address points after its call, which may be
@@ -155,12 +161,8 @@ impl StreamAnnotator {
             out.push(b);
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&self.line).into_owned();
-                if let Some((frame, address)) = backtrace_line(&line) {
-                    // End the added lines as the kernel ended its own.
-                    let end = if line.ends_with('\r') { "\r\n" } else { "\n" };
-                    for name in symbols.describe_frame(frame, address) {
-                        out.extend_from_slice(format!("       {name}{end}").as_bytes());
-                    }
+                if let Some(names) = symbols.names_after(&line) {
+                    out.extend_from_slice(names.as_bytes());
                 }
                 self.line.clear();
             } else if self.line.len() < 256 {
