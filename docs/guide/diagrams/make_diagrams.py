@@ -226,7 +226,7 @@ def e1000_rings():
             fills.append(DONE)
             labels.append("DD=1")
     ring(s, x, 130, n, cell, fills, labels, rdh, rdt, "RDH (device: next to fill)",
-         "RDT (driver: last given back)", clean=3, clean_name="rx.next")
+         "RDT (driver: first not given)", clean=3, clean_name="rx.next")
     s.lines(20, 264, [
         "1. The device DMA-writes a frame into the 2 KiB e1000-rx-buf block named by descriptor RDH,",
         "   writes length/status back with DD=1, EOP=1, and advances RDH.",
@@ -410,8 +410,9 @@ def ahci_chain():
         "2. fill command table 3: the ATA command as a Register H2D FIS at 0x00, the PRDT at 0x80;",
         "3. fill command header 3: CFL = 5, W for writes, PRDTL, CTBA; PRDBC = 0;",
         "4. fence; NCQ only: set bit 3 of PxSACT (the tag); then set bit 3 of PxCI (the doorbell).",
-        "The HBA fetches header 3, then the table, moves the data through the PRDT, and clears PxCI bit 3;",
-        "with NCQ the disk finishes tags in any order, and Set Device Bits FISes clear their PxSACT bits.",
+        "The HBA fetches header 3, then the table, and moves the data through the PRDT. PxCI bit 3 clears when",
+        "a FIS clears BSY: at completion without NCQ; with NCQ as soon as the disk accepts the command, and",
+        "then the disk finishes tags in any order, Set Device Bits FISes clearing their PxSACT bits.",
         "Status FISes land in the 256-byte received-FIS area at PxFB (ahci-rx-fis pool).",
     ], size=12)
     s.legend(20, 250, [(CPU, "written by the driver"), (DEV, "data the device moves"), (META, "registers / unused")])
