@@ -14,6 +14,7 @@ mod build;
 mod console_tests;
 mod disk_tests;
 mod docs_check;
+mod exercises;
 mod fault_tests;
 mod fixtures;
 mod gdb;
