@@ -143,13 +143,24 @@ fn describe(check: &Check) -> String {
 
 fn git_apply(tree: &Path, patch: &Path, reverse: bool) -> Result<(), String> {
     let mut cmd = Command::new("git");
-    cmd.current_dir(tree).arg("apply");
+    // The copy lies inside the repository's target/ folder: without a ceiling, git would find
+    // the enclosing repository and silently skip every path outside the copy's subdirectory.
+    cmd.current_dir(tree).env("GIT_CEILING_DIRECTORIES", tree.parent().unwrap_or(tree)).arg("apply");
     if reverse {
         cmd.arg("-R");
     }
     let out = cmd.arg(patch).output().map_err(|e| format!("cannot run git apply: {e}"))?;
     if out.status.success() {
-        Ok(())
+        // Proof that it really changed the files: the opposite direction must now apply.
+        let back = Command::new("git")
+            .current_dir(tree)
+            .env("GIT_CEILING_DIRECTORIES", tree.parent().unwrap_or(tree))
+            .args(["apply", "--check"])
+            .args(if reverse { None } else { Some("-R") })
+            .arg(patch)
+            .status()
+            .map_err(|e| format!("cannot run git apply: {e}"))?;
+        if back.success() { Ok(()) } else { Err(format!("git apply of {} changed nothing", patch.display())) }
     } else {
         Err(format!(
             "git apply {}{} failed: {}",
@@ -244,6 +255,16 @@ fn mirror(root: &Path, files: &[PathBuf], dest: &Path) -> Result<(), String> {
         let _ = fs::remove_file(path);
     }
     Ok(())
+}
+
+/// `cargo xtask exercises`: the grading alone, without the rest of the host tests.
+pub fn run(args: &[String]) -> Result<std::process::ExitCode, String> {
+    if let Some(extra) = args.first() {
+        return Err(format!("unknown option `{extra}` for exercises (it takes none)"));
+    }
+    let mut tally = Tally::default();
+    grade_all(&mut tally)?;
+    Ok(if tally.failed() == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
 /// Grades every exercise's check, recording one result per exercise.

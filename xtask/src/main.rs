@@ -46,6 +46,8 @@ commands:
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
                         bios-vtd-bridged, bios-vtd-release, net, disk, disk-faults,
                         iommu-failsafe, console
+  exercises             check the exercise graders: each fails on this tree, passes with its answer
+                        (also part of `test`'s host half)
   bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         "gdb" => gdb::run(rest),
         "test" => test::run_all(rest),
         "bench" => bench::run(rest),
+        "exercises" => exercises::run(rest),
         "fixtures" => fixtures::capture(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

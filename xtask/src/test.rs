@@ -67,6 +67,11 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// How many checks failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
     /// Counts one host-side check and prints its line.
     pub fn record(&mut self, name: &str, result: Result<(), String>) {
         match result {
