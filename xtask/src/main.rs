@@ -17,6 +17,7 @@ mod docs_check;
 mod fault_tests;
 mod fixtures;
 mod gdb;
+mod ir_evidence;
 mod layers;
 mod net_tests;
 mod qemu;

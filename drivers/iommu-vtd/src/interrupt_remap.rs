@@ -305,6 +305,13 @@ impl IrteAllocator {
         None
     }
 
+    /// The lowest free index at or above `from`, now in use.
+    pub fn allocate_from(&mut self, from: u16) -> Option<u16> {
+        let i = (usize::from(from)..TABLE_ENTRIES).find(|&i| self.used[i / 64] & (1 << (i % 64)) == 0)?;
+        self.used[i / 64] |= 1 << (i % 64);
+        Some(i as u16)
+    }
+
     /// Frees `index`; false if it was not in use (or out of range).
     pub fn free(&mut self, index: u16) -> bool {
         let i = index as usize;
@@ -427,5 +434,11 @@ mod tests {
         assert!(!a.free(TABLE_ENTRIES as u16), "out of range refused");
         assert_eq!(a.allocate(), Some(70), "lowest free first");
         assert_eq!(a.allocate(), None);
+        let mut b = IrteAllocator::new();
+        assert_eq!(b.allocate_from(200), Some(200));
+        assert_eq!(b.allocate_from(200), Some(201));
+        assert_eq!(b.allocate(), Some(0));
+        assert_eq!(b.allocate_from(TABLE_ENTRIES as u16), None);
+        assert!(b.free(200) && b.in_use(201) && b.count() == 2);
     }
 }

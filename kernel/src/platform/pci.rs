@@ -288,6 +288,15 @@ impl pci::MsixTable for MappedTable {
 /// BIR names (only the table's own pages), and memory decoding and bus mastering are turned on:
 /// an MSI-X message is a memory write the function masters. On failure MSI-X is left off.
 pub fn enable_msix(function: &PciFunction, vector: u8) -> Result<(), &'static str> {
+    let (address, data) = msi_message(function, vector)?;
+    enable_msix_message(function, address, data)
+        .inspect_err(|_| crate::platform::iommu::release(crate::platform::iommu::IrqSource::Pci(function.address)))
+}
+
+/// Programs entry 0 of `function`'s MSI-X table with `address` and `data` as given and enables
+/// MSI-X: [`enable_msix`] without choosing the message (tests use it to hand a device a message
+/// it should not have).
+pub fn enable_msix_message(function: &PciFunction, address: u64, data: u32) -> Result<(), &'static str> {
     let msix = function.msix().ok_or("the function has no MSI-X capability")?;
     if !msix.bars_valid() {
         return Err("the MSI-X capability names a reserved BAR (BIR 6 or 7)");
@@ -307,10 +316,8 @@ pub fn enable_msix(function: &PciFunction, vector: u8) -> Result<(), &'static st
     let config = function.config(access());
     config.enable_memory_space();
     config.enable_bus_mastering();
-    let (address, data) = msi_message(function, vector)?;
     msix.enable(&config, &table, 0, address, data).map_err(|e| {
         msix.disable(&config);
-        crate::platform::iommu::release(crate::platform::iommu::IrqSource::Pci(function.address));
         match e {
             pci::MsixError::EnableDidNotStick => "the MSI-X capability refused to enable",
             _ => "the MSI-X capability cannot be programmed",

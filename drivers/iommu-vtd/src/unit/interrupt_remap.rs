@@ -165,10 +165,25 @@ impl Unit {
     /// invalidates its cached copy. Returns the handle to program into the device's MSI
     /// address or the I/O APIC's redirection entry.
     pub fn allocate_irte(&self, entry: Irte, owner: &str) -> Result<u16, InterruptRemapError> {
+        self.allocate_irte_where(entry, owner, |a| a.allocate().ok_or(InterruptRemapError::TableFull))
+    }
+
+    /// Like [`Unit::allocate_irte`], at the lowest free index at or above `from` (tests use it
+    /// to place an entry at a handle of their choosing).
+    pub fn allocate_irte_from(&self, from: u16, entry: Irte, owner: &str) -> Result<u16, InterruptRemapError> {
+        self.allocate_irte_where(entry, owner, |a| a.allocate_from(from).ok_or(InterruptRemapError::TableFull))
+    }
+
+    fn allocate_irte_where(
+        &self,
+        entry: Irte,
+        owner: &str,
+        pick: impl FnOnce(&mut IrteAllocator) -> Result<u16, InterruptRemapError>,
+    ) -> Result<u16, InterruptRemapError> {
         let mut hw = self.hw.lock();
         let mut guard = self.ir.lock();
         let table = guard.as_mut().ok_or(InterruptRemapError::NotEnabled)?;
-        let index = table.allocator.allocate().ok_or(InterruptRemapError::TableFull)?;
+        let index = pick(&mut table.allocator)?;
         self.write_irte(table.base, index, entry);
         table.entries.insert(index, (entry, String::from(owner)));
         table.iec_invalidations += 1;
