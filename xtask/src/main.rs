@@ -46,7 +46,7 @@ commands:
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
                         bios-vtd-bridged, bios-vtd-release, net, disk, disk-faults,
                         iommu-failsafe, console
-  bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
+  bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot, ir (QEMU)
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";
 

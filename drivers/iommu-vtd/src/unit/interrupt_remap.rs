@@ -10,7 +10,8 @@
 //!    GSTS.IRTPS.
 //! 3. Invalidate the interrupt entry cache globally: whatever the unit cached from an earlier
 //!    table is gone.
-//! 4. Leave GCMD.CFI clear, then set GCMD.IRE and wait for GSTS.IRES.
+//! 4. Set GCMD.IRE and wait for GSTS.IRES; then, if firmware left GSTS.CFIS set, clear CFI in a
+//!    write of its own (one GCMD field per write, §10.4.4) and wait for CFIS to clear.
 //!
 //! # Why CFI stays clear
 //! With CFI set, a message in the old *compatibility* format (address 0xFEEx_xxxx with bit 4
@@ -131,11 +132,11 @@ impl Unit {
         hw.inval
             .interrupt_entries(&*self.regs, &*self.phys, IecScope::Global)
             .map_err(InterruptRemapError::Invalidation)?;
-        if self.regs.read32(regs::GSTS) & gcmd::CFI != 0 && !regs::set_gcmd(&*self.regs, gcmd::CFI, false) {
-            return Err(InterruptRemapError::Timeout { what: "compatibility format interrupts off (GSTS.CFIS)" });
-        }
         if !regs::set_gcmd(&*self.regs, gcmd::IRE, true) {
             return Err(InterruptRemapError::Timeout { what: "interrupt remapping enable (GSTS.IRES)" });
+        }
+        if self.regs.read32(regs::GSTS) & gcmd::CFI != 0 && !regs::set_gcmd(&*self.regs, gcmd::CFI, false) {
+            return Err(InterruptRemapError::Timeout { what: "compatibility format interrupts off (GSTS.CFIS)" });
         }
         *ir = Some(InterruptTable {
             base,

@@ -34,7 +34,7 @@ pub static COMMANDS: &[Command] = &[
     },
     Command {
         name: "netbench",
-        usage: "netbench tx SIZE COUNT | rx COUNT [IDLE_S] | floor COUNT",
+        usage: "netbench tx SIZE COUNT | rx COUNT [IDLE_S [irq]] | floor COUNT",
         about: "frames per second through the driver; `floor` only writes TDT",
         run: netbench,
     },
@@ -345,10 +345,15 @@ fn netbench(args: &[&str]) {
         return no_nic();
     }
     let number = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok());
-    // Interrupts off while measuring: the benchmark measures the data path alone.
+    // Interrupts off while measuring: the benchmark measures the data path alone. `rx ... irq`
+    // keeps them on, so every received frame also pays for its interrupt (what interrupt
+    // remapping adds to, `cargo xtask bench ir`).
+    let keep_interrupts = args.first() == Some(&"rx") && args.get(3) == Some(&"irq");
     let had_interrupts = with_net(|net| {
         let on = net.nic.interrupts_enabled();
-        net.nic.disable_interrupts();
+        if !keep_interrupts {
+            net.nic.disable_interrupts();
+        }
         on
     })
     .unwrap_or(false);
@@ -367,7 +372,7 @@ fn netbench(args: &[&str]) {
         }
         _ => println!("usage: netbench tx SIZE COUNT | rx COUNT [IDLE_S] | floor COUNT (SIZE 14..=1514)"),
     }
-    if had_interrupts {
+    if had_interrupts && !keep_interrupts {
         with_net(|net| net.nic.enable_interrupts());
     }
 }
@@ -402,6 +407,7 @@ fn bench_tx(size: usize, count: u64) {
 }
 
 fn bench_rx(count: u64, idle_s: u64) {
+    let interrupts_before = super::irq::count();
     println!("netbench: rx ready");
     let mut first = None;
     let mut last = 0;
@@ -422,5 +428,9 @@ fn bench_rx(count: u64, idle_s: u64) {
     });
     let us = first.map_or(0, |f| last - f);
     // The first frame starts the clock, so it is not counted in the rate.
-    println!("netbench: rx frames={frames} bytes={bytes} us={us} fps={}", rate(frames.saturating_sub(1), us));
+    let interrupts = super::irq::count() - interrupts_before;
+    println!(
+        "netbench: rx frames={frames} bytes={bytes} us={us} interrupts={interrupts} fps={}",
+        rate(frames.saturating_sub(1), us)
+    );
 }
