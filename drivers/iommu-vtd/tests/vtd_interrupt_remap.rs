@@ -53,7 +53,7 @@ fn an_entry_delivers_only_for_its_own_device() {
     assert_eq!(f.reason, FaultReason::IR_SOURCE_ID);
     let rec = unit.poll_faults().pop().unwrap();
     assert_eq!((rec.source, rec.kind()), (PROBE, FaultKind::Interrupt { index }));
-    let faults = view::render_faults(&[unit.clone()]);
+    let faults = view::render_faults(std::slice::from_ref(&unit));
     assert!(faults.contains(&format!("interrupt remapping fault from 00:04.0, IRTE index {index}: reason 0x26")));
 
     // A handle nobody was given (22h), one beyond the table (21h).
