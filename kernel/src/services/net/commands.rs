@@ -359,7 +359,7 @@ fn netbench(args: &[&str]) {
     .unwrap_or(false);
     match (args.first().copied(), number(1), number(2)) {
         (Some("tx"), Some(size), Some(count)) if (14..=1514).contains(&size) => bench_tx(size as usize, count),
-        (Some("rx"), Some(count), idle) => bench_rx(count, idle.unwrap_or(3)),
+        (Some("rx"), Some(count), idle) => bench_rx(count, idle.unwrap_or(3), keep_interrupts),
         (Some("floor"), Some(count), _) => {
             let start = now_us();
             with_net(|net| {
@@ -406,7 +406,9 @@ fn bench_tx(size: usize, count: u64) {
     println!("netbench: tx size={size} frames={sent} failed={failed} us={us} fps={}", rate(sent, us));
 }
 
-fn bench_rx(count: u64, idle_s: u64) {
+/// Receives `count` frames (or until `idle_s` without one). With `interrupts`, the NIC lock
+/// (taken with interrupts off) is dropped between frames so each frame's interrupt is taken.
+fn bench_rx(count: u64, idle_s: u64, interrupts: bool) {
     let interrupts_before = super::irq::count();
     println!("netbench: rx ready");
     let mut first = None;
@@ -414,7 +416,7 @@ fn bench_rx(count: u64, idle_s: u64) {
     let mut frames = 0u64;
     let mut bytes = 0u64;
     let mut idle = Deadline::after_ms(30_000);
-    with_net(|net| {
+    let mut receive = |net: &mut super::Net| {
         while frames < count && !idle.expired() {
             if let Some(len) = net.nic.receive_with(|f| f.len()) {
                 let t = now_us();
@@ -423,9 +425,14 @@ fn bench_rx(count: u64, idle_s: u64) {
                 frames += 1;
                 bytes += len as u64;
                 idle = Deadline::after_ms(idle_s * 1000);
+                if interrupts {
+                    return true; // drop the lock: the frame's interrupt is taken now
+                }
             }
         }
-    });
+        false
+    };
+    while with_net(&mut receive) == Some(true) {}
     let us = first.map_or(0, |f| last - f);
     // The first frame starts the clock, so it is not counted in the rate.
     let interrupts = super::irq::count() - interrupts_before;
