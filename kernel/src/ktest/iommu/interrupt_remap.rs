@@ -92,12 +92,16 @@ fn interrupt_remapping_is_on() -> TestResult {
     // The AHCI controller's MSI and the e1000's INTx (through the I/O APIC) each hold an entry
     // that names the requester allowed to raise it.
     let ahci = crate::platform::pci::functions().iter().find(|f| ahci::matches(f)).ok_or("no AHCI function")?;
-    if let Some(h) = crate::platform::iommu::handle_of(crate::platform::iommu::IrqSource::Pci(ahci.address)) {
-        let sid = crate::platform::iommu::requester_id(ahci);
-        let row = view.lines().find(|l| l.trim_start().starts_with(&format!("{h} "))).unwrap_or("");
-        check!(row.contains(&format!("SVT=01 SQ=00 SID={sid}")), "AHCI's entry {h} does not check {sid}:\n{view}");
-    }
-    check!(view.contains("I/O APIC"), "no I/O APIC entry in iommu:irte (is the e1000 on INTx?):\n{view}");
+    let h = crate::platform::iommu::handle_of(crate::platform::iommu::IrqSource::Pci(ahci.address))
+        .ok_or_else(|| format!("AHCI's MSI holds no interrupt remapping entry:\n{view}"))?;
+    let sid = crate::platform::iommu::requester_id(ahci);
+    let row = view.lines().find(|l| l.trim_start().starts_with(&format!("{h} "))).unwrap_or("");
+    check!(row.contains(&format!("SVT=01 SQ=00 SID={sid}")), "AHCI's entry {h} does not check {sid}:\n{view}");
+    let ioapic = view.lines().find(|l| l.contains("I/O APIC")).ok_or_else(|| format!("no I/O APIC entry:\n{view}"))?;
+    check!(
+        ioapic.contains("level") && ioapic.contains("SVT=01"),
+        "the I/O APIC entry is not level with a source check: {ioapic}"
+    );
     Ok(())
 }
 
