@@ -16,7 +16,7 @@
 //! recorded as a fault with a reason code 20h..26h (§7.1.3).
 //!
 //! ```text
-//!  MSI address 0xFEE | handle[14:0] << 5 | 1 << 4 (remappable) | SHV << 3 | handle[15] << 2
+//!  MSI address 0xFEE | handle bits 14:0 << 5 | 1 << 4 (remappable) | SHV << 3 | handle bit 15 << 2
 //!        │
 //!        ▼  IRTA (§10.4.29): table base, size 2^(S+1)
 //!  IRT[handle + subhandle] = IRTE ── P, SID/SQ/SVT ─► checked against the requester id
@@ -211,8 +211,8 @@ pub const fn delivery_mode_name(mode: u8) -> &'static str {
 }
 
 /// The MSI address and data, in remappable format (§5.1.5.2), that make a device's message use
-/// IRTE `handle`: address 0xFEE | handle[14:0] in bits 19:5 | interrupt format (bit 4) | SHV
-/// (bit 3, the data holds a subhandle) | handle[15] in bit 2; data = subhandle 0. Linux 6.1
+/// IRTE `handle`: address 0xFEE | handle bits 14:0 in bits 19:5 | interrupt format (bit 4) | SHV
+/// (bit 3, the data holds a subhandle) | handle bit 15 in bit 2; data = subhandle 0. Linux 6.1
 /// (`fill_msi_msg` in drivers/iommu/intel/irq_remapping.c) builds the same shape.
 pub const fn msi_message(handle: u16) -> (u64, u32) {
     let h = handle as u64;
@@ -232,8 +232,8 @@ pub const fn msi_handle(address: u64, data: u32) -> Option<u16> {
     Some(h)
 }
 
-/// An I/O APIC redirection table entry in remappable format (§5.1.5.1): handle[14:0] in bits
-/// 63:49, interrupt format (bit 48), mask (16), trigger mode (15), polarity (13), handle[15] in
+/// An I/O APIC redirection table entry in remappable format (§5.1.5.1): handle bits 14:0 in bits
+/// 63:49, interrupt format (bit 48), mask (16), trigger mode (15), polarity (13), handle bit 15 in
 /// bit 11, and the vector in bits 7:0. The vector is not used for delivery (the IRTE's is), but
 /// it must equal the IRTE's: a level-triggered input is re-armed by the EOI broadcast the local
 /// APIC sends with the delivered vector, and the I/O APIC matches it against this field.
