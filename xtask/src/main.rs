@@ -18,6 +18,7 @@ mod exercises;
 mod fault_tests;
 mod fixtures;
 mod gdb;
+mod ir_evidence;
 mod layers;
 mod net_tests;
 mod qemu;
@@ -48,7 +49,7 @@ commands:
                         iommu-failsafe, console
   exercises             check the exercise graders: each fails on this tree, passes with its answer
                         (also part of `test`'s host half)
-  bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
+  bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot, ir (QEMU)
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";
 

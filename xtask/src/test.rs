@@ -469,6 +469,12 @@ pub fn run_ktests(
                 last_index = Some(index);
             }
         }
+        // Interrupt-remapping faults QEMU blocks without recording: its own report must be there.
+        for why in crate::ir_evidence::unbacked(&text) {
+            println!("kernel: [{}] iommu::interrupt_remapping_evidence ... FAILED: {why}", machine.name);
+            tally.failed += 1;
+            tally.failures.push(format!("{}::iommu::interrupt_remapping_evidence: {why}", machine.name));
+        }
         match result {
             Ok(_) => {
                 // Let the shell print its prompt, then power off; `exit` must give status 0.
