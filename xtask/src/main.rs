@@ -43,7 +43,7 @@ commands:
   test [--host-only|--qemu-only|--job NAME]
                         host tests, then in-kernel tests in every QEMU configuration; --job runs
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
-                        bios-vtd-bridged, bios-vtd-release, net, disk, disk-faults,
+                        bios-vtd-bridged, bios-vtd-release, net, net-flood, disk, disk-faults,
                         iommu-failsafe, console
   bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
