@@ -177,19 +177,27 @@ pub fn run(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
         }),
     );
 
-    // A sector that never reads: the command fails with a clear error, the kernel goes on.
+    // A sector that never reads (through NCQ, the path with the log-10h fallback): the command fails with a clear error, the kernel goes on.
     tally.record(
         &name("bad_sector_fails_the_command_with_device_and_lba"),
-        test::command(&mut session, &format!("disk read ahci0p1 {READ_ALWAYS}")).and_then(|out| {
-            let reported = out.lines().any(|l| {
-                l.starts_with("disk: error:") && l.contains("port 1") && l.contains(&format!("LBA {READ_ALWAYS}"))
-            });
-            if reported && out.contains(device_error) {
-                Ok(())
-            } else {
-                Err(format!("expected `disk: error:` naming port 1 and LBA {READ_ALWAYS}:\n{}", out.trim()))
-            }
-        }),
+        test::command(&mut session, "disk ncq on")
+            .and_then(|_| test::command(&mut session, &format!("disk read ahci0p1 {READ_ALWAYS}")))
+            .and_then(|out| {
+                let reported = out.lines().any(|l| {
+                    l.starts_with("disk: error: ahci0p1:")
+                        && l.contains("port 1")
+                        && l.contains(&format!("LBA {READ_ALWAYS}"))
+                        && l.contains("ABRT")
+                });
+                if reported && out.contains(device_error) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected `disk: error: ahci0p1:` naming port 1, LBA {READ_ALWAYS} and ABRT:\n{}",
+                        out.trim()
+                    ))
+                }
+            }),
     );
     tally.record(
         &name("disk_works_after_the_bad_sector"),

@@ -139,7 +139,8 @@ impl<R: Registers, C: Clock> Controller<R, C> {
                 Ok(entry) => log::warn!("{} port {n}: NCQ Command Error log (10h): {entry}", self.name),
                 Err(why) => log::warn!(
                     "{} port {n}: the NCQ Command Error log (READ LOG EXT 10h) is not available: {why}; \
-                     re-issuing each outstanding command alone to find the one that fails",
+                     falling back to resetting the port and re-issuing outstanding commands alone (the one \
+                     that fails alone is the culprit)",
                     self.name
                 ),
             }

@@ -46,7 +46,15 @@ fn disk(args: &[&str]) {
         _ => Err(format!("usage: {}", COMMANDS[0].usage)),
     };
     if let Err(why) = result {
-        println!("disk: error: {why}");
+        // Name the disk the failure is about (the driver's errors name the port and LBA).
+        match args {
+            [verb @ ("read" | "write" | "fill" | "verify" | "flush" | "bench"), name, ..]
+                if !why.starts_with("usage") =>
+            {
+                println!("disk: error: {name}: {verb}: {why}")
+            }
+            _ => println!("disk: error: {why}"),
+        }
     }
 }
 

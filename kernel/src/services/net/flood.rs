@@ -16,6 +16,13 @@
 //! socket buffer when QEMU's e1000 stops taking frames because its ring is full); `reordered`:
 //! a sequence number lower than one already seen.
 //!
+//! # What QEMU 7.2 counts
+//! Its e1000 (`hw/net/e1000.c`) says it cannot receive (`e1000_can_receive`) when it has no
+//! free descriptor, so QEMU keeps the frame and stops reading the socket, and the host's socket
+//! buffer drops the rest: the device's RNBC and MPC and ICR.RXO (`e1000_receiver_overrun`)
+//! stay at 0 under a flood there, and the losses show up only as `lost` here. Real hardware
+//! counts them in RNBC/MPC; `net:stats` shows both.
+//!
 //! # Holding the ring
 //! `rxcheck hold` makes the stack's poll stop taking frames from the NIC ([`holding`]), as a
 //! driver that is starved of CPU would: the device fills every descriptor it owns and runs out
