@@ -80,6 +80,12 @@ pub fn holding() -> bool {
     HOLD.load(Ordering::Relaxed)
 }
 
+/// Stops (true) or resumes (false) draining the receive ring: the test hook behind
+/// `rxcheck hold` and `rxcheck release`.
+pub fn set_hold(on: bool) {
+    HOLD.store(on, Ordering::SeqCst);
+}
+
 /// Called for every received frame before the stack sees it: while checking, a test frame is
 /// checked, counted and consumed (true); anything else goes on to the stack (false).
 pub fn inspect(frame: &[u8]) -> bool {
@@ -127,11 +133,11 @@ pub fn command(args: &[&str]) {
             println!("rxcheck: off");
         }
         ["hold"] => {
-            HOLD.store(true, Ordering::SeqCst);
+            set_hold(true);
             println!("rxcheck: holding the receive ring");
         }
         ["release"] => {
-            HOLD.store(false, Ordering::SeqCst);
+            set_hold(false);
             super::poll();
             println!("rxcheck: draining again");
         }
