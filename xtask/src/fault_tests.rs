@@ -227,3 +227,21 @@ pub fn run(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
         tally.record(&name("image_holds_exactly_what_was_written"), image.check());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_fail_each_mode_once_per_direction_inside_its_ranges_and_one_sector_always() {
+        let text = rules();
+        assert_eq!(text.matches("[inject-error]").count(), 2 * MODES.len() + 1);
+        assert_eq!(text.matches("once = \"on\"").count(), 2 * MODES.len());
+        for k in 0..MODES.len() {
+            assert!(text.contains(&format!("sector = \"{}\"", read_range(k) + READ_AT)));
+            assert!(text.contains(&format!("sector = \"{}\"", write_range(k) + WRITE_AT)));
+            assert!(READ_AT < RANGE && WRITE_AT < RANGE);
+            assert!(write_range(k) + RANGE <= READ_ALWAYS && read_range(k) + RANGE <= WRITES);
+        }
+    }
+}

@@ -535,6 +535,20 @@ mod tests {
     }
 
     #[test]
+    fn fields_are_read_from_rxcheck_and_stats_lines() {
+        let shown = "rxcheck: good=141974 corrupt=0 lost=232495 reordered=0 next=374469\nkernel> ";
+        assert_eq!(
+            (field(shown, "good"), field(shown, "corrupt"), field(shown, "lost")),
+            (Some(141974), Some(0), Some(232495))
+        );
+        let stats = "drops 0\nrx_overruns 3\nrx_ring_exhausted 1\nhw.MPC 7\nhw.RNBC 9\n";
+        assert_eq!(field(stats, "rx_overruns"), Some(3));
+        assert_eq!(field(stats, "rx_ring_exhausted"), Some(1));
+        assert_eq!((field(stats, "hw.MPC"), field(stats, "hw.RNBC")), (Some(7), Some(9)));
+        assert_eq!(field(stats, "missing"), None);
+    }
+
+    #[test]
     fn frame_checker_accepts_good_and_rejects_bad_checksums() {
         let good = ipv4_udp_frame();
         assert_eq!(check_frame(&good), Ok("udp"));

@@ -57,9 +57,9 @@ pub fn classify_rx(desc: &RxDescriptor, discarding: &mut bool) -> RxVerdict {
 /// The receive ring as the device and the driver see it now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RxRingState {
-    /// Receive Descriptor Head: the next descriptor the device fills (SDM §13.4.29).
+    /// Receive Descriptor Head: the next descriptor the device fills (SDM §13.4.30).
     pub rdh: u32,
-    /// Receive Descriptor Tail: one past the last descriptor the device may fill (§13.4.30).
+    /// Receive Descriptor Tail: the device may fill descriptors up to, not including, this one (§13.4.31).
     pub rdt: u32,
     /// Filled descriptors (DD set) waiting for the driver, from its next one on.
     pub ready: usize,
