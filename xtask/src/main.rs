@@ -45,7 +45,7 @@ commands:
   test [--host-only|--qemu-only|--job NAME]
                         host tests, then in-kernel tests in every QEMU configuration; --job runs
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
-                        bios-vtd-bridged, bios-vtd-release, net, disk, disk-faults,
+                        bios-vtd-bridged, bios-vtd-release, net, net-flood, disk, disk-faults,
                         iommu-failsafe, console
   exercises             check the exercise graders: each fails on this tree, passes with its answer
                         (also part of `test`'s host half)

@@ -92,7 +92,7 @@ impl Tally {
 /// work folder (`target/xtask-test/<job>/`), so two can run at once; `cargo xtask test` runs
 /// them in child processes, two at a time on a 2-core machine (each QEMU under TCG keeps one
 /// core busy), and prints each job's output whole, in this order.
-const QEMU_JOBS: [&str; 11] = [
+const QEMU_JOBS: [&str; 12] = [
     "bios-vtd",
     "bios-novtd",
     "uefi-vtd",
@@ -100,6 +100,7 @@ const QEMU_JOBS: [&str; 11] = [
     "bios-vtd-bridged",
     "bios-vtd-release",
     "net",
+    "net-flood",
     "disk",
     "disk-faults",
     "iommu-failsafe",
@@ -248,6 +249,8 @@ fn run_job(job: &str) -> Result<ExitCode, String> {
         }
         // Device evidence checked from the host: frames on the wire, bytes in disk images.
         "net" => crate::net_tests::run(&images, &work, &mut tally),
+        // The receive path under a 10 s flood, and with its ring exhausted.
+        "net-flood" => crate::net_tests::rx_flood(&images, &work, &mut tally),
         "disk" => {
             crate::disk_tests::run(&images, &work, &mut tally);
         }

@@ -17,7 +17,13 @@ pub mod opcode {
     pub const READ_FPDMA_QUEUED: u8 = 0x60;
     /// WRITE FPDMA QUEUED (§7.62): an NCQ write.
     pub const WRITE_FPDMA_QUEUED: u8 = 0x61;
+    /// READ LOG EXT (ACS-3 §7.23): 512-byte pages of a General Purpose Log, PIO data-in; log
+    /// address in LBA(7:0), page in LBA(15:8), page count in COUNT.
+    pub const READ_LOG_EXT: u8 = 0x2F;
 }
+
+/// Log address of the NCQ Command Error log (ACS-3 §9.13, SATA 3.x §13.7.4).
+pub const LOG_NCQ_COMMAND_ERROR: u8 = 0x10;
 
 /// FIS type of a Register Host-to-Device FIS (SATA §10.3.4).
 pub const FIS_TYPE_REG_H2D: u8 = 0x27;
@@ -41,6 +47,8 @@ pub enum CommandKind {
     ReadFpdmaQueued,
     /// WRITE FPDMA QUEUED (NCQ).
     WriteFpdmaQueued,
+    /// READ LOG EXT: the `lba` field holds the log address (bits 7:0) and page (bits 15:8).
+    ReadLogExt,
 }
 
 impl CommandKind {
@@ -53,6 +61,7 @@ impl CommandKind {
             CommandKind::FlushCacheExt => opcode::FLUSH_CACHE_EXT,
             CommandKind::ReadFpdmaQueued => opcode::READ_FPDMA_QUEUED,
             CommandKind::WriteFpdmaQueued => opcode::WRITE_FPDMA_QUEUED,
+            CommandKind::ReadLogExt => opcode::READ_LOG_EXT,
         }
     }
 
@@ -80,6 +89,7 @@ impl CommandKind {
             CommandKind::FlushCacheExt => "FLUSH CACHE EXT",
             CommandKind::ReadFpdmaQueued => "READ FPDMA QUEUED",
             CommandKind::WriteFpdmaQueued => "WRITE FPDMA QUEUED",
+            CommandKind::ReadLogExt => "READ LOG EXT",
         }
     }
 }
@@ -208,6 +218,92 @@ pub fn describe_port_is(is: u32) -> alloc::string::String {
     out
 }
 
+/// Page 0 of the NCQ Command Error log (log address 10h; ACS-3 §9.13, SATA 3.x §13.7.4), which
+/// a device keeps after a queued command fails. Reading it is also how the host leaves the
+/// device's error state: until then the device aborts every new queued command, and it has
+/// already aborted every command that was outstanding (ACS-3 §4.20.3).
+///
+/// Layout: byte 0 = NQ (bit 7) and TAG (bits 4:0); byte 2 = STATUS; byte 3 = ERROR; bytes 4–6
+/// and 8–10 = LBA(47:0); byte 7 = DEVICE; bytes 12–13 = COUNT; byte 511 = checksum (the 512
+/// bytes sum to 0 modulo 256).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NcqErrorLog {
+    /// NQ: the error was in a *non-queued* command, so TAG means nothing.
+    pub non_queued: bool,
+    /// The tag of the queued command that failed.
+    pub tag: u8,
+    /// The device's status and error registers for that command.
+    pub task_file: TaskFile,
+    /// The LBA the device was at when the command failed (the failing sector).
+    pub lba: u64,
+    /// COUNT as the device reports it.
+    pub count: u16,
+}
+
+/// Why a log page could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogPageError {
+    /// Fewer than 512 bytes.
+    Short(usize),
+    /// The bytes do not sum to 0 modulo 256 (byte 511 is the checksum).
+    Checksum(u8),
+}
+
+impl fmt::Display for LogPageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogPageError::Short(n) => write!(f, "log page has {n} bytes, not 512"),
+            LogPageError::Checksum(sum) => write!(f, "log page checksum wrong (bytes sum to {sum:#04x}, not 0)"),
+        }
+    }
+}
+
+impl NcqErrorLog {
+    /// Decodes page 0 of log 10h, checking its checksum.
+    pub fn parse(page: &[u8]) -> Result<NcqErrorLog, LogPageError> {
+        let page = page.get(..512).ok_or(LogPageError::Short(page.len()))?;
+        let sum = page.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        if sum != 0 {
+            return Err(LogPageError::Checksum(sum));
+        }
+        let lba = u64::from_le_bytes([page[4], page[5], page[6], page[8], page[9], page[10], 0, 0]);
+        Ok(NcqErrorLog {
+            non_queued: page[0] & 0x80 != 0,
+            tag: page[0] & 0x1F,
+            task_file: TaskFile { status: page[2], error: page[3] },
+            lba,
+            count: u16::from_le_bytes([page[12], page[13]]),
+        })
+    }
+
+    /// The page a device would return for this entry (checksum included): what the simulated
+    /// device sends, and what the tests parse.
+    pub fn to_page(&self) -> [u8; 512] {
+        let mut page = [0u8; 512];
+        page[0] = (self.tag & 0x1F) | if self.non_queued { 0x80 } else { 0 };
+        page[2] = self.task_file.status;
+        page[3] = self.task_file.error;
+        let lba = self.lba.to_le_bytes();
+        page[4..7].copy_from_slice(&lba[..3]);
+        page[7] = DEVICE_LBA;
+        page[8..11].copy_from_slice(&lba[3..6]);
+        page[12..14].copy_from_slice(&self.count.to_le_bytes());
+        let sum = page[..511].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        page[511] = 0u8.wrapping_sub(sum);
+        page
+    }
+}
+
+impl fmt::Display for NcqErrorLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.non_queued {
+            write!(f, "NQ=1 (a non-queued command failed), {}", self.task_file)
+        } else {
+            write!(f, "tag {} failed at LBA {}, {}", self.tag, self.lba, self.task_file)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +328,32 @@ mod tests {
         assert_eq!(fis[12], 31 << 3);
         assert_eq!(fis[13], 0);
         assert_eq!(fis[4], 9);
+    }
+
+    #[test]
+    fn ncq_error_log_round_trips_and_checks_its_checksum() {
+        let entry = NcqErrorLog {
+            non_queued: false,
+            tag: 17,
+            task_file: TaskFile { status: 0x41, error: 0x40 },
+            lba: 0x0000_0102_0304_0506,
+            count: 8,
+        };
+        let mut page = entry.to_page();
+        assert_eq!(page[0], 17);
+        assert_eq!([page[4], page[5], page[6], page[8], page[9], page[10]], [6, 5, 4, 3, 2, 1]);
+        assert_eq!(NcqErrorLog::parse(&page), Ok(entry));
+        page[0] |= 0x80;
+        assert!(matches!(NcqErrorLog::parse(&page), Err(LogPageError::Checksum(0x80))));
+        page[511] = page[511].wrapping_sub(0x80);
+        assert!(NcqErrorLog::parse(&page).unwrap().non_queued);
+        assert_eq!(NcqErrorLog::parse(&page[..100]), Err(LogPageError::Short(100)));
+    }
+
+    #[test]
+    fn read_log_ext_fis_carries_log_address_and_page_count() {
+        let fis = AtaCommand { kind: CommandKind::ReadLogExt, lba: 0x10, count: 1, tag: 0 }.to_fis();
+        assert_eq!((fis[2], fis[4], fis[5], fis[12], fis[13]), (0x2F, 0x10, 0, 1, 0));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What can go wrong, in terms a caller can act on.
 
-use crate::ata::{CommandKind, TaskFile, describe_port_is};
+use crate::ata::{CommandKind, NcqErrorLog, TaskFile, describe_port_is};
 use crate::identify::IdentifyError;
 use crate::prdt::PrdtError;
 use core::fmt;
@@ -206,6 +206,31 @@ pub enum CommandError {
         /// The deadline it missed, in microseconds after issue.
         after_us: u64,
     },
+    /// A queued (NCQ) command that the device's NCQ Command Error log (log 10h) names as the
+    /// one that failed, after its retry failed too.
+    Queued {
+        /// Port.
+        port: u8,
+        /// The failed command.
+        command: CommandKind,
+        /// First LBA of the command.
+        lba: u64,
+        /// What the device's log says: tag, failing LBA, status and error.
+        log: NcqErrorLog,
+    },
+    /// The device's NCQ Command Error log could not be matched to the commands outstanding
+    /// (NQ=1 while only queued commands were outstanding, or a tag that was not outstanding),
+    /// so no command can be trusted and every outstanding one fails.
+    UnmatchedNcqLog {
+        /// Port.
+        port: u8,
+        /// This command.
+        command: CommandKind,
+        /// Its first LBA.
+        lba: u64,
+        /// The log as read.
+        log: NcqErrorLog,
+    },
     /// The command was outstanding when another one failed, and its retry also failed (or the
     /// port could not be recovered).
     Aborted {
@@ -235,6 +260,16 @@ impl fmt::Display for CommandError {
                 f,
                 "port {port}: {command} at LBA {lba} did not complete within {} ms; port reset",
                 after_us / 1000
+            ),
+            CommandError::Queued { port, command, lba, log } => write!(
+                f,
+                "port {port}: {command} at LBA {lba} failed (NCQ error log: tag {}, failing LBA {}, device {})",
+                log.tag, log.lba, log.task_file
+            ),
+            CommandError::UnmatchedNcqLog { port, command, lba, log } => write!(
+                f,
+                "port {port}: {command} at LBA {lba} failed: the NCQ error log ({log}) names no outstanding queued \
+                 command, so every outstanding command is failed"
             ),
             CommandError::Aborted { port, command, reason } => write!(f, "port {port}: {command} aborted: {reason}"),
         }

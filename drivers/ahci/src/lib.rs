@@ -43,7 +43,7 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use ata::{AtaCommand, CommandKind, TaskFile};
+pub use ata::{AtaCommand, CommandKind, NcqErrorLog, TaskFile};
 pub use buffer::IoBuffer;
 pub use controller::{
     Capabilities, Completion, Controller, DeviceKind, Port, PortStats, Request, RequestId, SubmitOptions,

@@ -11,11 +11,20 @@
 //! PxCLB/PxFB written while the engines run, ST set without FRE or with the device busy, odd
 //! PRD byte counts, regions over 4 MiB, misaligned structures.
 //!
-//! Fault injection: a range of LBAs whose reads fail with UNC, a port that never completes
+//! Fault injection: a range of LBAs whose reads fail with UNC (once, with `transient`), a port
+//! that never completes
 //! (hangs, BSY stays set), an engine that will not stop (until COMRESET, or never), deferred
 //! execution (commands wait until `run_deferred`, which completes them in reverse order, as NCQ
 //! allows), BIOS ownership for the handoff.
+//!
+//! NCQ errors follow ACS-3 §4.20.3 and SATA 3.x §13.6.4: the failed tag keeps its PxSACT bit,
+//! the device records the failure in its NCQ Command Error log (log 10h, read with READ LOG
+//! EXT) and aborts every queued command until that log is read (or a COMRESET). The HBA stops
+//! fetching commands after a task-file error until PxCMD.ST is cleared (AHCI 1.3.1 §6.2.2).
+//! [`LogBehaviour`] makes the log misbehave: refused (as QEMU 7.2 does), NQ=1, a wrong tag, or
+//! a bad checksum.
 
+use crate::ata::{NcqErrorLog, TaskFile};
 use crate::identify::{DeviceInfo, build_identify};
 use crate::regs::{bohc, cmd, ghc, hba, is, port as preg};
 use alloc::format;
@@ -36,6 +45,22 @@ pub struct SimDisk {
     pub flushes: u32,
 }
 
+/// How the simulated device answers READ LOG EXT for the NCQ Command Error log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogBehaviour {
+    /// As ACS-3 says.
+    #[default]
+    Spec,
+    /// Aborts READ LOG EXT (ABRT), as QEMU 7.2 does.
+    Unsupported,
+    /// Sets NQ (the error was "non-queued").
+    NonQueued,
+    /// Names tag 31 whatever failed.
+    WrongTag,
+    /// Breaks the checksum.
+    BadChecksum,
+}
+
 #[derive(Default)]
 pub struct SimPort {
     clb: u64,
@@ -52,6 +77,16 @@ pub struct SimPort {
     ci: u32,
     pub disk: Option<SimDisk>,
     pub fail_lbas: Option<Range<u64>>,
+    /// `fail_lbas` fails one command only, then reads work.
+    pub transient: bool,
+    pub log: LogBehaviour,
+    /// READ LOG EXT commands answered.
+    pub log_reads: u32,
+    /// The device's NCQ error state: set when a queued command fails, cleared by reading log 10h
+    /// or by COMRESET.
+    ncq_error: Option<NcqErrorLog>,
+    /// The HBA stopped after a task-file error, until ST is cleared.
+    halted: bool,
     pub hang: bool,
     /// CR stays set after ST is cleared; `Some(true)` until COMRESET, `Some(false)` forever.
     pub stuck: Option<bool>,
@@ -154,7 +189,7 @@ impl SimHba {
         let pending: Vec<u8> = core::mem::take(&mut st.ports[port].pending);
         for slot in pending.into_iter().rev() {
             // An NCQ error aborts everything else (ATA8-ACS §4.20.3): stop at the first one.
-            if st.ports[port].is & is::TFES != 0 {
+            if st.ports[port].halted {
                 break;
             }
             self.execute(&mut st, port, slot);
@@ -188,6 +223,9 @@ impl SimHba {
     }
 
     fn execute(&self, st: &mut State, port: usize, slot: u8) {
+        if st.ports[port].halted {
+            return; // the HBA fetches nothing more until ST is cleared (§6.2.2)
+        }
         let clb = st.ports[port].clb;
         let Some(header) = self.read_bus(st, clb + u64::from(slot) * 32, 32) else {
             return self.host_bus_fatal(st, port);
@@ -234,6 +272,7 @@ impl SimHba {
         let prd_total: u64 = prds.iter().map(|p| u64::from(p.1)).sum();
 
         let mut error: u8 = 0;
+        let mut failed_lba = lba;
         let mut moved = 0u64;
         let Some(disk) = st.ports[port].disk.as_ref() else { return };
         let sectors = disk.info.sectors;
@@ -242,9 +281,40 @@ impl SimHba {
                 let data = build_identify(&disk.info);
                 moved = self.scatter(st, &prds, &data).unwrap_or(0);
             }
+            0x60 | 0x61 if st.ports[port].ncq_error.is_some() => error = 0x04, // aborted: error state
+            0x2F => {
+                let behaviour = st.ports[port].log;
+                if behaviour == LogBehaviour::Unsupported || lba & 0xFF != 0x10 {
+                    error = 0x04;
+                } else {
+                    let quiet = NcqErrorLog {
+                        non_queued: false,
+                        tag: 0,
+                        task_file: TaskFile { status: 0x50, error: 0 },
+                        lba: 0,
+                        count: 0,
+                    };
+                    let mut entry = st.ports[port].ncq_error.take().unwrap_or(quiet);
+                    match behaviour {
+                        LogBehaviour::NonQueued => entry.non_queued = true,
+                        LogBehaviour::WrongTag => entry.tag = 31,
+                        _ => {}
+                    }
+                    let mut page = entry.to_page();
+                    if behaviour == LogBehaviour::BadChecksum {
+                        page[511] ^= 1;
+                    }
+                    st.ports[port].log_reads += 1;
+                    moved = self.scatter(st, &prds, &page).unwrap_or(0);
+                }
+            }
             0x25 | 0x60 | 0x35 | 0x61 => {
                 let bytes = count * 512;
-                let fail = st.ports[port].fail_lbas.clone().is_some_and(|r| r.start < lba + count && lba < r.end);
+                let range = st.ports[port].fail_lbas.clone();
+                let fail = range.clone().is_some_and(|r| r.start < lba + count && lba < r.end);
+                if fail {
+                    failed_lba = range.map_or(lba, |r| r.start.max(lba));
+                }
                 if lba + count > sectors {
                     error = 0x10; // IDNF
                 } else if prd_total < bytes {
@@ -252,6 +322,9 @@ impl SimHba {
                     error = 0x04;
                 } else if fail && (opcode == 0x25 || opcode == 0x60) {
                     error = 0x40; // UNC
+                    if st.ports[port].transient {
+                        st.ports[port].fail_lbas = None;
+                    }
                 } else if opcode == 0x25 || opcode == 0x60 {
                     let start = (lba * 512) as usize;
                     let data = st.ports[port].disk.as_ref().unwrap().data[start..start + bytes as usize].to_vec();
@@ -280,8 +353,18 @@ impl SimHba {
         if error != 0 {
             p.tfd = (u32::from(error) << 8) | 0x51;
             p.is |= is::TFES;
+            p.halted = true;
             if queued {
                 p.ci &= !(1 << slot);
+                if p.ncq_error.is_none() {
+                    p.ncq_error = Some(NcqErrorLog {
+                        non_queued: false,
+                        tag: slot,
+                        task_file: TaskFile { status: 0x51, error },
+                        lba: failed_lba,
+                        count: raw_count,
+                    });
+                }
             }
             // Non-queued: PxCI stays set; the HBA stops (§6.2.2).
         } else if queued {
@@ -341,6 +424,8 @@ impl SimHba {
             p.sact = 0;
             p.serr = 0;
             p.pending.clear();
+            p.halted = false;
+            p.ncq_error = None;
             p.tfd = 0x7F;
             p.sig = 0xFFFF_FFFF;
         }
@@ -463,6 +548,8 @@ impl Registers for SimHba {
                             p.ci = 0;
                             p.sact = 0;
                             p.pending.clear();
+                            p.ncq_error = None;
+                            p.halted = false;
                         }
                     }
                     preg::CMD => {
@@ -479,6 +566,7 @@ impl Registers for SimHba {
                             p.ci = 0;
                             p.sact = 0;
                             p.pending.clear();
+                            p.halted = false;
                         }
                         if old & cmd::ST == 0 && value & cmd::ST != 0 {
                             let busy = p.tfd & 0x88 != 0;
@@ -511,7 +599,7 @@ impl Registers for SimHba {
                             let p = &mut st.ports[n];
                             if p.hang {
                                 p.tfd = 0x80;
-                            } else if p.defer {
+                            } else if p.defer && p.sact & (1 << slot) != 0 {
                                 // The command FIS is sent now (PxCI clears for NCQ); data later.
                                 p.pending.push(slot);
                             } else {

@@ -57,7 +57,7 @@ use device_io::{Clock, Registers};
 use dma::{AllocError, DmaDevice, DmaPool, PoolBlock, PoolError};
 use regs::EerdLayout;
 use rx::ReceiveRing;
-pub use rx::{DropReason, RxVerdict, classify_rx};
+pub use rx::{DropReason, RxRingState, RxVerdict, classify_rx};
 pub use stats::{Counters, DeviceCounters};
 pub use tx::TransmitError;
 use tx::TransmitRing;

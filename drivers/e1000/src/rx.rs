@@ -54,6 +54,20 @@ pub fn classify_rx(desc: &RxDescriptor, discarding: &mut bool) -> RxVerdict {
     }
 }
 
+/// The receive ring as the device and the driver see it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxRingState {
+    /// Receive Descriptor Head: the next descriptor the device fills (SDM §13.4.30).
+    pub rdh: u32,
+    /// Receive Descriptor Tail: the device may fill descriptors up to, not including, this one (§13.4.31).
+    pub rdt: u32,
+    /// Filled descriptors (DD set) waiting for the driver, from its next one on.
+    pub ready: usize,
+    /// RDH == RDT: the device holds no empty descriptor, so every frame arriving now is
+    /// missed (counted by the device in RNBC and MPC, signalled by ICR.RXO).
+    pub exhausted: bool,
+}
+
 pub(crate) struct ReceiveRing {
     pub(crate) ring: DescriptorRing,
     /// `buffers[i]` is the buffer descriptor `i` points at, for the driver's whole life.
@@ -110,6 +124,24 @@ impl<R: Registers, C: Clock> E1000<R, C> {
                 return Some(r);
             }
         }
+    }
+
+    /// Reads RDH and RDT and counts the filled descriptors: the evidence for "the ring ran
+    /// out". Each call that finds it exhausted counts once in `rx_ring_exhausted`. Reads
+    /// registers, so call it from maintenance or diagnostics, not per frame.
+    pub fn rx_ring_state(&mut self) -> RxRingState {
+        let rdh = self.regs.read32(regs::RDH);
+        let rdt = self.regs.read32(regs::RDT);
+        let len = self.rx.ring.len();
+        let ready = (0..len)
+            .map(|i| (self.rx.next + i) % len)
+            .take_while(|&i| RxDescriptor::from_words(self.rx.ring.read(i)).status & rx_status::DD != 0)
+            .count();
+        let exhausted = rdh == rdt;
+        if exhausted {
+            self.counters.rx_ring_exhausted += 1;
+        }
+        RxRingState { rdh, rdt, ready, exhausted }
     }
 
     /// Gives descriptor `index`'s buffer back to the device: same buffer, status cleared.

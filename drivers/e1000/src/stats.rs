@@ -26,6 +26,9 @@ pub struct Counters {
     pub rx_fragmented: u64,
     /// ICR.RXO: the device found no receive descriptor (or FIFO space) for a frame.
     pub rx_overruns: u64,
+    /// Times [`crate::E1000::rx_ring_state`] found the receive ring exhausted: RDH caught up
+    /// with RDT, so the device owned no empty descriptor (SDM §3.2.6).
+    pub rx_ring_exhausted: u64,
     /// Frames the device reported sent.
     pub tx_packets: u64,
     /// Their bytes.
@@ -57,6 +60,7 @@ impl Counters {
             ("rx_oversized", self.rx_oversized),
             ("rx_fragmented", self.rx_fragmented),
             ("rx_overruns", self.rx_overruns),
+            ("rx_ring_exhausted", self.rx_ring_exhausted),
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
             ("tx_errors", self.tx_errors),

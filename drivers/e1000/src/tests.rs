@@ -292,11 +292,16 @@ fn a_full_receive_ring_drops_counts_and_recovers() {
     let frames: Vec<Vec<u8>> = (0..200).map(|i| frame(60 + i * 7, i as u8)).collect();
     let accepted = frames.iter().filter(|f| m.sim.inject(f)).count();
     assert_eq!(accepted, 127, "one descriptor always stays with software");
+    let state = nic.rx_ring_state();
+    assert!(state.exhausted && state.rdh == state.rdt && state.ready == 127, "{state:?}");
+    assert_eq!(nic.counters().rx_ring_exhausted, 1);
     assert_ne!(nic.acknowledge_interrupts() & regs::int::RXO, 0);
     for f in &frames[..127] {
         assert_eq!(receive_one(&mut nic).as_deref(), Some(&f[..]));
     }
     assert_eq!(receive_one(&mut nic), None);
+    let state = nic.rx_ring_state();
+    assert!(!state.exhausted && state.ready == 0, "drained: {state:?}");
     assert_eq!(nic.drops(), 73);
     let hw = nic.device_counters();
     assert_eq!((hw.rnbc, hw.mpc), (73, 73));

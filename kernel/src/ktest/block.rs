@@ -249,7 +249,11 @@ fn device_error_reported_and_recovered() -> TestResult {
         other => return Err(format!("expected a device error, got {other:?}").into()),
     }
     let after = d.stats();
-    check!(after.recoveries == before.recoveries + 1, "no port recovery ran: {after:?}");
+    // One recovery, or two when the device's error bits allow the driver's one retry (QEMU
+    // reports an LBA past the end as ABRT, not IDNF; see drivers/ahci/src/controller/recover.rs).
+    let recoveries = after.recoveries - before.recoveries;
+    check!((1..=2).contains(&recoveries), "expected 1 or 2 port recoveries, got {recoveries}: {after:?}");
+    check!(after.failed == before.failed + 1, "the command was not failed exactly once: {after:?}");
     // The port works again, queued and not.
     d.read(0, 8).map_err(e)?;
     d.flush().map_err(e)?;

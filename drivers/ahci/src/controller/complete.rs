@@ -1,8 +1,7 @@
 //! Completion: the interrupt *top half* (AHCI 1.3.1 §10.7.2), the *bottom half* that services ports
 //! in thread context, deadlines, and finishing a command (unmapping its buffers).
 
-use super::submit::issue;
-use super::{COMMAND_HEADER_BYTES, Cause, Completion, Controller, PortRegs, RequestId, bits, put};
+use super::{COMMAND_HEADER_BYTES, Cause, Completion, Controller, PortRegs, RequestId, bits};
 use crate::ata::CommandKind;
 use crate::error::CommandError;
 use crate::regs::{hba, is, port as preg};
@@ -136,18 +135,10 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         let port = &mut self.ports[index];
         if port.issued == 0 && !port.disabled {
             while let Some(slot) = port.retry_queue.pop_front() {
-                let Some(f) = port.slots[usize::from(slot)].as_mut() else { continue };
-                f.issued_at = self.clock.now_us();
-                f.retries += 1;
-                let queued = f.command.kind.is_queued();
-                put(&mut port.command_list, usize::from(slot) * COMMAND_HEADER_BYTES + 4, 0);
-                port.stats.retried += 1;
-                issue(&PortRegs::new(&self.regs, n), port, slot, queued);
-                port.issued |= 1 << slot;
-                if queued {
-                    port.queued |= 1 << slot;
+                if port.slots[usize::from(slot)].is_some() {
+                    self.reissue(index, slot);
+                    break;
                 }
-                break;
             }
         }
     }

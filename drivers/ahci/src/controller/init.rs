@@ -124,6 +124,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         for _ in 0..slots {
             tables.push(self.command_tables.zalloc().map_err(PortError::NoMemory)?);
         }
+        let log_table = self.command_tables.zalloc().map_err(PortError::NoMemory)?;
         let clb = command_list.bus_addr().as_u64();
         let fb = received_fis.bus_addr().as_u64();
         p.write(preg::CLB, clb as u32);
@@ -154,6 +155,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
             command_list,
             received_fis,
             tables,
+            log_table,
             slots: (0..slots).map(|_| None).collect(),
             issued: 0,
             queued: 0,

@@ -68,7 +68,8 @@ pub const DEFAULT_TIMEOUT_US: u64 = 5_000_000;
 const ENGINE_STOP_US: u64 = 500_000;
 /// How long the device may stay busy after a reset.
 const DEVICE_READY_US: u64 = 2_000_000;
-/// Retries granted to a command that was outstanding when another one failed.
+/// Retries granted to a command that failed (or that was outstanding when a failure could not
+/// be pinned on one command). See `recover.rs` for the policy.
 const RETRIES: u8 = 1;
 
 /// Names a submitted request.
@@ -276,6 +277,9 @@ pub struct Port {
     command_list: PoolBlock,
     received_fis: PoolBlock,
     tables: Vec<PoolBlock>,
+    /// A command table of its own for READ LOG EXT during recovery, so reading the NCQ error
+    /// log never overwrites an outstanding command's table.
+    log_table: PoolBlock,
     slots: Vec<Option<InFlight>>,
     /// Slots handed to the HBA and not yet completed.
     issued: u32,

@@ -60,6 +60,19 @@ struct HbaEntry {
 
 static CONTROLLERS: spin::Once<Vec<HbaEntry>> = spin::Once::new();
 static FORCE_POLLING: AtomicBool = AtomicBool::new(false);
+static NCQ_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Turns native command queuing off (every read and write is then READ/WRITE DMA EXT, up to 32
+/// of them issued in PxCI at once) or back on, for requests submitted from now on. The tests
+/// use it to run the same workload queued and non-queued (`disk ncq on|off`).
+pub fn set_ncq(on: bool) {
+    NCQ_OFF.store(!on, Ordering::SeqCst);
+}
+
+/// The options every request gets unless its caller chooses: NCQ unless [`set_ncq`] turned it off.
+fn default_options() -> SubmitOptions {
+    SubmitOptions { queued: !NCQ_OFF.load(Ordering::SeqCst), ..SubmitOptions::default() }
+}
 
 fn controllers() -> &'static [HbaEntry] {
     CONTROLLERS.get().map(Vec::as_slice).unwrap_or(&[])
@@ -345,7 +358,7 @@ impl Disk {
 
     /// Sends `op` without waiting (NCQ when the disk supports it).
     pub fn submit(&self, op: BlockOp) -> Result<Ticket, BlockError> {
-        self.submit_with(op, SubmitOptions::default())
+        self.submit_with(op, default_options())
     }
 
     /// Sends `op` with explicit driver options (tests use this to reach device errors).
@@ -397,9 +410,8 @@ impl Disk {
                             reason: "an earlier request was refused",
                         }));
                     }
-                    let result = r.and_then(|req| {
-                        h.submit_with(self.port, req, SubmitOptions::default()).map_err(BlockError::Refused)
-                    });
+                    let result =
+                        r.and_then(|req| h.submit_with(self.port, req, default_options()).map_err(BlockError::Refused));
                     full = matches!(
                         result,
                         Err(BlockError::Refused(SubmitError::QueueFull { .. } | SubmitError::Busy { .. }))
@@ -459,7 +471,7 @@ impl Disk {
     /// Submits; while the port's queue is full or draining, services the HBA and tries again.
     /// The check and the submission happen under one lock, so the request is never dropped.
     pub fn submit_blocking(&self, op: BlockOp) -> Result<Ticket, BlockError> {
-        let queued = !matches!(op, BlockOp::Flush);
+        let queued = !matches!(op, BlockOp::Flush) && default_options().queued;
         let mut request = Some(self.request_for(op)?);
         loop {
             let result = with_hba(self.entry(), |h| match h.can_accept(self.port, queued) {
@@ -467,7 +479,7 @@ impl Disk {
                     h.service();
                     None
                 }
-                _ => Some(h.submit_with(self.port, request.take()?, SubmitOptions::default())),
+                _ => Some(h.submit_with(self.port, request.take()?, default_options())),
             });
             if let Some(result) = result {
                 return result.map(|id| Ticket { disk: *self, id }).map_err(BlockError::Refused);

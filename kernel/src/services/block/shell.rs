@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 /// The `disk` shell command: read, write, fill, verify and benchmark the AHCI disks.
 pub static COMMANDS: &[Command] = &[Command {
     name: "disk",
-    usage: "disk read NAME LBA [COUNT] | write NAME LBA COUNT BYTE | fill NAME LBA COUNT SEED [QD] | verify NAME LBA COUNT SEED [QD] | flush NAME | bench NAME [MIB] | poll on|off",
+    usage: "disk read NAME LBA [COUNT] | write NAME LBA COUNT BYTE | fill NAME LBA COUNT SEED [QD] | verify NAME LBA COUNT SEED [QD] | flush NAME | bench NAME [MIB] | poll on|off | ncq on|off",
     about: "read (hex dump) and write sectors, write/check test patterns, benchmark (see `cat disk:info`)",
     run: disk,
 }];
@@ -38,10 +38,23 @@ fn disk(args: &[&str]) {
             super::set_polling(false);
             Ok(())
         }
+        ["ncq", on @ ("on" | "off")] => {
+            super::set_ncq(*on == "on");
+            println!("disk: ncq {on}");
+            Ok(())
+        }
         _ => Err(format!("usage: {}", COMMANDS[0].usage)),
     };
     if let Err(why) = result {
-        println!("disk: error: {why}");
+        // Name the disk the failure is about (the driver's errors name the port and LBA).
+        match args {
+            [verb @ ("read" | "write" | "fill" | "verify" | "flush" | "bench"), name, ..]
+                if !why.starts_with("usage") =>
+            {
+                println!("disk: error: {name}: {verb}: {why}")
+            }
+            _ => println!("disk: error: {why}"),
+        }
     }
 }
 

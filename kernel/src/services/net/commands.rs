@@ -38,6 +38,12 @@ pub static COMMANDS: &[Command] = &[
         about: "frames per second through the driver; `floor` only writes TDT",
         run: netbench,
     },
+    Command {
+        name: "rxcheck",
+        usage: "rxcheck on|off|hold|release|show|ring",
+        about: "check flood test frames as they arrive; stop/restart draining the receive ring",
+        run: super::flood::command,
+    },
 ];
 
 fn no_nic() {

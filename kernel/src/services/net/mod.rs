@@ -15,6 +15,7 @@
 //!   single-CPU kernel.
 
 mod commands;
+pub mod flood;
 pub mod irq;
 pub mod phy;
 
@@ -115,7 +116,7 @@ pub fn init() {
     let mac = EthernetAddress(nic.mac());
     let mut config = IfaceConfig::new(HardwareAddress::Ethernet(mac));
     config.random_seed = crate::arch::time::tsc();
-    let iface = Interface::new(config, &mut phy::Phy { nic: &mut nic }, timestamp());
+    let iface = Interface::new(config, &mut phy::Phy::new(&mut nic), timestamp());
     let mut sockets = SocketSet::new(vec![]);
     let dhcp = sockets.add(dhcpv4::Socket::new());
     let net = Net {
@@ -153,7 +154,7 @@ impl Net {
     pub fn poll(&mut self) {
         self.nic.reclaim_transmitted();
         let now = timestamp();
-        self.iface.poll(now, &mut phy::Phy { nic: &mut self.nic }, &mut self.sockets);
+        self.iface.poll(now, &mut phy::Phy::new(&mut self.nic), &mut self.sockets);
         self.dhcp_events();
         let t = now_us();
         if t.saturating_sub(self.last_maintenance_us) >= 100_000 {

@@ -10,10 +10,24 @@ use alloc::vec::Vec;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+/// Frames one `Interface::poll` may take from the NIC (Linux's NAPI weight is 64 too). Under a
+/// flood the ring refills as fast as it is drained, and without a bound one poll would never
+/// return: the shell, which polls between keys, would stop answering.
+pub const RX_BUDGET: usize = 64;
+
 /// The NIC, borrowed for one `Interface::poll`.
 pub struct Phy<'a> {
     /// The driver smoltcp sends and receives through.
     pub nic: &'a mut Nic,
+    /// Frames this poll may still take ([`RX_BUDGET`] at the start).
+    pub budget: usize,
+}
+
+impl<'a> Phy<'a> {
+    /// The NIC for one poll, with a full receive budget.
+    pub fn new(nic: &'a mut Nic) -> Self {
+        Phy { nic, budget: RX_BUDGET }
+    }
 }
 
 /// A received frame, copied out of its (already recycled) receive buffer.
@@ -70,8 +84,16 @@ impl Device for Phy<'_> {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken, TxToken<'_>)> {
-        let frame = self.nic.receive_with(|f| f.to_vec())?;
-        Some((RxToken { frame }, TxToken { nic: self.nic }))
+        if super::flood::holding() {
+            return None;
+        }
+        loop {
+            self.budget = self.budget.checked_sub(1)?;
+            // The flood checker consumes its test frames; everything else goes to the stack.
+            if let Some(frame) = self.nic.receive_with(|f| (!super::flood::inspect(f)).then(|| f.to_vec()))? {
+                return Some((RxToken { frame }, TxToken { nic: self.nic }));
+            }
+        }
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
