@@ -37,7 +37,9 @@
 extern crate alloc;
 
 pub mod desc;
+mod lab;
 pub mod regs;
+pub mod ring;
 mod rx;
 mod stats;
 mod tx;
@@ -52,7 +54,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{Ordering, fence};
 
-use desc::{DescriptorRing, RxDescriptor, TxDescriptor, rx_errors, rx_status, tx_cmd, tx_status};
+use desc::{DescriptorRing, RxDescriptor, rx_errors, rx_status, tx_status};
 use device_io::{Clock, Registers};
 use dma::{AllocError, DmaDevice, DmaPool, PoolBlock, PoolError};
 use regs::EerdLayout;
@@ -299,6 +301,9 @@ impl<R: Registers, C: Clock> E1000<R, C> {
             nic.config.tx_descriptors,
             if nic.link_up { "up" } else { "down" }
         );
+        if let Some(lab) = lab::lab_build() {
+            log::warn!("{}: lab build: {lab} (docs/labs)", nic.name);
+        }
         Ok(nic)
     }
 
