@@ -32,9 +32,11 @@ pub mod buffer;
 pub mod controller;
 pub mod error;
 pub mod identify;
+mod lab;
 pub mod pattern;
 pub mod prdt;
 pub mod regs;
+pub mod slot;
 
 #[cfg(test)]
 mod sim;
