@@ -7,6 +7,7 @@
 //! cargo xtask gdb                        gdb attached to `cargo xtask run --gdb`
 //! cargo xtask test                       host tests, then the in-kernel tests in every QEMU setup
 //! cargo xtask bench                      benchmarks
+//! cargo xtask lab list|start|grade|reset  the labs: write the ring yourself (docs/labs)
 //! ```
 
 mod bench;
@@ -17,6 +18,7 @@ mod docs_check;
 mod fault_tests;
 mod fixtures;
 mod gdb;
+mod lab;
 mod layers;
 mod net_tests;
 mod qemu;
@@ -44,8 +46,11 @@ commands:
                         host tests, then in-kernel tests in every QEMU configuration; --job runs
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
                         bios-vtd-bridged, bios-vtd-release, net, disk, disk-faults,
-                        iommu-failsafe, console
+                        iommu-failsafe, console, lab
   bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
+  lab list|start NAME|grade NAME [--host-only]|reset NAME
+                        the labs (docs/labs): write a driver's ring code yourself; NAME is
+                        e1000-tx, e1000-rx, ahci-issue or ahci-complete
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";
 
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         "test" => test::run_all(rest),
         "bench" => bench::run(rest),
         "fixtures" => fixtures::capture(rest),
+        "lab" => lab::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
