@@ -231,7 +231,7 @@ fn host_checks(lab: &Lab, features: &[&str]) -> Result<HostRun, String> {
     if !features.is_empty() {
         cmd.args(["--features", &features.join(",")]);
     }
-    cmd.args([&lab.filter(), "--", "--test-threads=1"]);
+    cmd.args([&lab.filter(), "--", "--test-threads=1"]).env("RUST_BACKTRACE", "0");
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
     let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
     let reader = std::thread::spawn(move || {
@@ -295,7 +295,7 @@ fn grade(lab: &Lab, host_only: bool) -> Result<ExitCode, String> {
     for check in &run.checks {
         match &check.result {
             Ok(()) => println!("check {:<55} ok", check.name),
-            Err(why) => println!("check {:<55} FAILED{why}\n", check.name),
+            Err(why) => println!("check {:<55} FAILED\n{}\n", check.name, why.trim_matches('\n')),
         }
     }
     if !run.passed() {
