@@ -113,9 +113,9 @@ impl Lab {
 }
 
 fn find(name: &str) -> Result<&'static Lab, String> {
-    LABS.iter().find(|l| l.name == name).ok_or_else(|| {
-        format!("no lab `{name}`; labs: {}", LABS.iter().map(|l| l.name).collect::<Vec<_>>().join(", "))
-    })
+    LABS.iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| format!("no lab `{name}`; labs: {}", LABS.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")))
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -165,14 +165,19 @@ fn list() -> Result<ExitCode, String> {
         println!("{:<14} {}", lab.name, lab.title);
         println!("{:<14} file: {}   status: {}", "", lab.slot, status(lab)?);
     }
-    println!("\n`cargo xtask lab start NAME`, then edit the file and `cargo xtask lab grade NAME`; see docs/labs/README.md");
+    println!(
+        "\n`cargo xtask lab start NAME`, then edit the file and `cargo xtask lab grade NAME`; see docs/labs/README.md"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn start(lab: &Lab) -> Result<ExitCode, String> {
     let (slot, stub) = (read(&lab.slot())?, read(&lab.stub())?);
     if slot != stub {
-        println!("{} is already started: {} holds your work (`cargo xtask lab reset {}` starts over).", lab.name, lab.slot, lab.name);
+        println!(
+            "{} is already started: {} holds your work (`cargo xtask lab reset {}` starts over).",
+            lab.name, lab.slot, lab.name
+        );
     } else {
         std::fs::write(lab.slot(), &stub).map_err(|e| e.to_string())?;
         println!("{}: {}", lab.name, lab.title);
@@ -232,7 +237,8 @@ fn host_checks(lab: &Lab, features: &[&str]) -> Result<HostRun, String> {
         cmd.args(["--features", &features.join(",")]);
     }
     cmd.args([&lab.filter(), "--", "--test-threads=1"]).env("RUST_BACKTRACE", "0");
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
     let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -299,7 +305,12 @@ fn grade(lab: &Lab, host_only: bool) -> Result<ExitCode, String> {
         }
     }
     if !run.passed() {
-        println!("lab {}: FAIL: {} of {} host checks failed; fix those first (QEMU not run)", lab.name, run.failed(), run.checks.len());
+        println!(
+            "lab {}: FAIL: {} of {} host checks failed; fix those first (QEMU not run)",
+            lab.name,
+            run.failed(),
+            run.checks.len()
+        );
         return finish(lab, &slot, false);
     }
     if host_only {
@@ -345,7 +356,12 @@ pub fn check_graders(tally: &mut Tally) {
             match stub {
                 Ok(run) if !run.compiled => Err(format!("the stub does not compile:\n{}", run.log)),
                 Ok(run) if run.failed() > 0 => {
-                    println!("host: lab {}: {} of {} checks fail on the stub", lab.name, run.failed(), run.checks.len());
+                    println!(
+                        "host: lab {}: {} of {} checks fail on the stub",
+                        lab.name,
+                        run.failed(),
+                        run.checks.len()
+                    );
                     Ok(())
                 }
                 Ok(run) => Err(format!("every check passes on the stub: {:?}", run.checks)),
@@ -357,7 +373,9 @@ pub fn check_graders(tally: &mut Tally) {
             &format!("lab::{}::grader_passes_on_the_reference", lab.name),
             match reference {
                 Ok(run) if run.passed() => Ok(()),
-                Ok(run) => Err(format!("on the real driver: {:?}\n{}", run.checks, if run.compiled { "" } else { &run.log })),
+                Ok(run) => {
+                    Err(format!("on the real driver: {:?}\n{}", run.checks, if run.compiled { "" } else { &run.log }))
+                }
                 Err(e) => Err(e),
             },
         );
@@ -399,9 +417,9 @@ fn net_evidence(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
     let frames: Vec<Vec<u8>> = (0..FRAMES).map(test_frame).collect();
     let echoed = (|| -> Result<(), String> {
         session.send_line(&format!("frame-echo {FRAMES} 20"))?;
-        session.expect("frame-echo: ready", Duration::from_secs(60)).map_err(|e| {
-            format!("frame-echo did not start: {e:?}")
-        })?;
+        session
+            .expect("frame-echo: ready", Duration::from_secs(60))
+            .map_err(|e| format!("frame-echo did not start: {e:?}"))?;
         peer.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 2048];
         let (mut sent, mut checked) = (0, 0);
@@ -440,14 +458,23 @@ fn net_evidence(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
             .filter(|f| f.len() >= 14 && f[12..14] == TEST_ETHERTYPE && f[6..12] == frames[0][..6])
             .collect();
         if ours.len() != FRAMES {
-            return Err(format!("{} test frames from the kernel on the wire, expected {FRAMES} (each once)", ours.len()));
+            return Err(format!(
+                "{} test frames from the kernel on the wire, expected {FRAMES} (each once)",
+                ours.len()
+            ));
         }
         for (i, f) in ours.iter().enumerate() {
             if *f != &expected_echo(&frames[i])[..] {
-                return Err(format!("the kernel's frame {i} on the wire is not echo {i} (a stale or repeated descriptor?)"));
+                return Err(format!(
+                    "the kernel's frame {i} on the wire is not echo {i} (a stale or repeated descriptor?)"
+                ));
             }
         }
-        println!("host: {}: {} records, the kernel's {FRAMES} echoes each once, in order", pcap.display(), records.len());
+        println!(
+            "host: {}: {} records, the kernel's {FRAMES} echoes each once, in order",
+            pcap.display(),
+            records.len()
+        );
         Ok(())
     });
     tally.record(&name("pcap_has_each_echo_once_in_order"), wire);
@@ -463,7 +490,8 @@ fn disk_evidence(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
         Ok(i) => i,
         Err(e) => return tally.record(&name("image"), Err(e)),
     };
-    let machine = MachineConfig { name: "lab-disk".into(), disks: vec![image.path.clone()], ..MachineConfig::standard() };
+    let machine =
+        MachineConfig { name: "lab-disk".into(), disks: vec![image.path.clone()], ..MachineConfig::standard() };
     let mut session = match test::boot(&machine, images, work, "disk") {
         Ok(s) => s,
         Err(e) => return tally.record(&name("boot"), Err(e)),
@@ -475,11 +503,20 @@ fn disk_evidence(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
     };
     tally.record(&name("disk_found"), expect("cat disk:info".into(), "disk ahci0p1 port=1 "));
     tally.record(&name("read_qd1"), expect(format!("disk verify ahci0p1 0 2048 {seed:#x} 1"), "disk: verify ok"));
-    tally.record(&name("read_ncq_qd32"), expect(format!("disk verify ahci0p1 2048 8192 {seed:#x} 32"), "disk: verify ok"));
+    tally.record(
+        &name("read_ncq_qd32"),
+        expect(format!("disk verify ahci0p1 2048 8192 {seed:#x} 32"), "disk: verify ok"),
+    );
     let (lba, count, new_seed) = (20_000u64, 1024u64, 0x1AB0_0000_0000_0002u64);
     image.written.push((lba, count, new_seed));
-    tally.record(&name("write_and_flush"), expect(format!("disk fill ahci0p1 {lba} {count} {new_seed:#x} 32"), "disk: fill ok"));
-    tally.record(&name("written_range_reads_back"), expect(format!("disk verify ahci0p1 {lba} {count} {new_seed:#x} 8"), "disk: verify ok"));
+    tally.record(
+        &name("write_and_flush"),
+        expect(format!("disk fill ahci0p1 {lba} {count} {new_seed:#x} 32"), "disk: fill ok"),
+    );
+    tally.record(
+        &name("written_range_reads_back"),
+        expect(format!("disk verify ahci0p1 {lba} {count} {new_seed:#x} 8"), "disk: verify ok"),
+    );
     let exited = test::power_off(&mut session);
     let clean = exited.is_ok();
     tally.record(&name("exit"), exited);

@@ -47,8 +47,7 @@ pub mod issue {
         // Command header (§4.2.2): DW0 = CFL (FIS length in DWORDs) | W | PRDTL; DW1 = PRDBC,
         // zero until the HBA counts bytes; DW2/DW3 = CTBA/CTBAU; DW4..7 reserved, zero.
         let header = usize::from(slot) * COMMAND_HEADER_BYTES;
-        let flags =
-            (H2D_FIS_LEN / 4) as u32 | if writes_to_device { 1 << 6 } else { 0 } | (prdt.len() as u32) << 16;
+        let flags = (H2D_FIS_LEN / 4) as u32 | if writes_to_device { 1 << 6 } else { 0 } | (prdt.len() as u32) << 16;
         put(command_list, header, flags);
         put(command_list, header + 4, 0);
         put(command_list, header + 8, ctba as u32);

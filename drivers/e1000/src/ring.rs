@@ -18,7 +18,13 @@ pub mod transmit {
     /// Queues one frame of `len` bytes at bus address `frame`: fills descriptor `tail` and
     /// writes TDT so the device sends it. Returns the new tail (the next descriptor to fill).
     /// The caller has checked there is room (one descriptor always stays unused).
-    pub fn post_frame<R: Registers>(regs: &R, ring: &mut DescriptorRing, tail: usize, frame: BusAddr, len: u16) -> usize {
+    pub fn post_frame<R: Registers>(
+        regs: &R,
+        ring: &mut DescriptorRing,
+        tail: usize,
+        frame: BusAddr,
+        len: u16,
+    ) -> usize {
         let desc = TxDescriptor {
             addr: frame.as_u64(),
             length: len,

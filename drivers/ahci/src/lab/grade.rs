@@ -27,8 +27,7 @@ use crate::regs::{port as preg, port_base};
 use crate::sim::SimHba;
 use crate::{Completion, Controller, IoBuffer, Request, RequestId, SubmitOptions};
 
-const ISSUE_READ: &str =
-    "docs/guide/07-ahci-sector.md (\"The chain of structures\", \"A read, step by step\") and docs/labs/ahci-issue/README.md";
+const ISSUE_READ: &str = "docs/guide/07-ahci-sector.md (\"The chain of structures\", \"A read, step by step\") and docs/labs/ahci-issue/README.md";
 const COMPLETE_READ: &str = "docs/guide/07-ahci-sector.md (\"A read, step by step\", \"Why the handler must not complete \
                              commands\") and docs/labs/ahci-complete/README.md";
 
@@ -54,7 +53,7 @@ struct Rig {
 
 const PLAIN: SubmitOptions = SubmitOptions { queued: false, timeout_us: 1_000_000, check_range: true };
 const NCQ: SubmitOptions = SubmitOptions { queued: true, timeout_us: 1_000_000, check_range: true };
-const SEED: u64 = 0x1AB5_EED;
+const SEED: u64 = 0x01AB_5EED;
 
 /// One port with a 4096-sector disk holding the pattern of SEED, 64-bit HBA, memory above 4 GiB.
 fn rig(read: &str) -> Rig {
@@ -274,7 +273,9 @@ mod issue {
         r.check_pattern(&c, 40, ISSUE_READ);
         let w = r.wait(write_id, 1000).expect("the write completes");
         let on_disk = r.sim.with_port(0, |p| p.disk.as_ref().unwrap().data[3000 * 512..3004 * 512].to_vec());
-        if w.result.is_err() || !on_disk.chunks(512).enumerate().all(|(i, s)| check_sector(s, 3000 + i as u64, 0x77).is_ok()) {
+        if w.result.is_err()
+            || !on_disk.chunks(512).enumerate().all(|(i, s)| check_sector(s, 3000 + i as u64, 0x77).is_ok())
+        {
             fail("the written sectors on the disk do not hold the buffer's bytes".into(), "§4.2.3.3", ISSUE_READ);
         }
         if !r.sim.faults().is_empty() {
@@ -375,9 +376,9 @@ mod complete {
             );
         }
         r.sim.run_deferred(0);
-        let c = r.wait(id, 100).unwrap_or_else(|| {
-            fail("the command finished but no completion came".into(), "§3.3.14", COMPLETE_READ)
-        });
+        let c = r
+            .wait(id, 100)
+            .unwrap_or_else(|| fail("the command finished but no completion came".into(), "§3.3.14", COMPLETE_READ));
         r.check_pattern(&c, 9, COMPLETE_READ);
     }
 
@@ -396,7 +397,11 @@ mod complete {
         r.ctl.service();
         if !r.ctl.drain_completions().is_empty() {
             fail(
-                format!("NCQ commands reported finished with PxCI = {:#x}, PxSACT = {:#x}", r.reg(preg::CI), r.reg(preg::SACT)),
+                format!(
+                    "NCQ commands reported finished with PxCI = {:#x}, PxSACT = {:#x}",
+                    r.reg(preg::CI),
+                    r.reg(preg::SACT)
+                ),
                 "for a queued command the HBA clears PxCI as soon as the device accepts it; only PxSACT clearing \
                  (a Set Device Bits FIS) says it is done (§3.3.13, SATA 3.x §13.6.4)",
                 COMPLETE_READ,
@@ -417,7 +422,9 @@ mod complete {
         let mut r = rig(COMPLETE_READ);
         r.sim.with_port(0, |p| p.fail_lbas = Some(300..301));
         let id = r.ctl.submit_with(0, Request::Read { lba: 300, buffers: alloc::vec![r.buffer(512)] }, PLAIN).unwrap();
-        let c = r.wait(id, 200_000).unwrap_or_else(|| fail("the failed read never completed".into(), "§6.2.2", COMPLETE_READ));
+        let c = r
+            .wait(id, 200_000)
+            .unwrap_or_else(|| fail("the failed read never completed".into(), "§6.2.2", COMPLETE_READ));
         if !matches!(c.result, Err(CommandError::Device { .. })) {
             fail(
                 format!("the read of a bad sector ended with {:?}", c.result),
@@ -433,8 +440,11 @@ mod complete {
         let base = port_base(2);
         let regs = Scripted::new(&[(base + preg::IS, 0x1), (base + preg::CI, 0x4), (base + preg::SACT, 0x8)]);
         let snapshot = crate::lab::complete::acknowledge_and_snapshot(&regs, 2);
-        let (is_write, ci_read, sact_read) =
-            (regs.position('w', base + preg::IS), regs.position('r', base + preg::CI), regs.position('r', base + preg::SACT));
+        let (is_write, ci_read, sact_read) = (
+            regs.position('w', base + preg::IS),
+            regs.position('r', base + preg::CI),
+            regs.position('r', base + preg::SACT),
+        );
         let ok = |read: Option<usize>| matches!((is_write, read), (Some(w), Some(r)) if w < r);
         if regs.writes() != [(base + preg::IS, 1)] || !ok(ci_read) || !ok(sact_read) {
             fail(
@@ -449,7 +459,8 @@ mod complete {
         if snapshot != want {
             fail(format!("returned {snapshot:?}, expected {want:?}"), "§3.3.5, §3.3.13, §3.3.14", COMPLETE_READ);
         }
-        let gone = Scripted::new(&[(base + preg::IS, u32::MAX), (base + preg::CI, u32::MAX), (base + preg::SACT, u32::MAX)]);
+        let gone =
+            Scripted::new(&[(base + preg::IS, u32::MAX), (base + preg::CI, u32::MAX), (base + preg::SACT, u32::MAX)]);
         crate::lab::complete::acknowledge_and_snapshot(&gone, 2);
         if !gone.writes().is_empty() {
             fail(

@@ -233,7 +233,9 @@ mod transmit {
         let in_use = nic.pool_stats()[2].blocks_in_use;
         if reclaimed != 3 || in_use != 0 {
             fail(
-                format!("the device set DD on descriptors 0..2; take_sent gave back {reclaimed}, {in_use} buffers stay in use"),
+                format!(
+                    "the device set DD on descriptors 0..2; take_sent gave back {reclaimed}, {in_use} buffers stay in use"
+                ),
                 "a descriptor with DD set is done: return it (as the device wrote it) and clear the slot \
                  (SDM §3.3.3.2)",
                 TX_CHAPTER,
@@ -259,7 +261,11 @@ mod transmit {
         }
         let tdt: Vec<u32> = regs.0.borrow().iter().filter(|w| w.0 == regs::TDT).map(|w| w.1).collect();
         if tdt != [0] {
-            fail(format!("TDT writes {tdt:?}, expected exactly [0]"), "one doorbell per frame (SDM §13.4.42)", TX_CHAPTER);
+            fail(
+                format!("TDT writes {tdt:?}, expected exactly [0]"),
+                "one doorbell per frame (SDM §13.4.42)",
+                TX_CHAPTER,
+            );
         }
         let d = TxDescriptor::from_words(ring.read(7));
         if d.addr != 0x1_2345_6000 || d.length != 1514 {
@@ -354,11 +360,11 @@ mod receive {
             m.sim.inject(&frame(100, i));
             receive_one(&mut nic);
         }
-        for i in 0..3 {
+        for (i, &buffer) in before.iter().enumerate().take(3) {
             let d = RxDescriptor::from_words(nic.rx.ring.read(i));
-            if d.addr != before[i] {
+            if d.addr != buffer {
                 fail(
-                    format!("descriptor {i} now points at {:#x}; its buffer is at {:#x}", d.addr, before[i]),
+                    format!("descriptor {i} now points at {:#x}; its buffer is at {buffer:#x}", d.addr),
                     "give_back puts the same buffer back: the driver recycles buffers, and another address may be \
                      memory the device must not write (SDM §3.2.3)",
                     RX_CHAPTER,
