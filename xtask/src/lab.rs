@@ -439,7 +439,14 @@ fn net_evidence(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
             }
             checked += 1;
         }
-        Ok(())
+        let done = session
+            .expect("kernel> ", Duration::from_secs(60))
+            .map_err(|e| format!("frame-echo did not return: {e:?}"))?;
+        if done.contains(&format!("echoed {FRAMES} frames, 0 not echoed")) {
+            Ok(())
+        } else {
+            Err(format!("frame-echo said:\n{}", done.trim()))
+        }
     })();
     tally.record(&name("every_frame_echoed_byte_for_byte"), echoed);
     let stats = test::command(&mut session, "cat net:stats");

@@ -72,7 +72,12 @@ fn rig(read: &str) -> Rig {
     if ctl.port(0).and_then(|p| p.info()).is_none() {
         let executed = sim.with_port(0, |p| p.executed.len());
         let ci = sim.read32(port_base(0) + preg::CI);
+        let faults = sim.faults();
         let hint = match (executed, ci) {
+            _ if !faults.is_empty() => format!(
+                "the HBA could not carry it out: {faults:?}. An address it read is wrong (CTBA and CTBAU, \
+                 the PRD entries' DBA and DBAU?) or a structure is malformed (§4.2.2, §4.2.3)"
+            ),
             (0, 0) => "the HBA was never told: PxCI stayed 0. issue_slot sets the slot's bit in PxCI \
                        (port_base(port) + 0x38) (AHCI 1.3.1 §3.3.14, §5.3.2)"
                 .into(),
@@ -447,8 +452,22 @@ mod complete {
         );
         let ok = |read: Option<usize>| matches!((is_write, read), (Some(w), Some(r)) if w < r);
         if regs.writes() != [(base + preg::IS, 1)] || !ok(ci_read) || !ok(sact_read) {
+            let named: Vec<String> = regs
+                .log
+                .borrow()
+                .iter()
+                .map(|&(kind, offset, value)| {
+                    let reg = match offset.wrapping_sub(base) {
+                        preg::IS => "PxIS",
+                        preg::CI => "PxCI",
+                        preg::SACT => "PxSACT",
+                        _ => "other",
+                    };
+                    format!("{} {reg} {value:#x}", if kind == 'r' { "read" } else { "write" })
+                })
+                .collect();
             fail(
-                format!("port 2: accesses {:x?} (r/w, offset, value)", regs.log.borrow()),
+                format!("port 2: {}", named.join(", ")),
                 "read PxIS, write the same bits back to clear them, *then* read PxCI and PxSACT: a command that \
                  finishes after the snapshot sets PxIS again; in the other order its status is cleared while it \
                  still looked busy, and with MSI nothing signals it again (§10.7.2)",

@@ -179,7 +179,14 @@ mod transmit {
         let mut nic = start(&m, 8);
         let frames: Vec<Vec<u8>> = (0..3 * 8 + 5).map(|i| frame(60 + i * 13, i)).collect();
         for (i, f) in frames.iter().enumerate() {
-            nic.transmit(f).unwrap_or_else(|e| fail(format!("frame {i}: {e}"), "SDM §3.4", TX_CHAPTER));
+            nic.transmit(f).unwrap_or_else(|e| {
+                fail(
+                    format!("frame {i} on a ring of 8: {e}"),
+                    "the driver frees a descriptor when take_sent returns it, which needs DD, which the device \
+                     writes only when RS was requested (SDM §3.3.3.1, §3.4)",
+                    TX_CHAPTER,
+                )
+            });
             let tdt = m.sim.reg(regs::TDT);
             if tdt >= 8 {
                 fail(
@@ -228,6 +235,14 @@ mod transmit {
         nic.ring_transmit_doorbell();
         if m.sim.state.borrow().sent.len() != 3 {
             fail("nothing was posted to the device".into(), "see a_frame_reaches_the_wire", TX_CHAPTER);
+        }
+        if TxDescriptor::from_words(nic.tx.ring.read(0)).status & tx_status::DD == 0 {
+            fail(
+                "the device sent frames 0..2 but wrote no DD back into descriptor 0".into(),
+                "the device reports a descriptor done only when its RS (report status) bit asks for it \
+                 (SDM §3.3.3.1)",
+                TX_CHAPTER,
+            );
         }
         let reclaimed = nic.reclaim_transmitted();
         let in_use = nic.pool_stats()[2].blocks_in_use;
