@@ -22,6 +22,9 @@
 //!   while frames are pending) is a hang: the device is reset and re-initialised, the frames in
 //!   flight are counted as dropped, and the log line names the device.
 //!
+//! The code that writes descriptors and moves the tails is in [`ring`], in small functions the
+//! labs in `docs/labs` have students write (features `lab-tx`, `lab-rx`).
+//!
 //! The driver is generic over [`device_io::Registers`] and [`device_io::Clock`], and reaches
 //! memory only through its [`dma::DmaDevice`]: it never computes a bus address, so it runs
 //! unchanged on the Direct mapper, a bounce mapper, an IOMMU — and, in the host tests, on a
