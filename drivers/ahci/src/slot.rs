@@ -4,8 +4,9 @@
 //! segments, deadlines, error recovery) stays in `controller/`.
 //!
 //! These functions are the reference solution of the AHCI labs (`docs/labs/ahci-issue`,
-//! `docs/labs/ahci-complete`): the controller calls them through [`crate::lab`], which names
-//! these modules unless a lab feature (`lab-issue`, `lab-complete`) swaps in the student's file.
+//! `docs/labs/ahci-complete`): the controller calls them through its private module `lab`
+//! (`src/lab/mod.rs`), which names these modules unless a lab feature (`lab-issue`, `lab-complete`)
+//! swaps in the student's file.
 
 /// Issuing a command (AHCI 1.3.1 §4.2.2, §4.2.3, §5.3.2).
 pub mod issue {

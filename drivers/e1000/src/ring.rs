@@ -3,9 +3,10 @@
 //! received frames) stays in `tx.rs` and `rx.rs`.
 //!
 //! These functions are the reference solution of the e1000 labs (`docs/labs/e1000-tx`,
-//! `docs/labs/e1000-rx`): the driver calls them through [`crate::lab`], which names these
-//! modules unless a lab feature (`lab-tx`, `lab-rx`) swaps in the student's file. The
-//! signatures are the lab's interface, so a student's version and this one are interchangeable.
+//! `docs/labs/e1000-rx`): the driver calls them through its private module `lab`
+//! (`src/lab/mod.rs`), which names these modules unless a lab feature (`lab-tx`, `lab-rx`) swaps in
+//! the student's file. The signatures are the lab's interface, so a student's version and this one
+//! are interchangeable.
 
 /// Transmit (SDM §3.3, §3.4): fill a descriptor, ring the doorbell; later, take it back.
 pub mod transmit {
