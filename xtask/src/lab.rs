@@ -552,6 +552,20 @@ mod tests {
     }
 
     #[test]
+    fn no_normal_build_turns_a_lab_on() {
+        // Only `cargo xtask lab grade` (and `cargo xtask test`'s stub check) pass a lab feature.
+        let root = build::workspace_root();
+        for manifest in ["Cargo.toml", "kernel/Cargo.toml", "boot/Cargo.toml", "xtask/Cargo.toml"] {
+            let text = read(&root.join(manifest)).unwrap();
+            assert!(!text.contains("lab-"), "{manifest} names a lab feature");
+        }
+        for krate in ["e1000", "ahci"] {
+            let text = read(&root.join(format!("drivers/{krate}/Cargo.toml"))).unwrap();
+            assert!(!text.lines().any(|l| l.starts_with("default")), "{krate} has default features");
+        }
+    }
+
+    #[test]
     fn grader_output_is_parsed_with_its_explanations() {
         let out = "running 2 tests\n\
                    test lab::grade::transmit::a ... ok\n\
