@@ -22,7 +22,11 @@ use crate::phys::{BusAddr, PAGE_SIZE, PhysAddr, PhysMemory, contiguous_phys, mas
 
 /// Linux's default maximum segment size (64 KiB) for devices that never set one.
 pub const DEFAULT_MAX_SEGMENT_SIZE: usize = 64 * 1024;
-/// Linux's default segment boundary: no segment crosses a 4 GiB line.
+/// The default segment boundary: no segment crosses a 4 GiB line. This is what Linux gives every
+/// *PCI* device (`pci_device_add` in `drivers/pci/probe.c` calls `dma_set_seg_boundary(dev,
+/// 0xffffffff)`, Linux 6.x), and every device here is a PCI function. A Linux device that never
+/// sets `dma_parms` has no boundary at all: `dma_get_seg_boundary` (`include/linux/dma-mapping.h`)
+/// then returns `ULONG_MAX`.
 pub const DEFAULT_SEGMENT_BOUNDARY: u64 = 1 << 32;
 /// Linux's default DMA mask: 32 bits, until the driver says more.
 pub const DEFAULT_MASK_BITS: u32 = 32;

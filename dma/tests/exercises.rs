@@ -169,3 +169,84 @@ fn exercise3_pool_blocks_are_what_the_device_sees() {
         assert_eq!(seen, [i as u8; 48], "block {i}");
     }
 }
+
+// ----- Graded: fail on the tree as shipped, pass once the exercise is solved ----------------------
+// Run with `cargo test -p dma --test exercises -- --ignored`. `cargo xtask test` runs them against
+// the shipped tree (each must fail) and with the answer in docs/exercises/answers/ applied (each
+// must pass).
+
+/// Overlap of two raw mappings of one buffer, `first` then `second`, on machine `m`: whether a
+/// new report naming the overlap was made. The mappings are torn down afterwards.
+fn overlap_reported(m: &Machine, base: *const u8, first: DmaDirection, second: DmaDirection) -> bool {
+    let before = m.dev.report_count();
+    // SAFETY: the caller's buffer outlives both mappings and the CPU does not touch it meanwhile.
+    let a = unsafe { m.dev.map_single_raw(base, 512, first) }.expect("the first map is legal");
+    // SAFETY: as above.
+    let b = unsafe { m.dev.map_single_raw(base.wrapping_add(256), 512, second) };
+    let reported = m.dev.report_count() == before + 1 && common::reported(m.dev.name(), "overlap");
+    m.dev.unmap_single_raw(a, 512, first).unwrap();
+    if let Ok(b) = b {
+        m.dev.unmap_single_raw(b, 512, second).unwrap();
+    }
+    reported
+}
+
+/// The task: an overlapping raw mapping the device may write is reported, with "overlap" in its
+/// text, when bus address = physical address (the Direct mapper).
+#[test]
+#[ignore = "graded: exercise 2 (docs/exercises/02-dma-debug-overlap.md)"]
+fn exercise2_graded_overlapping_writable_mappings_are_reported() {
+    let m = Machine::direct("00:0e.2 ex2-graded", 64, 0);
+    for (first, second) in [(FROM, TO), (TO, FROM), (FROM, FROM), (BIDI, TO)] {
+        let buf = m.low_buffer(4096);
+        assert!(overlap_reported(&m, buf.dma_ptr(), first, second), "{first:?} then {second:?}: no overlap report");
+    }
+    let buf = m.low_buffer(4096);
+    assert!(!overlap_reported(&m, buf.dma_ptr(), TO, TO), "read-only overlaps are harmless and must not be reported");
+}
+
+/// Adversarial: through bounce slots the two mappings get *different, disjoint bus addresses*
+/// for overlapping physical ranges. A solution that compares bus addresses misses it; the check
+/// must compare the CPU buffers' physical ranges.
+#[test]
+#[ignore = "graded: exercise 2 (docs/exercises/02-dma-debug-overlap.md)"]
+fn exercise2_graded_overlap_through_bounce_slots_is_reported() {
+    let m = Machine::forced_bounce("00:0e.3 ex2-bounce", 64 * 1024);
+    let buf = m.low_buffer(4096);
+    // SAFETY: `buf` outlives both mappings.
+    let a = unsafe { m.dev.map_single_raw(buf.dma_ptr(), 512, FROM) }.unwrap();
+    // SAFETY: as above.
+    let b = unsafe { m.dev.map_single_raw(buf.dma_ptr().wrapping_add(256), 512, FROM) }.unwrap();
+    let (a_end, b_end) = (a.as_u64() + 512, b.as_u64() + 512);
+    assert!(a_end <= b.as_u64() || b_end <= a.as_u64(), "the premise: bounce slots do not overlap on the bus");
+    m.dev.unmap_single_raw(b, 512, FROM).unwrap();
+    m.dev.unmap_single_raw(a, 512, FROM).unwrap();
+    let buf = m.low_buffer(4096);
+    assert!(overlap_reported(&m, buf.dma_ptr(), FROM, TO), "overlap through bounce slots was not reported");
+    assert_eq!(m.stats().slots_used, 0, "bounce slots leaked");
+}
+
+/// The task, part B: the high-water mark. 10 blocks allocated, 7 freed, 2 allocated again: the
+/// most ever in use at once is 10, printed as `max=10` after Linux's five columns, before the
+/// device name.
+#[test]
+#[ignore = "graded: exercise 3 (docs/exercises/03-pool-boundary-and-high-water.md)"]
+fn exercise3_graded_high_water_mark_in_the_view() {
+    let m = Machine::direct("00:0e.4 ex3-graded", 64, 0);
+    let pool = DmaPool::create("ex3-high-water", &m.dev, 64, 16, 0).unwrap();
+    let mut blocks: Vec<_> = (0..10).map(|_| pool.alloc().unwrap()).collect();
+    blocks.truncate(3);
+    blocks.extend((0..2).map(|_| pool.alloc().unwrap()));
+    let view = dma::view("dma:pools").unwrap();
+    let line = view.lines().find(|l| l.starts_with("ex3-high-water")).expect("the pool's line");
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[1], "5", "blocks in use now: {line}");
+    let max = cols.iter().position(|c| *c == "max=10").unwrap_or_else(|| panic!("no max=10 column in {line:?}"));
+    assert!(max >= 5, "the high-water mark comes after Linux's five columns: {line}");
+    assert!(line.ends_with(m.dev.name()), "the device stays last: {line}");
+    drop(blocks);
+    let view = dma::view("dma:pools").unwrap();
+    let line = view.lines().find(|l| l.starts_with("ex3-high-water")).unwrap();
+    assert!(line.split_whitespace().any(|c| c == "max=10"), "the mark stays after frees: {line}");
+    pool.destroy().unwrap();
+}

@@ -15,9 +15,11 @@ mod build;
 mod console_tests;
 mod disk_tests;
 mod docs_check;
+mod exercises;
 mod fault_tests;
 mod fixtures;
 mod gdb;
+mod ir_evidence;
 mod lab;
 mod layers;
 mod net_tests;
@@ -47,7 +49,9 @@ commands:
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
                         bios-vtd-bridged, bios-vtd-release, net, disk, disk-faults,
                         iommu-failsafe, console, lab
-  bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot (QEMU)
+  exercises             check the exercise graders: each fails on this tree, passes with its answer
+                        (also part of `test`'s host half)
+  bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot, ir (QEMU)
   lab list|start NAME|grade NAME [--host-only]|reset NAME
                         the labs (docs/labs): write a driver's ring code yourself; NAME is
                         e1000-tx, e1000-rx, ahci-issue or ahci-complete
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         "gdb" => gdb::run(rest),
         "test" => test::run_all(rest),
         "bench" => bench::run(rest),
+        "exercises" => exercises::run(rest),
         "fixtures" => fixtures::capture(rest),
         "lab" => lab::run(rest),
         "help" | "--help" | "-h" => {

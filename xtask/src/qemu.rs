@@ -31,6 +31,9 @@ pub struct MachineConfig {
     pub name: String,
     pub firmware: Firmware,
     pub iommu: bool,
+    /// With `iommu`: the unit offers interrupt remapping (`intremap=on`, ECAP.IR). Off only to
+    /// measure what remapping costs (`cargo xtask bench ir`).
+    pub interrupt_remapping: bool,
     pub kvm: bool,
     pub memory_mib: u32,
     /// Network arguments replacing the default (`-netdev user` + an e1000). Each is one argv
@@ -51,6 +54,7 @@ impl MachineConfig {
             name: "bios-vtd".into(),
             firmware: Firmware::Bios,
             iommu: true,
+            interrupt_remapping: true,
             kvm: false,
             memory_mib: 512,
             network: None,
@@ -139,7 +143,8 @@ pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) 
     if machine.iommu {
         // caching-mode=on: the unit may cache not-present entries, so the driver must invalidate
         // after making entries present, as on real hardware with CAP.CM=1.
-        cmd.args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+        let intremap = if machine.interrupt_remapping { "on" } else { "off" };
+        cmd.args(["-device", &format!("intel-iommu,intremap={intremap},caching-mode=on")]);
     }
     let boot_image = match machine.firmware {
         Firmware::Bios => &images.bios,

@@ -226,7 +226,7 @@ def e1000_rings():
             fills.append(DONE)
             labels.append("DD=1")
     ring(s, x, 130, n, cell, fills, labels, rdh, rdt, "RDH (device: next to fill)",
-         "RDT (driver: last given back)", clean=3, clean_name="rx.next")
+         "RDT (driver: first not given)", clean=3, clean_name="rx.next")
     s.lines(20, 264, [
         "1. The device DMA-writes a frame into the 2 KiB e1000-rx-buf block named by descriptor RDH,",
         "   writes length/status back with DD=1, EOP=1, and advances RDH.",
@@ -410,8 +410,9 @@ def ahci_chain():
         "2. fill command table 3: the ATA command as a Register H2D FIS at 0x00, the PRDT at 0x80;",
         "3. fill command header 3: CFL = 5, W for writes, PRDTL, CTBA; PRDBC = 0;",
         "4. fence; NCQ only: set bit 3 of PxSACT (the tag); then set bit 3 of PxCI (the doorbell).",
-        "The HBA fetches header 3, then the table, moves the data through the PRDT, and clears PxCI bit 3;",
-        "with NCQ the disk finishes tags in any order, and Set Device Bits FISes clear their PxSACT bits.",
+        "The HBA fetches header 3, then the table, and moves the data through the PRDT. PxCI bit 3 clears when",
+        "a FIS clears BSY: at completion without NCQ; with NCQ as soon as the disk accepts the command, and",
+        "then the disk finishes tags in any order, Set Device Bits FISes clearing their PxSACT bits.",
         "Status FISes land in the 256-byte received-FIS area at PxFB (ahci-rx-fis pool).",
     ], size=12)
     s.legend(20, 250, [(CPU, "written by the driver"), (DEV, "data the device moves"), (META, "registers / unused")])
@@ -504,6 +505,95 @@ def pool_layout():
     return s
 
 
+# ---------------------------------------------------------------------------------------------
+def sequence(title, heading, lanes, steps, footer=()):
+    """A sequence diagram: one lifeline per lane; each step is (from, to, label, style), an arrow
+    between lanes (from == to: a note on one lifeline). Styles: "mmio" (a register access,
+    accent), "dma" (the device reaching memory, dashed), "irq" (an interrupt), "cpu" (plain)."""
+    row, top = 34, 112
+    width = 1000
+    height = top + row * len(steps) + 40 + 18 * len(footer)
+    svg = Svg(width, height, title)
+    svg.text(width // 2, 28, heading, size=18, anchor="middle", weight="bold")
+    xs = {}
+    for i, (name, sub, fill) in enumerate(lanes):
+        x = 170 + i * 330
+        xs[name] = x
+        svg.rect(x - 95, 44, 190, 44, fill=fill)
+        svg.text(x, 63, name, size=14, anchor="middle", weight="bold")
+        svg.text(x, 80, sub, size=11, anchor="middle", color=MUTED)
+        svg.line(x, 88, x, top + row * len(steps), color=MUTED, dash=True)
+    for n, (a, b, label, style) in enumerate(steps):
+        y = top + n * row + 14
+        svg.text(18, y + 4, f"{n + 1}", size=11, color=MUTED)
+        color = {"mmio": ACCENT, "irq": ACCENT, "dma": "#8a4b08", "cpu": INK}[style]
+        if a == b:
+            x = xs[a]
+            svg.rect(x - 8, y - 10, 16, 20, fill=META, rx=2)
+            # Notes read away from the right edge on the last lifeline.
+            if a == lanes[-1][0]:
+                svg.text(x - 16, y + 4, label, size=12, anchor="end", color=color)
+            else:
+                svg.text(x + 16, y + 4, label, size=12, color=color)
+            continue
+        x1, x2 = xs[a], xs[b]
+        direction = 1 if x2 > x1 else -1
+        svg.arrow([(x1 + 10 * direction, y), (x2 - 10 * direction, y)], color=color, dash=style == "dma",
+                  sw=2 if style in ("mmio", "irq") else 1.5)
+        mid = (x1 + x2) // 2
+        svg.text(mid, y - 6, label, size=12, anchor="middle", color=color)
+    svg.lines(18, top + row * len(steps) + 24, list(footer), size=12, color=MUTED)
+    return svg
+
+
+def e1000_transmit_sequence():
+    lanes = [("CPU", "driver: E1000::transmit_with", CPU), ("memory", "pool blocks, TX ring", WHITE),
+             ("e1000", "the 8254x", DEV)]
+    steps = [
+        ("CPU", "memory", "frame into an e1000-tx-buf block", "cpu"),
+        ("CPU", "memory", "descriptor TDT: address, length, EOP|IFCS|RS", "cpu"),
+        ("CPU", "CPU", "fence(SeqCst): both writes before the doorbell", "cpu"),
+        ("CPU", "e1000", "MMIO write TDT = TDT + 1  (the doorbell)", "mmio"),
+        ("e1000", "memory", "DMA read: the descriptor at TDH", "dma"),
+        ("e1000", "memory", "DMA read: the frame at its bus address", "dma"),
+        ("e1000", "e1000", "frame on the wire", "cpu"),
+        ("e1000", "memory", "DMA write: DD into the descriptor; TDH advances", "dma"),
+        ("e1000", "CPU", "interrupt (TXDW), if enabled: MSI or INTx", "irq"),
+        ("CPU", "e1000", "MMIO read ICR: acknowledge (the top half)", "mmio"),
+        ("CPU", "memory", "reclaim_transmitted: DD seen (acquire), block back to its pool", "cpu"),
+    ]
+    footer = ["Solid: the CPU's loads and stores. Accent: MMIO and interrupts. Dashed: the device's DMA,",
+              "through the IOMMU when VT-d is on. Linux: e1000_tx_queue (dma_wmb), then e1000_xmit_frame",
+              "writes TDT, only when netdev_xmit_more() is false: one doorbell per batch of frames."]
+    return sequence("One e1000 transmit: CPU, memory and device", "One e1000 transmit", lanes, steps, footer)
+
+
+def ahci_read_sequence():
+    lanes = [("CPU", "driver: Controller::submit_with", CPU), ("memory", "buffers, tables, FIS area", WHITE),
+             ("HBA + disk", "AHCI port", DEV)]
+    steps = [
+        ("CPU", "CPU", "map_sg(buffers, FromDevice): bus segments (IOVAs)", "cpu"),
+        ("CPU", "memory", "command table: READ FPDMA QUEUED FIS, PRDT", "cpu"),
+        ("CPU", "memory", "command header: CFL, PRDTL, CTBA, PRDBC = 0", "cpu"),
+        ("CPU", "CPU", "fence: table and header before the doorbell", "cpu"),
+        ("CPU", "HBA + disk", "MMIO: PxSACT bit, then PxCI bit (the doorbell)", "mmio"),
+        ("HBA + disk", "memory", "DMA read: command header, then command table", "dma"),
+        ("HBA + disk", "HBA + disk", "FIS to the disk; it accepts: BSY clears, PxCI bit clears", "cpu"),
+        ("HBA + disk", "memory", "DMA write: the sectors, through the PRDT; PRDBC", "dma"),
+        ("HBA + disk", "memory", "Set Device Bits FIS into the received-FIS area", "dma"),
+        ("HBA + disk", "HBA + disk", "PxSACT bit clears; PxIS.SDBS, IS set", "cpu"),
+        ("HBA + disk", "CPU", "interrupt (MSI)", "irq"),
+        ("CPU", "HBA + disk", "top half: read IS, PxIS; write them back; note the port", "mmio"),
+        ("CPU", "HBA + disk", "bottom half: clear PxIS, then read PxCI and PxSACT", "mmio"),
+        ("CPU", "CPU", "slot done: unmap (bounce/isolation data reaches the Vec)", "cpu"),
+    ]
+    footer = ["Without NCQ (READ DMA EXT) there is no PxSACT: the disk's final D2H Register FIS clears BSY,",
+              "and PxCI clears at completion instead of at step 7. Linux: ahci_qc_issue writes PORT_SCR_ACT,",
+              "then PORT_CMD_ISSUE; ahci_port_intr completes with ata_qc_complete_multiple."]
+    return sequence("One AHCI disk read with NCQ: CPU, memory and device", "One AHCI disk read (NCQ)", lanes, steps,
+                    footer)
+
+
 DIAGRAMS = {
     "dma-buffer-path.svg": dma_buffer_path,
     "e1000-rings.svg": e1000_rings,
@@ -511,6 +601,8 @@ DIAGRAMS = {
     "ahci-command-chain.svg": ahci_chain,
     "streaming-ownership.svg": streaming_ownership,
     "pool-layout.svg": pool_layout,
+    "e1000-transmit-sequence.svg": e1000_transmit_sequence,
+    "ahci-read-sequence.svg": ahci_read_sequence,
 }
 
 

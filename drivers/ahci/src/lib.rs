@@ -11,8 +11,10 @@
 //! A command is sent by filling a command table (the ATA command as a Register H2D FIS, and a
 //! Physical Region Descriptor Table listing the data buffers' bus segments), pointing a command
 //! header at it, and setting the slot's bit in PxCI (and in PxSACT for a native-command-queuing
-//! command). The HBA clears PxCI when it has sent the command, and for NCQ the device clears
-//! PxSACT bits with Set Device Bits FISes when each command finishes, in any order.
+//! command). The HBA clears a PxCI bit when a FIS from the device clears BSY for that command
+//! (§3.3.14): at completion for a non-queued command, as soon as the device has accepted it for
+//! NCQ; the device then clears PxSACT bits with Set Device Bits FISes when each NCQ command
+//! finishes, in any order.
 //!
 //! The driver is written against [`device_io::Registers`] and [`device_io::Clock`], and reaches
 //! memory only through its [`dma::DmaDevice`]: DMA pools for the structures, streaming

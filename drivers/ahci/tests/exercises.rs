@@ -61,3 +61,26 @@ fn exercise5_the_largest_command_fits_its_prdt() {
         Err(PrdtError::TooManyEntries { needed, max }) if needed == PRDT_ENTRIES + 1 && max == PRDT_ENTRIES
     ));
 }
+
+// ----- Graded: fails on the tree as shipped, passes once exercise 5 is solved -----------------
+// Run with `cargo test -p ahci --test exercises -- --ignored`. `cargo xtask test` runs it against
+// the shipped tree (it must fail) and with docs/exercises/answers/05-ahci-prdt-size.patch
+// applied (it must pass).
+
+/// The task: half-page command tables, 0x80 + 120 × 16 = 2048 bytes, two per pool page — so the
+/// 64 tables of QEMU's two disks (32 slots each) take 32 pages instead of 64.
+#[test]
+#[ignore = "graded: exercise 5 (docs/exercises/05-ahci-prdt-size.md)"]
+#[allow(clippy::assertions_on_constants)]
+fn exercise5_graded_command_tables_are_half_a_page() {
+    assert_eq!(PRDT_ENTRIES, 120, "PRDT_ENTRIES should be 120");
+    assert_eq!(COMMAND_TABLE_BYTES, 2048, "a command table should be half a page");
+    let sim = SimMemory::low_and_high(4 << 20, 4 << 20);
+    let phys: Arc<dyn PhysMemory> = sim;
+    let dev = DmaDevice::new("00:1f.2 ahci-ex5-graded", phys.clone(), Arc::new(Direct::new(phys)));
+    let pool = DmaPool::create("ahci-cmd-table-g5", &dev, COMMAND_TABLE_BYTES, 128, PAGE_SIZE).unwrap();
+    let tables: Vec<_> = (0..64).map(|_| pool.zalloc().unwrap()).collect();
+    let st = pool.stats();
+    assert_eq!((st.blocks_in_use, st.total_blocks, st.block_size, st.pages), (64, 64, 2048, 32));
+    drop(tables);
+}

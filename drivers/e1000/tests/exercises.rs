@@ -148,3 +148,26 @@ fn exercise1_rings_that_cannot_work_are_refused() {
         );
     }
 }
+
+// ----- Graded: fails on the tree as shipped, passes once exercise 1 is solved -----------------
+// Run with `cargo test -p e1000 --test exercises -- --ignored`. `cargo xtask test` runs it
+// against the shipped tree (it must fail) and against docs/exercises/answers/01-bigger-rx-ring.patch
+// (it must pass).
+
+/// The task itself: a default receive ring of 256 descriptors, the transmit ring unchanged, and
+/// the pools sized for it — the ring pool's blocks hold 256 × 16 bytes, one whole page each.
+#[test]
+#[ignore = "graded: exercise 1 (docs/exercises/01-bigger-rx-ring.md)"]
+fn exercise1_graded_default_receive_ring_is_256() {
+    let config = Config::default();
+    assert_eq!(config.rx_descriptors, 256, "the default receive ring should have 256 descriptors");
+    assert_eq!(config.tx_descriptors, 128, "the transmit ring stays at 128 descriptors");
+    check_rings(config);
+    let regs = Remembering::new();
+    let nic = start(&regs, config).expect("the default configuration starts");
+    let [rings, rx_buf, _] = nic.pool_stats();
+    assert_eq!(rings.block_size, 4096, "e1000-rings blocks are sized for the larger ring: 256 × 16 bytes");
+    assert_eq!((rx_buf.blocks_in_use, rx_buf.total_blocks), (256, 256), "one 2 KiB buffer per descriptor, 2 per page");
+    assert_eq!(regs.read32(regs::RDLEN), 4096);
+    assert_eq!(regs.read32(regs::RDT), 255);
+}

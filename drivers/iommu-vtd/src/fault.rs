@@ -42,7 +42,7 @@ use core::fmt;
 
 use super::{AccessKind, SourceId};
 
-/// A fault reason code (Appendix A, legacy-mode codes 1h..Dh).
+/// A fault reason code (Appendix A: legacy-mode DMA codes 1h..Dh, interrupt-remapping codes 20h..26h).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FaultReason(pub u8);
 
@@ -74,6 +74,27 @@ impl FaultReason {
     pub const PAGING_RESERVED: FaultReason = FaultReason(0xC);
     /// Dh: the context entry's translation type blocks this kind of request.
     pub const TRANSLATION_BLOCKED: FaultReason = FaultReason(0xD);
+    /// 20h: the interrupt request has reserved fields set (address or data of a remappable
+    /// message, e.g. a non-zero upper address, or data bits 31:16 with SHV).
+    pub const IR_REQUEST_RESERVED: FaultReason = FaultReason(0x20);
+    /// 21h: the handle is beyond the table's size (IRTA.S).
+    pub const IR_INDEX_BEYOND_TABLE: FaultReason = FaultReason(0x21);
+    /// 22h: the IRTE the handle names is not present.
+    pub const IR_ENTRY_NOT_PRESENT: FaultReason = FaultReason(0x22);
+    /// 23h: reading the IRTE failed (the table address is not memory).
+    pub const IR_TABLE_ERROR: FaultReason = FaultReason(0x23);
+    /// 24h: the IRTE has reserved fields set.
+    pub const IR_ENTRY_RESERVED: FaultReason = FaultReason(0x24);
+    /// 25h: a compatibility-format interrupt was blocked (GCMD.CFI clear, or EIME set).
+    pub const IR_COMPATIBILITY_BLOCKED: FaultReason = FaultReason(0x25);
+    /// 26h: source-id validation failed: the requester is not the one the IRTE names.
+    pub const IR_SOURCE_ID: FaultReason = FaultReason(0x26);
+
+    /// Whether the code is an interrupt-remapping fault (20h..26h, §7.1.3): the record then
+    /// names an IRTE index, not a page.
+    pub const fn is_interrupt(self) -> bool {
+        self.0 >= 0x20 && self.0 <= 0x26
+    }
 
     /// What the code means, in the words Linux's DMAR driver prints.
     pub const fn text(self) -> &'static str {
@@ -92,7 +113,13 @@ impl FaultReason {
             0xB => "non-zero reserved fields in context entry",
             0xC => "non-zero reserved fields in PTE",
             0xD => "translation type blocks the request",
-            0x20..=0x26 => "interrupt remapping fault",
+            0x20 => "reserved field set in the interrupt request",
+            0x21 => "interrupt index beyond the remapping table",
+            0x22 => "present bit in IRTE is clear",
+            0x23 => "error reading the interrupt remapping table",
+            0x24 => "non-zero reserved fields in IRTE",
+            0x25 => "compatibility-format interrupt blocked",
+            0x26 => "source-id validation failed for the IRTE",
             _ => "unknown fault reason",
         }
     }
@@ -115,6 +142,20 @@ pub const FRCD_F: u64 = 1 << 63;
 /// T bit (126): 1 = read, 0 = write.
 pub const FRCD_T: u64 = 1 << 62;
 
+/// What a fault record is about: a DMA request (a page address and an access) or an
+/// interrupt request (an IRTE index). The reason code decides (§7.1.3, §10.4.14).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FaultKind {
+    /// Reasons 1h..Dh: a DMA request to `address` was blocked.
+    Dma,
+    /// Reasons 20h..26h: an interrupt request was blocked. `index` is the IRTE index the
+    /// message named (FI bits 63:48; 0 for reasons that have none, such as 20h and 25h).
+    Interrupt {
+        /// The interrupt remapping table index.
+        index: u16,
+    },
+}
+
 /// One decoded fault recording register.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FaultRecord {
@@ -130,7 +171,8 @@ pub struct FaultRecord {
 
 impl FaultRecord {
     /// Decodes the two 64-bit halves of a fault recording register; `None` if F is clear
-    /// (no fault recorded there).
+    /// (no fault recorded there). Interrupt-remapping reasons (20h..26h) decode as their own
+    /// kind: see [`FaultRecord::kind`].
     pub const fn decode(lo: u64, hi: u64) -> Option<FaultRecord> {
         if hi & FRCD_F == 0 {
             return None;
@@ -152,6 +194,17 @@ impl FaultRecord {
         (self.address & !0xfff, FRCD_F | t | ((self.reason.0 as u64) << 32) | self.source.0 as u64)
     }
 
+    /// A DMA or an interrupt-remapping fault. For an interrupt fault the record's FI field holds
+    /// the IRTE index in bits 63:48 (its bits 47:12 are reserved) and T is reserved, so
+    /// [`FaultRecord::address`] and [`FaultRecord::access`] mean nothing there.
+    pub const fn kind(&self) -> FaultKind {
+        if self.reason.is_interrupt() {
+            FaultKind::Interrupt { index: (self.address >> 48) as u16 }
+        } else {
+            FaultKind::Dma
+        }
+    }
+
     /// The reason in words.
     pub const fn reason_text(&self) -> &'static str {
         self.reason.text()
@@ -160,6 +213,15 @@ impl FaultRecord {
 
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let FaultKind::Interrupt { index } = self.kind() {
+            return write!(
+                f,
+                "interrupt remapping fault from {}, IRTE index {index}: reason {:#04x} ({})",
+                self.source,
+                self.reason.0,
+                self.reason.text()
+            );
+        }
         write!(
             f,
             "DMA {} fault from {} at IOVA {:#x}: reason {:#04x} ({})",
@@ -169,5 +231,42 @@ impl fmt::Display for FaultRecord {
             self.reason.0,
             self.reason.text()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    /// Each interrupt-remapping reason decodes as an interrupt fault with its IRTE index, as
+    /// QEMU (`vtd_report_ir_fault`) and hardware write it: FR in bits 103:96, SID in 79:64,
+    /// the index in FI bits 63:48.
+    #[test]
+    fn interrupt_remapping_reasons_decode_as_their_own_kind() {
+        let sid = SourceId::new(0, 4, 0);
+        for code in 0x20u8..=0x26 {
+            let index = 0x40 + u16::from(code);
+            let lo = u64::from(index) << 48;
+            let hi = FRCD_F | (u64::from(code) << 32) | u64::from(sid.0);
+            let r = FaultRecord::decode(lo, hi).unwrap();
+            assert!(r.reason.is_interrupt());
+            assert_eq!(r.kind(), FaultKind::Interrupt { index }, "reason {code:#x}");
+            assert_eq!(r.source, sid);
+            let text = r.to_string();
+            assert!(text.starts_with("interrupt remapping fault from 00:04.0"), "{text}");
+            assert!(text.contains(&alloc::format!("IRTE index {index}")), "{text}");
+            assert!(text.contains(&alloc::format!("reason {code:#04x}")), "{text}");
+            assert!(!r.reason_text().contains("unknown"), "{code:#x} has a name");
+            assert_eq!(FaultRecord::decode(r.encode().0, r.encode().1), Some(r));
+        }
+        assert_eq!(FaultReason::IR_SOURCE_ID.text(), "source-id validation failed for the IRTE");
+        assert_eq!(FaultReason::IR_ENTRY_NOT_PRESENT.0, 0x22);
+        for code in [0x01u8, 0x05, 0x0D, 0x1F, 0x27] {
+            assert!(!FaultReason(code).is_interrupt());
+            let r = FaultRecord::decode(0x1234_5000, FRCD_F | (u64::from(code) << 32)).unwrap();
+            assert_eq!(r.kind(), FaultKind::Dma);
+            assert!(r.to_string().starts_with("DMA write fault"));
+        }
     }
 }

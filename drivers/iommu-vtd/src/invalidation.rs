@@ -437,6 +437,21 @@ impl Invalidator {
         }
     }
 
+    /// Invalidates the interrupt entry cache (§6.5.2.7) through the queue and waits. Interrupt
+    /// remapping requires queued invalidation (§6.5: there is no register interface for the
+    /// IEC), so in register mode this is refused with [`InvalidationError::Broken`].
+    pub fn interrupt_entries(
+        &mut self,
+        regs: &dyn VtdRegisters,
+        phys: &dyn PhysMemory,
+        scope: crate::interrupt_remap::IecScope,
+    ) -> Result<(), InvalidationError> {
+        match self.mode {
+            Mode::Register { .. } => Err(InvalidationError::Broken),
+            Mode::Queued(_) => self.submit_and_wait(regs, phys, &[crate::interrupt_remap::iec_descriptor(scope)]),
+        }
+    }
+
     /// Queued mode: writes `descs` and a wait descriptor, bumps IQT, and polls the status word.
     fn submit_and_wait(
         &mut self,

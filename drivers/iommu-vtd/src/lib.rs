@@ -31,7 +31,9 @@
 //! - [`iova`]: the per-domain IOVA allocator; freed IOVAs wait for their invalidation.
 //! - [`invalidation`]: context-cache and IOTLB invalidation, by registers or by the queued
 //!   invalidation interface (§6.5).
-//! - [`fault`]: fault recording registers and their decoding (§7.3).
+//! - [`fault`]: fault recording registers and their decoding (§7.3), DMA and interrupt faults.
+//! - [`interrupt_remap`]: interrupt remapping formats (§5.1, §9.10): IRTEs, remappable MSI
+//!   messages and I/O APIC entries, the table allocator.
 //! - [`unit`](mod@unit): bring-up of one remapping unit and [`unit::Domain`]s with map/unmap.
 //! - [`view`]: the `iommu:units` and `iommu:faults` text views.
 //! - [`mapper`]: [`Iommu`], the `dma` crate's [`DmaMapper`](dma::mapper::DmaMapper) whose bus
@@ -72,6 +74,7 @@ extern crate alloc;
 
 pub mod dmar;
 pub mod fault;
+pub mod interrupt_remap;
 pub mod invalidation;
 pub mod iova;
 pub mod mapper;
@@ -85,7 +88,7 @@ pub mod walker;
 
 use core::fmt;
 
-pub use fault::{FaultReason, FaultRecord};
+pub use fault::{FaultKind, FaultReason, FaultRecord};
 pub use mapper::{Iommu, PENDING_PAGES_LIMIT};
 pub use unit::{Domain, DomainError, Unit, UnitConfig, UnitError, UnmapPolicy};
 

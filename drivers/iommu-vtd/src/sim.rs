@@ -178,6 +178,8 @@ pub struct SimStats {
     pub write_buffer_flushes: u64,
     /// Faults recorded.
     pub faults: u64,
+    /// Interrupt entry cache invalidations (queued, §6.5.2.7).
+    pub iec_invalidations: u64,
 }
 
 /// Why a simulated DMA did not happen.
@@ -233,6 +235,9 @@ struct SimState {
     iqh: u64,
     iqt: u64,
     ics: u32,
+    /// IRTA as written, and as latched by GCMD.SIRTP (§10.4.29).
+    irta_reg: u64,
+    irta: Option<u64>,
     records: Vec<(u64, u64)>,
     next_record: usize,
     context_cache: BTreeMap<SourceId, CachedContext>,
@@ -273,6 +278,8 @@ impl SimUnit {
                 iqh: 0,
                 iqt: 0,
                 ics: 0,
+                irta_reg: 0,
+                irta: None,
                 records: vec![(0, 0); cfg.fault_records.clamp(1, 256)],
                 next_record: 0,
                 context_cache: BTreeMap::new(),
@@ -581,6 +588,7 @@ impl SimState {
                 2 => {
                     self.invalidate_iotlb((lo >> 4) & 3, (lo >> 16) as u16, hi);
                 }
+                4 => self.stats.iec_invalidations += 1,
                 5 => {
                     if lo & (1 << 5) != 0 {
                         let p = mem.phys_to_virt(PhysAddr(hi & !3));
@@ -629,6 +637,7 @@ impl SimState {
             gsts &= !gcmd::WBF; // completes at once
         }
         if v & gcmd::SIRTP != 0 {
+            self.irta = Some(self.irta_reg);
             gsts |= gcmd::SIRTP;
         }
         self.gsts = gsts;
@@ -719,6 +728,7 @@ impl VtdRegisters for SimUnit {
                 }
                 st.iqa = value;
             }
+            crate::interrupt_remap::IRTA_REG => st.irta_reg = value,
             regs::IQT => {
                 st.iqt = value & 0x7fff0;
                 st.process_queue(&*self.mem);
@@ -737,6 +747,7 @@ fn self_read64(st: &SimState, offset: usize) -> u64 {
         regs::IQH => st.iqh,
         regs::IQT => st.iqt,
         regs::IQA => st.iqa,
+        crate::interrupt_remap::IRTA_REG => st.irta_reg,
         o if o == SIM_IOTLB_OFFSET => st.iva,
         o if o == SIM_IOTLB_OFFSET + 8 => st.iotlb_reg,
         o if (SIM_FAULT_OFFSET..SIM_FAULT_OFFSET + st.records.len() * 16).contains(&o) => {
@@ -744,5 +755,65 @@ fn self_read64(st: &SimState, offset: usize) -> u64 {
             if (o - SIM_FAULT_OFFSET) % 16 == 0 { st.records[i].0 } else { st.records[i].1 }
         }
         _ => 0,
+    }
+}
+
+/// Interrupt remapping (§5.1.4): what the unit does with a write to 0xFEEx_xxxx.
+impl SimUnit {
+    /// A device at `source` writes `data` to the interrupt window at `address`. With GCMD.IRE
+    /// off the message is delivered as it is (compatibility format: the vector is the data's
+    /// low byte, the APIC id address bits 19:12). With IRE on, a compatibility-format message
+    /// is blocked unless GCMD.CFI is set (reason 25h); a remappable one is looked up in the
+    /// table IRTA named at the last SIRTP: beyond its size (21h), not present (22h), or raised
+    /// by a requester the entry's SVT/SQ/SID does not allow (26h) is blocked and recorded.
+    /// `Ok((vector, destination APIC id))` when delivered.
+    pub fn interrupt(&self, source: SourceId, address: u64, data: u32) -> Result<(u8, u8), FaultRecord> {
+        use crate::interrupt_remap::{Irte, msi_handle};
+        let mut st = self.state.lock();
+        let fault = |st: &mut SimState, reason: FaultReason, index: u16| {
+            let rec = FaultRecord { source, address: u64::from(index) << 48, access: AccessKind::Write, reason };
+            st.record_fault(rec);
+            rec
+        };
+        let compat = || (data as u8, (address >> 12) as u8);
+        if st.gsts & gcmd::IRE == 0 {
+            return Ok(compat());
+        }
+        if address >> 32 != 0 {
+            return Err(fault(&mut st, FaultReason::IR_REQUEST_RESERVED, 0));
+        }
+        let Some(handle) = msi_handle(address, data) else {
+            return if st.gsts & gcmd::CFI != 0 {
+                Ok(compat())
+            } else {
+                Err(fault(&mut st, FaultReason::IR_COMPATIBILITY_BLOCKED, 0))
+            };
+        };
+        let irta = st.irta.unwrap_or(0);
+        if u64::from(handle) >= 2u64 << (irta & 0xf) {
+            return Err(fault(&mut st, FaultReason::IR_INDEX_BEYOND_TABLE, handle));
+        }
+        let at = (irta & !0xfff) + u64::from(handle) * 16;
+        let p = self.mem.phys_to_virt(PhysAddr(at));
+        if p.is_null() {
+            return Err(fault(&mut st, FaultReason::IR_TABLE_ERROR, handle));
+        }
+        // SAFETY: a non-null pointer from `phys_to_virt` for a 16-aligned address points to
+        // simulated RAM; the entry is read as the unit would.
+        let words =
+            unsafe { [core::ptr::read_volatile(p as *const u64), core::ptr::read_volatile((p as *const u64).add(1))] };
+        let irte = Irte::decode(words);
+        if !irte.present {
+            return Err(fault(&mut st, FaultReason::IR_ENTRY_NOT_PRESENT, handle));
+        }
+        if !irte.validation.allows(source) {
+            return Err(fault(&mut st, FaultReason::IR_SOURCE_ID, handle));
+        }
+        Ok((irte.vector, irte.destination))
+    }
+
+    /// Whether GCMD.IRE is on.
+    pub fn interrupt_remapping_enabled(&self) -> bool {
+        self.state.lock().gsts & gcmd::IRE != 0
     }
 }

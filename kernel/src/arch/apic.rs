@@ -39,6 +39,7 @@ static LOCAL_APIC: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
 /// An I/O APIC: its registers and the first GSI it serves.
 struct IoApic {
+    id: u8,
     base: *mut u32,
     gsi_base: u32,
     pins: u32,
@@ -73,8 +74,14 @@ impl IoApic {
     fn redirect(&self, pin: u32, vector: u8, level: bool, active_low: bool, masked: bool, dest: u8) {
         let low =
             u32::from(vector) | (u32::from(active_low) << 13) | (u32::from(level) << 15) | (u32::from(masked) << 16);
-        self.write(0x10 + 2 * pin + 1, u32::from(dest) << 24);
-        self.write(0x10 + 2 * pin, low);
+        self.write_entry(pin, u64::from(low) | u64::from(dest) << 56);
+    }
+
+    /// Writes redirection entry `pin` whole: the high dword (destination, or in remappable
+    /// format the handle) first, so the entry is complete when the low dword unmasks it.
+    fn write_entry(&self, pin: u32, entry: u64) {
+        self.write(0x10 + 2 * pin + 1, (entry >> 32) as u32);
+        self.write(0x10 + 2 * pin, entry as u32);
     }
 }
 
@@ -117,7 +124,7 @@ pub fn init(info: &ApicInfo) {
                 continue;
             }
         };
-        let mut io = IoApic { base, gsi_base, pins: 0 };
+        let mut io = IoApic { id, base, gsi_base, pins: 0 };
         // IOAPICVER bits 16..24: index of the last redirection entry.
         io.pins = ((io.read(1) >> 16) & 0xff) + 1;
         for pin in 0..io.pins {
@@ -228,6 +235,25 @@ fn redirect_gsi(gsi: u32, vector: u8, level: bool, active_low: bool, masked: boo
             log::error!("APIC: no I/O APIC serves GSI {gsi}");
             false
         }
+    }
+}
+
+/// The MADT id of the I/O APIC that serves `gsi`.
+pub fn io_apic_of_gsi(gsi: u32) -> Option<u8> {
+    IO_APICS.lock().iter().find(|io| (io.gsi_base..io.gsi_base + io.pins).contains(&gsi)).map(|io| io.id)
+}
+
+/// Programs the redirection entry serving `gsi` with `entry`, built by the caller: the
+/// remappable format of VT-d §5.1.5.1 when interrupt remapping is on. False if no I/O APIC
+/// serves `gsi`.
+pub fn program_gsi_entry(gsi: u32, entry: u64) -> bool {
+    let io_apics = IO_APICS.lock();
+    match io_apics.iter().find(|io| (io.gsi_base..io.gsi_base + io.pins).contains(&gsi)) {
+        Some(io) => {
+            io.write_entry(gsi - io.gsi_base, entry);
+            true
+        }
+        None => false,
     }
 }
 

@@ -18,6 +18,8 @@ use iommu_vtd::{AccessKind, FaultRecord, SourceId};
 use pci::{Bdf, PciFunction};
 use spin::Once;
 
+pub(super) mod interrupt_remap;
+
 pub static TESTS: &[KernelTest] = &[
     KernelTest { name: "iommu::translation_matches_the_firmware", run: translation_matches_the_firmware },
     KernelTest { name: "iommu::every_device_has_its_own_domain", run: every_device_has_its_own_domain },

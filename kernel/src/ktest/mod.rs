@@ -74,6 +74,7 @@ fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
         .chain(platform::TESTS.iter())
         .chain(dma::TESTS.iter())
         .chain(iommu::TESTS.iter())
+        .chain(iommu::interrupt_remap::TESTS.iter())
         .chain(net::TESTS.iter())
         .chain(block::TESTS.iter())
 }

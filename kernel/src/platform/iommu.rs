@@ -13,7 +13,11 @@
 //!   with a log line saying why;
 //! * **fail-safe**: a unit that cannot turn translation on gives its devices back to the Direct
 //!   mapper, each named in the log, so no device ever programs an IOVA that nothing translates;
-//! * a unit that names no device and lacks INCLUDE_PCI_ALL is skipped.
+//! * a unit that names no device and lacks INCLUDE_PCI_ALL is skipped;
+//! * **interrupt remapping** on every unit that offers it (ECAP.IR; QEMU `intremap=on`): every
+//!   MSI, MSI-X and I/O APIC entry the kernel programs afterwards goes through an IRTE that
+//!   only its own requester id may use ([`remap_msi`], [`remap_gsi`]), and compatibility-format
+//!   messages are blocked. See "Interrupt remapping" in `docs/guide/05-the-iommu.md`.
 
 use crate::mm::memory::paging;
 use alloc::collections::BTreeMap;
@@ -35,6 +39,9 @@ pub struct IommuState {
     pub units: Vec<Arc<Unit>>,
     /// The mapper of each PCI function (shared by functions in one domain).
     mappers: BTreeMap<PciAddress, Arc<Iommu>>,
+    /// Each I/O APIC (by its MADT id) named in a DRHD's device scope: the requester id its
+    /// interrupt messages carry, and the unit that remaps them (§8.3.1, scope type 3).
+    io_apics: Vec<(u8, SourceId, Arc<Unit>)>,
 }
 
 static STATE: Once<Option<IommuState>> = Once::new();
@@ -108,6 +115,10 @@ pub fn init(memory: Arc<dyn PhysMemory>) {
     crate::registry::scheme::register("iommu:faults", "VT-d fault records, per device", || match state() {
         Some(s) => iommu_vtd::view::render_faults(&s.units),
         None => String::from("no VT-d unit in use\n"),
+    });
+    crate::registry::scheme::register("iommu:irte", "VT-d interrupt remapping table entries", || match state() {
+        Some(s) => iommu_vtd::view::render_irte(&s.units),
+        None => String::from("no VT-d unit in use (interrupts are not remapped)\n"),
     });
 }
 
@@ -278,6 +289,31 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
         log::error!("iommu: translation could not be enabled on any unit; DMA stays Direct (no isolation)");
         return None;
     }
+    // Interrupt remapping, unit by unit, once translation works (a unit that failed above
+    // is gone, and its devices' interrupts stay in compatibility format).
+    let mut io_apics = Vec::new();
+    for (base, unit) in &units {
+        match unit.enable_interrupt_remapping() {
+            Ok(()) => {}
+            Err(iommu_vtd::unit::InterruptRemapError::NotSupported) => {
+                log::warn!(
+                    "iommu: {}: no interrupt remapping (ECAP.IR clear): a device can raise any vector",
+                    unit.name()
+                )
+            }
+            Err(e) => log::error!("iommu: {}: interrupt remapping stays off: {e}", unit.name()),
+        }
+        let Some(drhd) = dmar.units.iter().find(|d| d.register_base == *base) else { continue };
+        for scope in drhd.scopes.iter().filter(|s| s.kind == iommu_vtd::dmar::ScopeKind::IoApic) {
+            match scope.resolve(secondary_bus) {
+                Ok(sid) => {
+                    log::info!("iommu: I/O APIC {} requests as {sid} under {}", scope.enumeration_id, unit.name());
+                    io_apics.push((scope.enumeration_id, sid, unit.clone()));
+                }
+                Err(e) => log::error!("iommu: I/O APIC {} scope: {e}", scope.enumeration_id),
+            }
+        }
+    }
     let units: Vec<Arc<Unit>> = units.into_iter().map(|(_, u)| u).collect();
     log::info!(
         "iommu: {} unit(s), translation on, {} domain(s) for {} device(s); strict unmap, sub-page isolation",
@@ -285,7 +321,7 @@ fn bring_up(memory: Arc<dyn PhysMemory>) -> Option<IommuState> {
         domains.len(),
         mappers.len()
     );
-    Some(IommuState { units, mappers })
+    Some(IommuState { units, mappers, io_apics })
 }
 
 /// Reads and logs every pending fault record of every unit; returns them.
@@ -295,3 +331,99 @@ pub fn poll_faults() -> Vec<iommu_vtd::FaultRecord> {
 
 /// Serialises tests that provoke faults.
 pub static FAULT_TEST_LOCK: Mutex<()> = Mutex::new(());
+
+// ----- Interrupt remapping ---------------------------------------------------------------------
+
+/// What an interrupt remapping entry routes: a PCI function's MSI/MSI-X message, or an I/O APIC
+/// input (by GSI). A source holds at most one entry; routing it again frees the old one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum IrqSource {
+    /// MSI or MSI-X of this function (entry 0).
+    Pci(PciAddress),
+    /// This global system interrupt's I/O APIC input.
+    Gsi(u32),
+}
+
+/// The entries in use: (unit, handle) per source.
+static HANDLES: Mutex<BTreeMap<IrqSource, (Arc<Unit>, u16)>> = Mutex::new(BTreeMap::new());
+
+/// Allocates an IRTE on `unit` for `source` (replacing the one it had), delivering `vector`
+/// to this CPU, fixed, edge or level, raised only by `sid`.
+fn allocate(
+    source: IrqSource,
+    unit: &Arc<Unit>,
+    irte: iommu_vtd::interrupt_remap::Irte,
+    owner: &str,
+) -> Result<u16, &'static str> {
+    release(source);
+    let handle = unit.allocate_irte(irte, owner).map_err(|e| {
+        log::error!("iommu: {}: no interrupt remapping entry for {owner}: {e}", unit.name());
+        "no interrupt remapping entry (table full or the unit does not answer)"
+    })?;
+    HANDLES.lock().insert(source, (unit.clone(), handle));
+    Ok(handle)
+}
+
+/// Frees the entry `source` holds, if any (after its MSI or I/O APIC input was turned off).
+pub fn release(source: IrqSource) {
+    let old = HANDLES.lock().remove(&source);
+    if let Some((unit, handle)) = old
+        && let Err(e) = unit.free_irte(handle)
+    {
+        log::error!("iommu: {}: cannot free interrupt remapping entry {handle}: {e}", unit.name());
+    }
+}
+
+/// The interrupt remapping handle `source` holds, if any.
+pub fn handle_of(source: IrqSource) -> Option<u16> {
+    HANDLES.lock().get(&source).map(|(_, h)| *h)
+}
+
+/// The MSI address and data that make `function` deliver `vector` to this CPU through interrupt
+/// remapping: a new IRTE with source-id validation on the function's requester id (its own BDF,
+/// or the PCIe-to-PCI bridge's alias it sits behind: its requests carry that id, §9.10 and
+/// [`requester_id`]), and a remappable-format message naming it (§5.1.5.2). `None` when the
+/// function's unit does not remap interrupts: the caller programs a compatibility-format
+/// message instead.
+pub fn remap_msi(function: &PciFunction, vector: u8) -> Option<Result<(u64, u32), &'static str>> {
+    let unit = state()?.mappers.get(&function.address)?.domain().unit().clone();
+    if !unit.interrupt_remapping() {
+        return None;
+    }
+    let sid = requester_id(function);
+    let irte = iommu_vtd::interrupt_remap::Irte::remapped(vector, crate::arch::apic::local_apic_id(), false, sid);
+    let owner = alloc::format!("{} {}", Bdf(function.address), pci::view::class_name(function.class));
+    Some(allocate(IrqSource::Pci(function.address), &unit, irte, &owner).map(iommu_vtd::interrupt_remap::msi_message))
+}
+
+/// The remappable-format I/O APIC redirection entry (§5.1.5.1) for `gsi` on the I/O APIC with
+/// MADT id `io_apic`: a new IRTE delivering `vector` to this CPU, with the trigger mode the input
+/// uses, and source-id validation on the I/O APIC's requester id from the DMAR's device scope.
+/// `None` when no unit remaps that I/O APIC (the caller programs a compatibility entry).
+pub fn remap_gsi(
+    gsi: u32,
+    io_apic: u8,
+    vector: u8,
+    level: bool,
+    active_low: bool,
+) -> Option<Result<u64, &'static str>> {
+    let s = state()?;
+    let Some((_, sid, unit)) = s.io_apics.iter().find(|(id, _, _)| *id == io_apic) else {
+        if s.units.iter().any(|u| u.interrupt_remapping()) {
+            log::error!(
+                "iommu: I/O APIC {io_apic} is in no unit's DMAR scope; GSI {gsi} stays in compatibility format, \
+                 which a remapping unit blocks"
+            );
+        }
+        return None;
+    };
+    if !unit.interrupt_remapping() {
+        return None;
+    }
+    let irte = iommu_vtd::interrupt_remap::Irte::remapped(vector, crate::arch::apic::local_apic_id(), level, *sid);
+    let owner = alloc::format!("I/O APIC {io_apic} GSI {gsi}");
+    Some(
+        allocate(IrqSource::Gsi(gsi), unit, irte, &owner)
+            .map(|h| iommu_vtd::interrupt_remap::ioapic_rte(h, vector, level, active_low, false)),
+    )
+}

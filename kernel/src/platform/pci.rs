@@ -251,11 +251,7 @@ pub fn wire_interrupt(
             }),
             Mechanism::Msi => enable_msi(function, v).and_then(|()| {
                 let mode = IrqMode::Msi { vector: v };
-                prove(mode).map(|()| mode).inspect_err(|_| {
-                    if let Some(msi) = function.msi() {
-                        msi.disable(&function.config(access()));
-                    }
-                })
+                prove(mode).map(|()| mode).inspect_err(|_| disable_msi(function))
             }),
             Mechanism::Intx(_) => route_intx(function, v)
                 .and_then(|mode| prove(mode).map(|()| mode).inspect_err(|_| unroute_intx(function, mode))),
@@ -292,6 +288,15 @@ impl pci::MsixTable for MappedTable {
 /// BIR names (only the table's own pages), and memory decoding and bus mastering are turned on:
 /// an MSI-X message is a memory write the function masters. On failure MSI-X is left off.
 pub fn enable_msix(function: &PciFunction, vector: u8) -> Result<(), &'static str> {
+    let (address, data) = msi_message(function, vector)?;
+    enable_msix_message(function, address, data)
+        .inspect_err(|_| crate::platform::iommu::release(crate::platform::iommu::IrqSource::Pci(function.address)))
+}
+
+/// Programs entry 0 of `function`'s MSI-X table with `address` and `data` as given and enables
+/// MSI-X: [`enable_msix`] without choosing the message (tests use it to hand a device a message
+/// it should not have).
+pub fn enable_msix_message(function: &PciFunction, address: u64, data: u32) -> Result<(), &'static str> {
     let msix = function.msix().ok_or("the function has no MSI-X capability")?;
     if !msix.bars_valid() {
         return Err("the MSI-X capability names a reserved BAR (BIR 6 or 7)");
@@ -311,8 +316,7 @@ pub fn enable_msix(function: &PciFunction, vector: u8) -> Result<(), &'static st
     let config = function.config(access());
     config.enable_memory_space();
     config.enable_bus_mastering();
-    let (address, data) = crate::arch::apic::msi_message(vector);
-    msix.enable(&config, &table, 0, address, u32::from(data)).map_err(|e| {
+    msix.enable(&config, &table, 0, address, data).map_err(|e| {
         msix.disable(&config);
         match e {
             pci::MsixError::EnableDidNotStick => "the MSI-X capability refused to enable",
@@ -321,20 +325,51 @@ pub fn enable_msix(function: &PciFunction, vector: u8) -> Result<(), &'static st
     })
 }
 
-/// Turns `function`'s MSI-X off (Message Control), as after a failed [`enable_msix`] proof.
+/// Turns `function`'s MSI-X off (Message Control), as after a failed [`enable_msix`] proof,
+/// and frees its interrupt remapping entry.
 pub fn disable_msix(function: &PciFunction) {
     if let Some(msix) = function.msix() {
         msix.disable(&function.config(access()));
+    }
+    crate::platform::iommu::release(crate::platform::iommu::IrqSource::Pci(function.address));
+}
+
+/// Turns `function`'s MSI off and frees its interrupt remapping entry.
+pub fn disable_msi(function: &PciFunction) {
+    if let Some(msi) = function.msi() {
+        msi.disable(&function.config(access()));
+    }
+    crate::platform::iommu::release(crate::platform::iommu::IrqSource::Pci(function.address));
+}
+
+/// The message that makes `function` deliver `vector` to this CPU: in remappable format through
+/// an IRTE of its own when its IOMMU unit remaps interrupts
+/// ([`crate::platform::iommu::remap_msi`]), else the compatibility format
+/// ([`crate::arch::apic::msi_message`]).
+pub fn msi_message(function: &PciFunction, vector: u8) -> Result<(u64, u32), &'static str> {
+    match crate::platform::iommu::remap_msi(function, vector) {
+        Some(remapped) => remapped,
+        None => {
+            let (address, data) = crate::arch::apic::msi_message(vector);
+            Ok((address, u32::from(data)))
+        }
     }
 }
 
 /// Programs `function`'s MSI capability to deliver `vector` to this CPU
 /// ([`crate::arch::apic::msi_message`]) and enables it.
 pub fn enable_msi(function: &PciFunction, vector: u8) -> Result<(), &'static str> {
-    let (address, data) = crate::arch::apic::msi_message(vector);
-    function.enable_msi(access(), address, data).map_err(|e| match e {
-        pci::MsiError::NoMsiCapability => "the function has no MSI capability",
-        _ => "the MSI capability refused to enable",
+    if function.msi().is_none() {
+        return Err("the function has no MSI capability");
+    }
+    let (address, data) = msi_message(function, vector)?;
+    // Remappable data is a 16-bit subhandle (0); compatibility data is the vector: both fit.
+    function.enable_msi(access(), address, data as u16).map_err(|e| {
+        crate::platform::iommu::release(crate::platform::iommu::IrqSource::Pci(function.address));
+        match e {
+            pci::MsiError::NoMsiCapability => "the function has no MSI capability",
+            _ => "the MSI capability refused to enable",
+        }
     })
 }
 
@@ -346,11 +381,23 @@ pub fn route_intx(function: &PciFunction, vector: u8) -> Result<IrqMode, &'stati
     let route = pci::interrupt::intx_route(function.interrupt_pin, function.interrupt_line)?;
     let level = route.trigger == Trigger::Level;
     let active_low = route.polarity == Polarity::ActiveLow;
-    if !crate::arch::apic::route_isa_irq(route.irq, vector, level, active_low) {
-        return Err("no I/O APIC input for the IRQ");
+    let (gsi, level, active_low) = crate::arch::apic::isa_irq_input(route.irq, level, active_low);
+    let io_apic = crate::arch::apic::io_apic_of_gsi(gsi).ok_or("no I/O APIC input for the IRQ")?;
+    // With interrupt remapping the entry is in remappable format, pointing at an IRTE whose
+    // source-id check names the I/O APIC (VT-d §5.1.5.1); without, the classic format.
+    match crate::platform::iommu::remap_gsi(gsi, io_apic, vector, level, active_low) {
+        Some(entry) => {
+            if !crate::arch::apic::program_gsi_entry(gsi, entry?) {
+                return Err("no I/O APIC input for the IRQ");
+            }
+        }
+        None => {
+            if !crate::arch::apic::route_gsi(gsi, vector, level, active_low) {
+                return Err("no I/O APIC input for the IRQ");
+            }
+        }
     }
     function.config(access()).enable_intx();
-    let (_, level, active_low) = crate::arch::apic::isa_irq_input(route.irq, level, active_low);
     Ok(IrqMode::Intx {
         irq: route.irq,
         vector,
@@ -364,5 +411,7 @@ pub fn unroute_intx(function: &PciFunction, mode: IrqMode) {
     if let IrqMode::Intx { irq, .. } = mode {
         function.config(access()).disable_intx();
         crate::arch::apic::mask_isa_irq(irq);
+        let (gsi, _, _) = crate::arch::apic::isa_irq_input(irq, false, false);
+        crate::platform::iommu::release(crate::platform::iommu::IrqSource::Gsi(gsi));
     }
 }

@@ -91,7 +91,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         }
         let n = self.ports[index].number;
         let p = PortRegs::new(&self.regs, n);
-        // Read and clear PxIS *before* snapshotting CI and SACT (AHCI 1.3.1 §10.6.2 order).
+        // Read and clear PxIS *before* snapshotting CI and SACT (AHCI 1.3.1 §10.7.2 order).
         // The other order loses completions: a command that finishes after the CI snapshot but
         // before PxIS is cleared has its interrupt status cleared while it still looks busy, and
         // with MSI nothing ever signals it again. In this order, anything that completes after

@@ -79,6 +79,7 @@ impl Unit {
             hw: spin::Mutex::new(HwState { inval, translation: false }),
             ctx: spin::Mutex::new(ContextState { tables, ids, attached: BTreeMap::new(), domains: 0 }),
             faults: spin::Mutex::new(FaultLog::default()),
+            ir: spin::Mutex::new(None),
         });
         let stale = unit.poll_faults();
         if !stale.is_empty() {

@@ -4,7 +4,7 @@
 //! its read-only accessors; `bring_up.rs` the register sequence below (and the fault
 //! interrupt's programming); `domain.rs` domain creation, attachment, map/unmap and flushes;
 //! `invalidate.rs` the IOTLB invalidation a domain asks its unit for; `faults.rs` fault
-//! recording; `error.rs` the error types.
+//! recording; `interrupt_remap.rs` the interrupt remapping table (§5.1); `error.rs` the error types.
 //!
 //! # Bring-up (§10.4, Linux's `init_dmars` order)
 //! 1. Read VER, CAP, ECAP; turn off translation and queued invalidation if firmware (or a
@@ -85,10 +85,12 @@ mod bring_up;
 mod domain;
 mod error;
 mod faults;
+mod interrupt_remap;
 mod invalidate;
 
 pub use domain::{Domain, DomainStats};
 pub use error::{DomainError, UnitError, UnitStep};
+pub use interrupt_remap::{InterruptRemapError, IrteInfo};
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -237,6 +239,9 @@ pub struct Unit {
     hw: spin::Mutex<HwState>,
     ctx: spin::Mutex<ContextState>,
     faults: spin::Mutex<FaultLog>,
+    /// The interrupt remapping table, once enabled (`interrupt_remap.rs`). Lock order: `hw`
+    /// before `ir`.
+    ir: spin::Mutex<Option<interrupt_remap::InterruptTable>>,
 }
 
 impl Unit {

@@ -34,7 +34,7 @@ pub static COMMANDS: &[Command] = &[
     },
     Command {
         name: "netbench",
-        usage: "netbench tx SIZE COUNT | rx COUNT [IDLE_S] | floor COUNT",
+        usage: "netbench tx SIZE COUNT | rx COUNT [IDLE_S [irq]] | floor COUNT",
         about: "frames per second through the driver; `floor` only writes TDT",
         run: netbench,
     },
@@ -345,16 +345,21 @@ fn netbench(args: &[&str]) {
         return no_nic();
     }
     let number = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok());
-    // Interrupts off while measuring: the benchmark measures the data path alone.
+    // Interrupts off while measuring: the benchmark measures the data path alone. `rx ... irq`
+    // keeps them on, so every received frame also pays for its interrupt (what interrupt
+    // remapping adds to, `cargo xtask bench ir`).
+    let keep_interrupts = args.first() == Some(&"rx") && args.get(3) == Some(&"irq");
     let had_interrupts = with_net(|net| {
         let on = net.nic.interrupts_enabled();
-        net.nic.disable_interrupts();
+        if !keep_interrupts {
+            net.nic.disable_interrupts();
+        }
         on
     })
     .unwrap_or(false);
     match (args.first().copied(), number(1), number(2)) {
         (Some("tx"), Some(size), Some(count)) if (14..=1514).contains(&size) => bench_tx(size as usize, count),
-        (Some("rx"), Some(count), idle) => bench_rx(count, idle.unwrap_or(3)),
+        (Some("rx"), Some(count), idle) => bench_rx(count, idle.unwrap_or(3), keep_interrupts),
         (Some("floor"), Some(count), _) => {
             let start = now_us();
             with_net(|net| {
@@ -367,7 +372,7 @@ fn netbench(args: &[&str]) {
         }
         _ => println!("usage: netbench tx SIZE COUNT | rx COUNT [IDLE_S] | floor COUNT (SIZE 14..=1514)"),
     }
-    if had_interrupts {
+    if had_interrupts && !keep_interrupts {
         with_net(|net| net.nic.enable_interrupts());
     }
 }
@@ -401,14 +406,17 @@ fn bench_tx(size: usize, count: u64) {
     println!("netbench: tx size={size} frames={sent} failed={failed} us={us} fps={}", rate(sent, us));
 }
 
-fn bench_rx(count: u64, idle_s: u64) {
+/// Receives `count` frames (or until `idle_s` without one). With `interrupts`, the NIC lock
+/// (taken with interrupts off) is dropped between frames so each frame's interrupt is taken.
+fn bench_rx(count: u64, idle_s: u64, interrupts: bool) {
+    let interrupts_before = super::irq::count();
     println!("netbench: rx ready");
     let mut first = None;
     let mut last = 0;
     let mut frames = 0u64;
     let mut bytes = 0u64;
     let mut idle = Deadline::after_ms(30_000);
-    with_net(|net| {
+    let mut receive = |net: &mut super::Net| {
         while frames < count && !idle.expired() {
             if let Some(len) = net.nic.receive_with(|f| f.len()) {
                 let t = now_us();
@@ -417,10 +425,19 @@ fn bench_rx(count: u64, idle_s: u64) {
                 frames += 1;
                 bytes += len as u64;
                 idle = Deadline::after_ms(idle_s * 1000);
+                if interrupts {
+                    return true; // drop the lock: the frame's interrupt is taken now
+                }
             }
         }
-    });
+        false
+    };
+    while with_net(&mut receive) == Some(true) {}
     let us = first.map_or(0, |f| last - f);
     // The first frame starts the clock, so it is not counted in the rate.
-    println!("netbench: rx frames={frames} bytes={bytes} us={us} fps={}", rate(frames.saturating_sub(1), us));
+    let interrupts = super::irq::count() - interrupts_before;
+    println!(
+        "netbench: rx frames={frames} bytes={bytes} us={us} interrupts={interrupts} fps={}",
+        rate(frames.saturating_sub(1), us)
+    );
 }
