@@ -151,6 +151,27 @@ fn build_flavour_images(profile: Profile, flavour: Flavour) -> Result<boot::Disk
     boot::create_images(&kernel, &out, "kernel").map_err(|e| e.to_string())
 }
 
+/// A test kernel whose drivers run a lab's student code (`cargo xtask lab grade`): the test
+/// kernel's features plus `feature` (a driver's lab feature, e.g. `e1000/lab-tx`), built in a
+/// target directory of its own (`target/lab/`) and packed under `target/images/lab-<name>/`, so
+/// it never replaces the kernel that `run` and `test` boot.
+pub fn build_lab_images(feature: &str, name: &str) -> Result<boot::DiskImages, String> {
+    let profile = Profile::Debug;
+    let target = target_dir().join("lab");
+    let mut args = kernel_build_args(profile, Flavour::WithTests);
+    let features = args.iter().position(|a| a == "--features").map(|i| i + 1).expect("test kernel has features");
+    args[features] = format!("{},{feature}", args[features]);
+    args.extend(["--target-dir".to_string(), target.display().to_string()]);
+    let status = cargo().args(&args).status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("the kernel with {feature} does not build (see the compiler's messages above)"));
+    }
+    let kernel = target.join("x86_64-unknown-none").join(profile.cargo_profile()).join("kernel");
+    let out = target_dir().join("images").join(format!("lab-{name}"));
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    boot::create_images(&kernel, &out, "kernel").map_err(|e| e.to_string())
+}
+
 /// `cargo xtask image`: images for a USB stick (a kernel without the in-kernel tests), and how
 /// to write them.
 pub fn image(profile: Profile) -> Result<ExitCode, String> {

@@ -7,6 +7,7 @@
 //! cargo xtask gdb                        gdb attached to `cargo xtask run --gdb`
 //! cargo xtask test                       host tests, then the in-kernel tests in every QEMU setup
 //! cargo xtask bench                      benchmarks
+//! cargo xtask lab list|start|grade|reset  the labs: write the ring yourself (docs/labs)
 //! ```
 
 mod bench;
@@ -19,6 +20,7 @@ mod fault_tests;
 mod fixtures;
 mod gdb;
 mod ir_evidence;
+mod lab;
 mod layers;
 mod net_tests;
 mod qemu;
@@ -46,10 +48,13 @@ commands:
                         host tests, then in-kernel tests in every QEMU configuration; --job runs
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
                         bios-vtd-bridged, bios-vtd-release, net, net-flood, disk, disk-faults,
-                        iommu-failsafe, console
+                        iommu-failsafe, console, lab
   exercises             check the exercise graders: each fails on this tree, passes with its answer
                         (also part of `test`'s host half)
   bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot, ir (QEMU)
+  lab list|start NAME|grade NAME [--host-only]|reset NAME
+                        the labs (docs/labs): write a driver's ring code yourself; NAME is
+                        e1000-tx, e1000-rx, ahci-issue or ahci-complete
   fixtures              capture ACPI tables and PCI config spaces from QEMU as test fixtures
 ";
 
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "exercises" => exercises::run(rest),
         "fixtures" => fixtures::capture(rest),
+        "lab" => lab::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -207,7 +207,7 @@ fn check_frame(frame: &[u8]) -> Result<&'static str, String> {
 }
 
 /// The records of a pcap file (24-byte global header, 16-byte record headers).
-fn pcap_records(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+pub(crate) fn pcap_records(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     if bytes.len() < 24 {
         return Err(format!("pcap of {} bytes has no global header", bytes.len()));
     }
@@ -280,7 +280,7 @@ pub(crate) fn test_frame(i: usize) -> Vec<u8> {
 }
 
 /// What the kernel must send back: the same frame with the MACs swapped.
-fn expected_echo(frame: &[u8]) -> Vec<u8> {
+pub(crate) fn expected_echo(frame: &[u8]) -> Vec<u8> {
     let mut e = frame.to_vec();
     e[..6].copy_from_slice(&frame[6..12]);
     e[6..12].copy_from_slice(&frame[..6]);
@@ -302,7 +302,7 @@ pub(crate) fn socket_network(peer: &UdpSocket) -> Result<(Vec<String>, u16), Str
 
 /// Receives the next test-protocol frame (other frames, e.g. DHCP from the idle stack, are
 /// skipped).
-fn next_test_frame(peer: &UdpSocket, buf: &mut [u8]) -> Result<usize, String> {
+pub(crate) fn next_test_frame(peer: &UdpSocket, buf: &mut [u8]) -> Result<usize, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let n = peer.recv(buf).map_err(|e| format!("no frame back: {e}"))?;

@@ -23,7 +23,9 @@
 //! structures through the DMA service's simulated bus.
 //!
 //! Modules: [`regs`] (register map), [`ata`] (commands and FIS), [`identify`] (IDENTIFY data),
-//! [`prdt`] (PRD tables), [`controller`] (bring-up, submission, completion, recovery),
+//! [`prdt`] (PRD tables), [`slot`] (filling and issuing a command slot, finding finished ones:
+//! the part the labs in `docs/labs` have students write), [`controller`] (bring-up, submission,
+//! completion, recovery),
 //! [`error`], [`buffer`], [`pattern`] (test data shared with the host-side checks).
 #![no_std]
 #![warn(missing_docs)]
@@ -34,9 +36,11 @@ pub mod buffer;
 pub mod controller;
 pub mod error;
 pub mod identify;
+mod lab;
 pub mod pattern;
 pub mod prdt;
 pub mod regs;
+pub mod slot;
 
 #[cfg(test)]
 mod sim;

@@ -196,6 +196,14 @@ impl SimHba {
         }
     }
 
+    /// The device accepts the deferred NCQ commands: the HBA has sent their command FISes, so
+    /// their PxCI bits clear; PxSACT keeps them until they finish (`run_deferred`).
+    pub fn accept_queued(&self, port: usize) {
+        let mut st = self.state.lock();
+        let p = &mut st.ports[port];
+        p.ci &= !p.sact;
+    }
+
     fn update_global_is(st: &mut State, port: usize) {
         let p = &st.ports[port];
         if p.is & p.ie != 0 {

@@ -22,6 +22,9 @@
 //!   while frames are pending) is a hang: the device is reset and re-initialised, the frames in
 //!   flight are counted as dropped, and the log line names the device.
 //!
+//! The code that writes descriptors and moves the tails is in [`ring`], in small functions the
+//! labs in `docs/labs` have students write (features `lab-tx`, `lab-rx`).
+//!
 //! The driver is generic over [`device_io::Registers`] and [`device_io::Clock`], and reaches
 //! memory only through its [`dma::DmaDevice`]: it never computes a bus address, so it runs
 //! unchanged on the Direct mapper, a bounce mapper, an IOMMU — and, in the host tests, on a
@@ -37,7 +40,9 @@
 extern crate alloc;
 
 pub mod desc;
+mod lab;
 pub mod regs;
+pub mod ring;
 mod rx;
 mod stats;
 mod tx;
@@ -52,7 +57,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{Ordering, fence};
 
-use desc::{DescriptorRing, RxDescriptor, TxDescriptor, rx_errors, rx_status, tx_cmd, tx_status};
+use desc::{DescriptorRing, RxDescriptor, rx_errors, rx_status, tx_status};
 use device_io::{Clock, Registers};
 use dma::{AllocError, DmaDevice, DmaPool, PoolBlock, PoolError};
 use regs::EerdLayout;
@@ -299,6 +304,9 @@ impl<R: Registers, C: Clock> E1000<R, C> {
             nic.config.tx_descriptors,
             if nic.link_up { "up" } else { "down" }
         );
+        if let Some(lab) = lab::lab_build() {
+            log::warn!("{}: lab build: {lab} (docs/labs)", nic.name);
+        }
         Ok(nic)
     }
 

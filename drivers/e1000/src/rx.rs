@@ -87,14 +87,11 @@ impl<R: Registers, C: Clock> E1000<R, C> {
         let mut f = Some(f);
         loop {
             let index = self.rx.next;
-            let desc = RxDescriptor::from_words(self.rx.ring.read(index));
-            if desc.status & rx_status::DD == 0 {
+            // DD set, buffer reads ordered after it (ring.rs, or a lab's version).
+            let Some(desc) = lab::receive::take_received(&self.rx.ring, index) else {
                 self.return_rx_descriptors();
                 return None;
-            }
-            // DD is set: the device wrote the buffer before the descriptor. Order our reads of
-            // the buffer after the status read.
-            fence(Ordering::Acquire);
+            };
             let verdict = classify_rx(&desc, &mut self.rx.discarding);
             let mut result = None;
             match verdict {
@@ -146,8 +143,7 @@ impl<R: Registers, C: Clock> E1000<R, C> {
 
     /// Gives descriptor `index`'s buffer back to the device: same buffer, status cleared.
     fn recycle_rx(&mut self, index: usize) {
-        let addr = self.rx.buffers[index].bus_addr().as_u64();
-        self.rx.ring.write(index, RxDescriptor { addr, ..Default::default() }.to_words());
+        lab::receive::give_back(&mut self.rx.ring, index, self.rx.buffers[index].bus_addr());
         self.rx.next = (index + 1) % self.rx.ring.len();
         self.rx.unreturned += 1;
         // Batch, but never keep more than a quarter of the ring from the device.
@@ -163,9 +159,6 @@ impl<R: Registers, C: Clock> E1000<R, C> {
             return;
         }
         self.rx.unreturned = 0;
-        let last = (self.rx.next + self.rx.ring.len() - 1) % self.rx.ring.len();
-        // Descriptor writes must reach memory before the device sees the new tail.
-        fence(Ordering::SeqCst);
-        self.regs.write32(regs::RDT, last as u32);
+        lab::receive::return_to_device(&self.regs, self.rx.ring.len(), self.rx.next);
     }
 }

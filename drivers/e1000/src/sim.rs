@@ -118,6 +118,12 @@ impl SimE1000 {
         if count == 0 {
             return;
         }
+        if Self::get(st, regs::TDT) >= count {
+            // Real parts misbehave in undefined ways; the sim refuses (a lab's wrong tail).
+            let tdt = Self::get(st, regs::TDT);
+            st.faults.push(std::format!("TDT {tdt} is beyond the ring of {count} descriptors"));
+            return;
+        }
         while Self::get(st, regs::TDH) != Self::get(st, regs::TDT) {
             let head = Self::get(st, regs::TDH) % count;
             let Some((addr, bytes)) = self.read_desc(st, regs::TDBAL, regs::TDBAH, head) else { return };
@@ -152,6 +158,11 @@ impl SimE1000 {
         }
         let count = Self::get(st, regs::RDLEN) / 16;
         let head = Self::get(st, regs::RDH);
+        if Self::get(st, regs::RDT) >= count.max(1) {
+            let rdt = Self::get(st, regs::RDT);
+            st.faults.push(std::format!("RDT {rdt} is beyond the ring of {count} descriptors"));
+            return false;
+        }
         if count == 0 || head == Self::get(st, regs::RDT) {
             Self::bump(st, stat::RNBC, 1);
             Self::bump(st, stat::MPC, 1);

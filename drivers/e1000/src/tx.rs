@@ -93,24 +93,14 @@ impl<R: Registers, C: Clock> E1000<R, C> {
         let bytes = unsafe { block.as_mut_slice() };
         let result = fill(&mut bytes[..len]);
         let index = self.tx.tail;
-        let desc = TxDescriptor {
-            addr: block.bus_addr().as_u64(),
-            length: len as u16,
-            // EOP: the frame is this one buffer; IFCS: append the CRC; RS: write DD back when
-            // sent, so the buffer can be reclaimed (SDM §3.3.3.1).
-            cmd: tx_cmd::EOP | tx_cmd::IFCS | tx_cmd::RS,
-            ..Default::default()
-        };
         if self.tx.pending() == 0 {
             self.tx.last_progress_us = self.clock.now_us();
         }
-        self.tx.ring.write(index, desc.to_words());
+        // Descriptor `index` points at the block, then TDT moves (ring.rs, or a lab's version).
+        let bus = block.bus_addr();
         self.tx.in_flight[index] = Some((block, len));
-        self.tx.tail = (index + 1) % self.tx.ring.len();
-        // The descriptor and the frame must be in memory before the device reads TDT.
-        fence(Ordering::SeqCst);
-        // TDT (§13.4.42): the device sends descriptors TDH..TDT.
-        self.regs.write32(regs::TDT, self.tx.tail as u32);
+        let next = lab::transmit::post_frame(&self.regs, &mut self.tx.ring, index, bus, len as u16);
+        self.tx.tail = next % self.tx.ring.len();
         Ok(result)
     }
 
@@ -120,10 +110,8 @@ impl<R: Registers, C: Clock> E1000<R, C> {
         let mut reclaimed = 0;
         while self.tx.clean != self.tx.tail {
             let index = self.tx.clean;
-            let desc = TxDescriptor::from_words(self.tx.ring.read(index));
-            if desc.status & tx_status::DD == 0 {
-                break;
-            }
+            // DD set: the device is done with the buffer (ring.rs, or a lab's version).
+            let Some(desc) = lab::transmit::take_sent(&mut self.tx.ring, index) else { break };
             if let Some((block, len)) = self.tx.in_flight[index].take() {
                 if desc.status & (tx_status::EC | tx_status::LC) != 0 {
                     self.counters.tx_errors += 1;
@@ -133,7 +121,6 @@ impl<R: Registers, C: Clock> E1000<R, C> {
                 }
                 drop(block);
             }
-            self.tx.ring.write(index, [0, 0]);
             self.tx.clean = (index + 1) % self.tx.ring.len();
             reclaimed += 1;
         }

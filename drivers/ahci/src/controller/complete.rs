@@ -97,16 +97,12 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         // the clear sets PxIS anew and interrupts again; a command that fails keeps its CI bit
         // (the HBA stops on error, §6.2.2), so it is never mistaken for a success, and its error
         // bits in PxIS bring us back here for recovery.
-        let fresh = p.read(preg::IS);
-        if fresh != 0 && fresh != u32::MAX {
-            p.write(preg::IS, fresh);
-        }
+        let snapshot = crate::lab::complete::acknowledge_and_snapshot(&self.regs, n);
+        let fresh = snapshot.interrupt_status;
         // What the interrupt handler already cleared counts too (it cleared it before this
         // snapshot, so the same order holds).
         let port_is =
             if fresh == u32::MAX { fresh } else { fresh | core::mem::take(&mut self.ports[index].pending_is) };
-        let ci = p.read(preg::CI);
-        let sact = p.read(preg::SACT);
         if port_is != u32::MAX && port_is & is::ERRORS != 0 {
             self.recover(index, Cause::Error { port_is });
         } else if port_is & (is::PCS | is::PRCS) != 0 {
@@ -115,7 +111,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         }
         if port_is & is::ERRORS == 0 {
             let port = &self.ports[index];
-            let done = port.issued & !ci & !sact;
+            let done = crate::lab::complete::finished_slots(port.issued, &snapshot);
             for slot in bits(done) {
                 self.complete(index, slot, Ok(()));
             }
@@ -149,8 +145,7 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         port.issued &= !(1 << slot);
         port.queued &= !(1 << slot);
         let Some(f) = port.slots[usize::from(slot)].take() else { return };
-        let bytes_transferred =
-            port.command_list.read::<u32>(usize::from(slot) * COMMAND_HEADER_BYTES + 4).unwrap_or(0);
+        let bytes_transferred = crate::lab::complete::bytes_transferred(&port.command_list, slot);
         match &result {
             Ok(()) => {
                 port.stats.completed += 1;

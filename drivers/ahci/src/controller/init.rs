@@ -59,6 +59,9 @@ impl<R: Registers, C: Clock> Controller<R, C> {
             if caps.addr64 { 64 } else { 32 },
             if caps.ncq { "yes" } else { "no" }
         );
+        if let Some(lab) = crate::lab::lab_build() {
+            log::warn!("{name}: lab build: {lab} (docs/labs)");
+        }
         // A 32-bit HBA ignores the upper address registers: everything it touches must lie
         // below 4 GiB, which the mask makes the DMA service guarantee (or bounce).
         dev.set_mask(if caps.addr64 { 64 } else { 32 }).map_err(InitError::DmaMask)?;

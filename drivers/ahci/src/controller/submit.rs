@@ -2,13 +2,12 @@
 //! (§4.2.2), the command table and its PRDT (§4.2.3), and issuing it (§5.3.2).
 
 use super::{
-    COMMAND_HEADER_BYTES, Controller, DataMapping, InFlight, MAX_SECTORS_PER_COMMAND, PRDT_ENTRIES, PRDT_OFFSET, Port,
-    PortRegs, RETRIES, Request, RequestId, SubmitOptions, put,
+    Controller, DataMapping, InFlight, MAX_SECTORS_PER_COMMAND, PRDT_ENTRIES, Port, PortRegs, RETRIES, Request,
+    RequestId, SubmitOptions,
 };
 use crate::ata::{AtaCommand, CommandKind};
 use crate::error::SubmitError;
-use crate::prdt::{PRD_ENTRY_BYTES, build_prdt};
-use crate::regs::port as preg;
+use crate::prdt::build_prdt;
 use alloc::vec;
 use alloc::vec::Vec;
 use device_io::{Clock, Registers};
@@ -111,28 +110,9 @@ impl<R: Registers, C: Clock> Controller<R, C> {
         };
         let command = AtaCommand { kind, lba, count: count as u32, tag: slot };
 
-        // Command table (§4.2.3): the FIS, a zeroed ATAPI area, the PRDT.
-        let table = &mut port.tables[usize::from(slot)];
-        let mut cfis = [0u8; 0x80];
-        cfis[..crate::ata::H2D_FIS_LEN].copy_from_slice(&command.to_fis());
-        let _ = table.write_bytes(0, &cfis);
-        for (i, entry) in prdt.iter().enumerate() {
-            let _ = table.write_bytes(PRDT_OFFSET + i * PRD_ENTRY_BYTES, &entry.to_bytes());
-        }
-        let ctba = table.bus_addr().as_u64();
-        // Command header (§4.2.2): CFL = 5 DWORDs, W for host-to-device data, PRDTL.
-        let header = usize::from(slot) * COMMAND_HEADER_BYTES;
-        let flags = (crate::ata::H2D_FIS_LEN / 4) as u32
-            | if kind.writes_to_device() { 1 << 6 } else { 0 }
-            | (prdt.len() as u32) << 16;
-        let list = &mut port.command_list;
-        put(list, header, flags);
-        put(list, header + 4, 0);
-        put(list, header + 8, ctba as u32);
-        put(list, header + 12, if addr64 { (ctba >> 32) as u32 } else { 0 });
-        for dw in 4..8 {
-            put(list, header + dw * 4, 0);
-        }
+        // The command table and header (slot.rs, or a lab's version).
+        let (list, table) = (&mut port.command_list, &mut port.tables[usize::from(slot)]);
+        crate::lab::issue::fill_slot(list, table, slot, &command.to_fis(), &prdt, kind.writes_to_device(), addr64);
 
         let id = self.next_id;
         self.next_id += 1;
@@ -172,12 +152,8 @@ pub(super) fn submit_reason(e: &SubmitError) -> &'static str {
 
 /// Hands `slot` to the HBA: PxSACT first for a queued command (§5.3.2, SATA §13.6), then PxCI.
 pub(super) fn issue<R: Registers>(p: &PortRegs<'_, R>, port: &mut Port, slot: u8, queued: bool) {
-    // The command table and header must be in memory before the HBA is told to fetch them.
-    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    if queued {
-        p.write(preg::SACT, 1 << slot);
-    }
-    p.write(preg::CI, 1 << slot);
+    // Fence, PxSACT for NCQ, PxCI (slot.rs, or a lab's version).
+    crate::lab::issue::issue_slot(p.regs, port.number, slot, queued);
     port.stats.issued += 1;
     let outstanding = (port.issued | 1 << slot).count_ones();
     port.stats.max_outstanding = port.stats.max_outstanding.max(outstanding);
