@@ -1,7 +1,7 @@
 //! Completion: the interrupt *top half* (AHCI 1.3.1 §10.7.2), the *bottom half* that services ports
 //! in thread context, deadlines, and finishing a command (unmapping its buffers).
 
-use super::{COMMAND_HEADER_BYTES, Cause, Completion, Controller, PortRegs, RequestId, bits};
+use super::{Cause, Completion, Controller, PortRegs, RequestId, bits};
 use crate::ata::CommandKind;
 use crate::error::CommandError;
 use crate::regs::{hba, is, port as preg};
