@@ -91,6 +91,10 @@ pub struct SimPort {
     /// CR stays set after ST is cleared; `Some(true)` until COMRESET, `Some(false)` forever.
     pub stuck: Option<bool>,
     pub defer: bool,
+    /// With `defer`, hold non-queued commands too (PxCI stays set until `run_deferred`): a
+    /// command still in flight. Off by default, so error recovery's own non-queued commands
+    /// (READ LOG EXT, re-issues) run at once.
+    pub defer_non_queued: bool,
     pending: Vec<u8>,
     /// Every command executed: (opcode, lba, PRD lengths).
     pub executed: Vec<(u8, u64, Vec<u32>)>,
@@ -607,7 +611,7 @@ impl Registers for SimHba {
                             let p = &mut st.ports[n];
                             if p.hang {
                                 p.tfd = 0x80;
-                            } else if p.defer && p.sact & (1 << slot) != 0 {
+                            } else if p.defer && (p.sact & (1 << slot) != 0 || p.defer_non_queued) {
                                 // The command FIS is sent now (PxCI clears for NCQ); data later.
                                 p.pending.push(slot);
                             } else {

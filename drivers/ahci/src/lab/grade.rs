@@ -124,7 +124,10 @@ impl Rig {
     }
 
     fn defer(&self, on: bool) {
-        self.sim.with_port(0, |p| p.defer = on);
+        self.sim.with_port(0, |p| {
+            p.defer = on;
+            p.defer_non_queued = on;
+        });
     }
 
     fn check_pattern(&self, c: &Completion, lba: u64, read: &str) {
