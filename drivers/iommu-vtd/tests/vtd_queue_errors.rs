@@ -89,12 +89,15 @@ fn a_register_only_unit_has_no_queue_to_inject_into() {
     assert!(matches!(rig.unit.submit_raw_invalidation([0xf, 0]), Err(InvalidationError::Rejected { .. })));
 }
 
-/// Registers that corrupt the first descriptor of the next batch, once armed: as if memory
-/// or a driver bug garbled a descriptor the driver itself built.
+/// Registers that corrupt a descriptor of the next batch, once armed: as if memory or a
+/// driver bug garbled a descriptor the driver itself built. The first one of the batch gets
+/// bit 40 set (reserved in an IOTLB descriptor); with `wait`, the batch's last one, its wait,
+/// gets bit 8 (reserved there).
 struct Corrupting {
     sim: Arc<SimUnit>,
     phys: Arc<dyn PhysMemory>,
     armed: Arc<AtomicBool>,
+    wait: bool,
 }
 
 impl VtdRegisters for Corrupting {
@@ -109,11 +112,15 @@ impl VtdRegisters for Corrupting {
     }
     fn write64(&self, offset: usize, value: u64) {
         if offset == regs::IQT && self.armed.swap(false, Ordering::SeqCst) {
-            let head = self.sim.read64(regs::IQH) & 0xff0;
-            let slot = PhysAddr((self.sim.read64(regs::IQA) & !0xfff) + head);
+            let (at, bit) = if self.wait {
+                ((value & 0xff0).wrapping_sub(16) & 0xff0, 8)
+            } else {
+                (self.sim.read64(regs::IQH) & 0xff0, 40)
+            };
+            let slot = PhysAddr((self.sim.read64(regs::IQA) & !0xfff) + at);
             let p = self.phys.phys_to_virt(slot) as *mut u64;
             // SAFETY: the slot lies in the simulated queue page the driver allocated.
-            unsafe { p.write_volatile(p.read_volatile() | 1 << 40) }; // reserved in an IOTLB descriptor
+            unsafe { p.write_volatile(p.read_volatile() | 1 << bit) };
         }
         self.sim.write64(offset, value)
     }
@@ -123,7 +130,7 @@ impl VtdRegisters for Corrupting {
 fn a_strict_unmap_whose_invalidation_is_refused_keeps_its_iova_quarantined() {
     let rig = Rig::new(SimConfig::default());
     let armed = Arc::new(AtomicBool::new(false));
-    let regs = Corrupting { sim: rig.sim.clone(), phys: rig.phys.clone(), armed: armed.clone() };
+    let regs = Corrupting { sim: rig.sim.clone(), phys: rig.phys.clone(), armed: armed.clone(), wait: false };
     let unit = Unit::bring_up("dmar1", regs, rig.phys.clone(), UnitConfig::default()).unwrap();
     let d = unit.create_domain(UnmapPolicy::Strict).unwrap();
     d.attach(NIC).unwrap();
@@ -144,6 +151,22 @@ fn a_strict_unmap_whose_invalidation_is_refused_keeps_its_iova_quarantined() {
     assert!(!d.is_pending(iova));
     assert!(rig.sim.dma_read(NIC, iova, &mut [0; 4]).is_err());
     assert_eq!(dma::error::IommuError::from(err), dma::error::IommuError::InvalidationFailed);
+}
+
+#[test]
+fn a_refused_wait_descriptor_is_replaced_and_the_batch_still_drains() {
+    let rig = Rig::new(SimConfig::qemu_caching_mode());
+    let armed = Arc::new(AtomicBool::new(false));
+    let regs = Corrupting { sim: rig.sim.clone(), phys: rig.phys.clone(), armed: armed.clone(), wait: true };
+    let unit = Unit::bring_up("dmar2", regs, rig.phys.clone(), UnitConfig::default()).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let err = unit.submit_raw_invalidation(iotlb_descriptor(IotlbScope::Global, false, false)).unwrap_err();
+    let InvalidationError::QueueError(fault) = err else { panic!("{err:?}") };
+    assert_eq!(fault.kind, DescriptorType::Wait);
+    assert_eq!(fault.cause, QueueErrorCause::ReservedBits { lo: 1 << 8, hi: 0 });
+    // A fresh wait drained the batch: the next invalidation completes normally.
+    unit.submit_raw_invalidation(iotlb_descriptor(IotlbScope::Global, false, false)).unwrap();
+    assert_eq!(unit.queue_errors().len(), 1);
 }
 
 /// Registers of a unit whose queue is stopped for good: FSTS always says IQE, and the unit
