@@ -108,6 +108,7 @@ pub mod sg;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod streaming;
+mod sync;
 
 pub use buffer::{DmaBuf, PageBuffer};
 pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentView};

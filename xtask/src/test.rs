@@ -2,6 +2,7 @@
 //!
 //! 1. Host tests: `cargo test --workspace` (the `dma`, `pci` and `kernel` libraries against
 //!    simulated memory, config space and ACPI tables). Their counts are added to the total.
+//!    Then the `loom` models, built with `--cfg loom` in `target/loom`, one verdict each.
 //! 2. For every QEMU configuration: boot the kernel, run the in-kernel tests through the serial
 //!    shell (`ktest`), and check from the host what only the host can see (the shell's output,
 //!    QEMU's exit status). A test that panics aborts its boot; the runner boots again from the
@@ -338,8 +339,36 @@ fn host_tests(tally: &mut Tally) -> Result<(), String> {
         let name = format!("host::{}_rustdoc_builds_without_warnings", krate.replace('-', "_"));
         tally.record(&name, result);
     }
+    loom_models(tally)?;
     // Each exercise's check must fail on the shipped tree and pass with its reference answer.
     crate::exercises::grade_all(tally)
+}
+
+/// The `loom` models (`dma/tests/loom_*.rs`, `drivers/iommu-vtd/tests/loom_*.rs`): built with
+/// `--cfg loom`, in release as loom wants, in a target directory of their own so that their
+/// different RUSTFLAGS never invalidate the normal build. Each model is one host test.
+fn loom_models(tally: &mut Tally) -> Result<(), String> {
+    let models = [("dma", "loom_bounce"), ("dma", "loom_pool"), ("iommu-vtd", "loom_iova")];
+    println!("== loom models: RUSTFLAGS=\"--cfg loom\" cargo test --release ==");
+    for (krate, model) in models {
+        let out = build::cargo()
+            .args(["test", "-p", krate, "--release", "--test", model])
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", build::workspace_root().join("target/loom"))
+            .output()
+            .map_err(|e| format!("cannot run cargo test for the loom model {model}: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let result = if out.status.success() && stdout.contains("test result: ok. 1 passed") {
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let start = stderr.char_indices().rev().nth(4000).map_or(0, |(i, _)| i);
+            let tail = &stderr[start..];
+            Err(format!("{stdout}{tail}"))
+        };
+        tally.record(&format!("loom::{model}"), result);
+    }
+    Ok(())
 }
 
 /// Parses one `ktest: [i] name ... ok|FAILED: why` line.

@@ -67,7 +67,7 @@ pub(crate) struct PoolInner {
     pub(super) words_per_unit: usize,
     pub(super) poison: bool,
     pub(super) poison_failures: AtomicU64,
-    pub(super) state: spin::Mutex<PoolState>,
+    pub(super) state: crate::sync::Mutex<PoolState>,
 }
 
 pub(super) static POOLS: spin::Mutex<Vec<Weak<PoolInner>>> = spin::Mutex::new(Vec::new());

@@ -340,7 +340,7 @@ impl DmaPool {
             poison,
             poison_failures: AtomicU64::new(0),
             words_per_unit: (blocks_per_unit as usize).div_ceil(64),
-            state: spin::Mutex::new(PoolState {
+            state: crate::sync::Mutex::new(PoolState {
                 units: Vec::new(),
                 allocated: Vec::new(),
                 raw: Vec::new(),

@@ -21,6 +21,27 @@
 //! range that needs a mask above `CAP.MAMV`, or a unit without `CAP.PSI`, falls back to
 //! domain-selective: over-invalidating is always safe, under-invalidating never is.
 //!
+//! # When the queue stops: invalidation queue errors (§6.5.2.10)
+//! A descriptor the unit cannot accept (an unknown type, a reserved bit set, a field out of
+//! range) makes it set FSTS.IQE (§10.4.9) and stop: IQH stays on the bad descriptor, nothing
+//! after it is fetched, and every later wait would spin forever. The driver recovers the way
+//! §6.5.2.10 allows ([`Invalidator`] does it while it waits):
+//! 1. read IQH to find the bad descriptor, and IQERCD.IQEI for the unit's reason (0, "not
+//!    available", on older units and QEMU 7.2: then the driver's own decode,
+//!    [`check_descriptor`], names it);
+//! 2. report it, decoded ([`QueueFault`]: slot, type, reason), naming the unit;
+//! 3. overwrite the slot with a harmless descriptor (a wait that writes a scratch dword);
+//! 4. clear FSTS.IQE (RW1C), after which the unit fetches again, and write IQT once more:
+//!    QEMU 7.2 resumes only on an IQT write (hw/i386/intel_iommu.c, `vtd_handle_iqt_write`;
+//!    `vtd_handle_fsts_write` leaves a FIXME there), and rewriting the same tail is harmless;
+//! 5. fail the batch the bad descriptor belonged to with [`InvalidationError::QueueError`]:
+//!    the work it asked for was not done, so the caller keeps its range quarantined (as for
+//!    any failed invalidation) and later flushes retry. If the bad descriptor was the batch's
+//!    own wait, a fresh wait is queued so the batch can still be drained.
+//!
+//! The queue keeps working afterwards; only if the unit stops again and again on the same
+//! batch (more errors than descriptors submitted) is it declared [`InvalidationError::Broken`].
+//!
 //! # Example
 //! What the driver puts in the queue after unmapping three pages at IOVA `0x5000` in domain 7:
 //! [`page_scope`] finds the smallest aligned block holding them (four pages at `0x4000`,
@@ -44,12 +65,14 @@
 //! assert_eq!(page_scope(7, 0, 1 << 30, 9, false), None);
 //! ```
 
+use alloc::collections::VecDeque;
+use alloc::string::String;
 use core::fmt;
 
 use dma::phys::{FrameRequest, PAGE_SIZE, PhysAddr, PhysMemory};
 
 use super::SourceId;
-use super::regs::{self, Cap, Ecap, VtdRegisters, ccmd, fsts, gcmd, iotlb};
+use super::regs::{self, Cap, Ecap, VtdRegisters, ccmd, fsts, gcmd, iotlb, iqercd};
 use super::tables::CacheFlush;
 
 /// What a context-cache invalidation covers.
@@ -139,12 +162,11 @@ pub enum InvalidationError {
         /// Which request.
         what: InvalidationStep,
     },
-    /// The invalidation queue stopped on a bad descriptor (FSTS.IQE); the queue is unusable.
-    QueueError {
-        /// IQH: offset of the descriptor that failed.
-        head: u64,
-    },
-    /// A previous queue error left the queue stopped.
+    /// The invalidation queue stopped on a bad descriptor of this batch (FSTS.IQE). The
+    /// driver replaced it and restarted the queue, which keeps working; what the batch asked
+    /// for was not (all) done.
+    QueueError(QueueFault),
+    /// The queue cannot be used: it kept stopping after recovery, or its memory is gone.
     Broken,
     /// No frame for the invalidation queue.
     OutOfMemory,
@@ -159,14 +181,210 @@ impl fmt::Display for InvalidationError {
             InvalidationError::Rejected { what } => {
                 write!(f, "IOMMU refused the {what} invalidation (actual granularity 0)")
             }
-            InvalidationError::QueueError { head } => write!(
-                f,
-                "IOMMU invalidation queue stopped on a bad descriptor at offset {head:#x} (FSTS.IQE); \
-                 invalidations are no longer possible, stop DMA"
+            InvalidationError::QueueError(q) => {
+                write!(f, "{q}; the descriptor was replaced and the queue restarted, but its invalidation was not done")
+            }
+            InvalidationError::Broken => f.write_str(
+                "IOMMU invalidation queue is stopped and could not be recovered; invalidations are no longer \
+                 possible, stop DMA",
             ),
-            InvalidationError::Broken => f.write_str("IOMMU invalidation queue is stopped after an earlier error"),
             InvalidationError::OutOfMemory => f.write_str("no frame for the IOMMU invalidation queue"),
         }
+    }
+}
+
+/// A descriptor's type: bits 3:0 with bits 11:9 above them (§6.5.2; the high bits exist from
+/// spec rev 3.0 on and must be 0 before).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DescriptorType {
+    /// 1: context-cache invalidate (§6.5.2.1).
+    ContextCache,
+    /// 2: IOTLB invalidate (§6.5.2.3).
+    Iotlb,
+    /// 3: device-TLB invalidate (§6.5.2.5).
+    DeviceTlb,
+    /// 4: interrupt entry cache invalidate (§6.5.2.7).
+    InterruptEntryCache,
+    /// 5: invalidation wait (§6.5.2.8).
+    Wait,
+    /// 6: PASID-based IOTLB invalidate (§6.5.2.4), scalable mode only.
+    PasidIotlb,
+    /// 7: PASID-cache invalidate (§6.5.2.2), scalable mode only.
+    PasidCache,
+    /// Anything else: reserved or beyond what a legacy-mode queue takes.
+    Other(u8),
+}
+
+impl DescriptorType {
+    /// The type field of a descriptor's low quadword.
+    pub const fn of(lo: u64) -> DescriptorType {
+        match (lo & 0xf) | ((lo >> 5) & 0x70) {
+            1 => DescriptorType::ContextCache,
+            2 => DescriptorType::Iotlb,
+            3 => DescriptorType::DeviceTlb,
+            4 => DescriptorType::InterruptEntryCache,
+            5 => DescriptorType::Wait,
+            6 => DescriptorType::PasidIotlb,
+            7 => DescriptorType::PasidCache,
+            t => DescriptorType::Other(t as u8),
+        }
+    }
+}
+
+impl fmt::Display for DescriptorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DescriptorType::ContextCache => f.write_str("context-cache invalidate"),
+            DescriptorType::Iotlb => f.write_str("IOTLB invalidate"),
+            DescriptorType::DeviceTlb => f.write_str("device-TLB invalidate"),
+            DescriptorType::InterruptEntryCache => f.write_str("interrupt-entry-cache invalidate"),
+            DescriptorType::Wait => f.write_str("invalidation wait"),
+            DescriptorType::PasidIotlb => f.write_str("PASID-based IOTLB invalidate"),
+            DescriptorType::PasidCache => f.write_str("PASID-cache invalidate"),
+            DescriptorType::Other(t) => write!(f, "type {t:#x}"),
+        }
+    }
+}
+
+/// Why the unit stopped the queue: IQERCD.IQEI when the unit gives one, else what
+/// [`check_descriptor`] finds wrong with the descriptor at IQH.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum QueueErrorCause {
+    /// IQEI 1: the tail pointer is invalid.
+    InvalidTail,
+    /// IQEI 2: fetching the descriptor failed.
+    FetchFailed,
+    /// IQEI 3, or a type a legacy-mode queue does not take.
+    InvalidType,
+    /// IQEI 4, or reserved bits set: `lo`/`hi` are the offending bits, as far as the driver
+    /// can tell (both 0 when only the unit's IQEI says so).
+    ReservedBits {
+        /// Reserved bits set in the low quadword.
+        lo: u64,
+        /// Reserved bits set in the high quadword.
+        hi: u64,
+    },
+    /// IQEI 5: the descriptor width in IQA does not fit.
+    DescriptorWidth,
+    /// A granularity of 0 (reserved) in a context-cache or IOTLB descriptor.
+    ReservedGranularity,
+    /// A page-selective IOTLB invalidation whose address mask exceeds CAP.MAMV.
+    MaskAboveMamv {
+        /// The descriptor's address mask.
+        am: u8,
+    },
+    /// A wait descriptor asking for neither a status write nor an interrupt (QEMU 7.2
+    /// refuses those).
+    WaitDoesNothing,
+    /// No reason found: IQEI was 0 (or unknown) and the descriptor looks valid.
+    Unexplained {
+        /// IQERCD.IQEI as read.
+        iqei: u8,
+    },
+}
+
+impl fmt::Display for QueueErrorCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueErrorCause::InvalidTail => f.write_str("the tail pointer is invalid"),
+            QueueErrorCause::FetchFailed => f.write_str("the unit could not fetch it"),
+            QueueErrorCause::InvalidType => f.write_str("its type is not one this queue takes"),
+            QueueErrorCause::ReservedBits { lo: 0, hi: 0 } => f.write_str("reserved bits are set"),
+            QueueErrorCause::ReservedBits { lo, hi } => write!(f, "reserved bits {lo:#x}:{hi:#x} are set"),
+            QueueErrorCause::DescriptorWidth => f.write_str("the descriptor width does not match IQA.DW"),
+            QueueErrorCause::ReservedGranularity => f.write_str("its granularity is 0 (reserved)"),
+            QueueErrorCause::MaskAboveMamv { am } => write!(f, "its address mask {am} exceeds CAP.MAMV"),
+            QueueErrorCause::WaitDoesNothing => f.write_str("it asks for neither a status write nor an interrupt"),
+            QueueErrorCause::Unexplained { iqei } => write!(f, "no reason found (IQEI {iqei})"),
+        }
+    }
+}
+
+/// One invalidation queue error (FSTS.IQE), decoded: where the unit stopped, on what, and why.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct QueueFault {
+    /// The queue slot IQH pointed at (0..256).
+    pub slot: usize,
+    /// The 128-bit descriptor found there (low, high quadword).
+    pub descriptor: [u64; 2],
+    /// Its type.
+    pub kind: DescriptorType,
+    /// Why the unit refused it.
+    pub cause: QueueErrorCause,
+    /// Whether `cause` came from the unit (IQERCD.IQEI) rather than the driver's decode.
+    pub from_unit: bool,
+}
+
+impl QueueFault {
+    /// Decodes the error: the unit's IQEI when it gives one, else [`check_descriptor`].
+    pub fn decode(slot: usize, descriptor: [u64; 2], iqei: u8, mamv: u32) -> QueueFault {
+        let kind = DescriptorType::of(descriptor[0]);
+        let from_unit = match iqei {
+            1 => Some(QueueErrorCause::InvalidTail),
+            2 => Some(QueueErrorCause::FetchFailed),
+            3 => Some(QueueErrorCause::InvalidType),
+            4 => Some(
+                check_descriptor(descriptor, mamv)
+                    .filter(|c| matches!(c, QueueErrorCause::ReservedBits { .. }))
+                    .unwrap_or(QueueErrorCause::ReservedBits { lo: 0, hi: 0 }),
+            ),
+            5 => Some(QueueErrorCause::DescriptorWidth),
+            _ => None,
+        };
+        let (cause, from_unit) = match from_unit {
+            Some(c) => (c, true),
+            None => (check_descriptor(descriptor, mamv).unwrap_or(QueueErrorCause::Unexplained { iqei }), false),
+        };
+        QueueFault { slot, descriptor, kind, cause, from_unit }
+    }
+}
+
+impl fmt::Display for QueueFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalidation queue error (FSTS.IQE) at slot {}: {} descriptor {:#018x}:{:#018x} refused, {} ({})",
+            self.slot,
+            self.kind,
+            self.descriptor[0],
+            self.descriptor[1],
+            self.cause,
+            if self.from_unit { "IQERCD" } else { "decoded by the driver" }
+        )
+    }
+}
+
+/// What is wrong with a 128-bit descriptor on a legacy-mode queue, as far as the driver can
+/// tell: `None` when it looks valid. Checks the types this driver issues against §6.5.2
+/// (the same fields QEMU 7.2's `vtd_process_inv_desc` checks); the device-TLB and
+/// interrupt-entry-cache types are accepted as they are.
+pub const fn check_descriptor(d: [u64; 2], mamv: u32) -> Option<QueueErrorCause> {
+    let [lo, hi] = d;
+    let (rsvd_lo, rsvd_hi) = match DescriptorType::of(lo) {
+        // Bits 8:6, 15:12 (11:9 are the high type bits, 0 here), 63:50; the whole high
+        // quadword (§6.5.2.1).
+        DescriptorType::ContextCache => (0xfffc_0000_0000_f1c0, u64::MAX),
+        // Bits 8, 15:12, 63:32; high quadword bits 11:7 (§6.5.2.3).
+        DescriptorType::Iotlb => (0xffff_ffff_0000_f100, 0xf80),
+        // Bits 8:7, 31:12; high quadword bits 1:0 (§6.5.2.8).
+        DescriptorType::Wait => (0xffff_f180, 0x3),
+        DescriptorType::DeviceTlb | DescriptorType::InterruptEntryCache => return None,
+        DescriptorType::PasidIotlb | DescriptorType::PasidCache | DescriptorType::Other(_) => {
+            return Some(QueueErrorCause::InvalidType);
+        }
+    };
+    if lo & rsvd_lo != 0 || hi & rsvd_hi != 0 {
+        return Some(QueueErrorCause::ReservedBits { lo: lo & rsvd_lo, hi: hi & rsvd_hi });
+    }
+    match DescriptorType::of(lo) {
+        DescriptorType::ContextCache | DescriptorType::Iotlb if (lo >> 4) & 3 == 0 => {
+            Some(QueueErrorCause::ReservedGranularity)
+        }
+        DescriptorType::Iotlb if (lo >> 4) & 3 == 3 && (hi & 0x3f) as u32 > mamv => {
+            Some(QueueErrorCause::MaskAboveMamv { am: (hi & 0x3f) as u8 })
+        }
+        DescriptorType::Wait if lo & (desc::WAIT_SW | desc::WAIT_IF) == 0 => Some(QueueErrorCause::WaitDoesNothing),
+        _ => None,
     }
 }
 
@@ -189,6 +407,8 @@ pub struct InvalidationStats {
     pub waits: u64,
     /// Write-buffer flushes.
     pub write_buffer_flushes: u64,
+    /// Invalidation queue errors (FSTS.IQE) recovered from.
+    pub queue_errors: u64,
 }
 
 /// The page-selective scope covering `iova..iova+len` in `domain`: the smallest naturally
@@ -212,6 +432,8 @@ mod desc {
     pub const CONTEXT: u64 = 0x1;
     pub const IOTLB: u64 = 0x2;
     pub const WAIT: u64 = 0x5;
+    /// Wait descriptor: interrupt flag.
+    pub const WAIT_IF: u64 = 1 << 4;
     /// Wait descriptor: status write.
     pub const WAIT_SW: u64 = 1 << 5;
     /// Wait descriptor: fence (later descriptors wait for this one).
@@ -250,7 +472,9 @@ pub const fn wait_descriptor(status: PhysAddr, data: u32) -> [u64; 2] {
     [desc::WAIT | desc::WAIT_SW | desc::WAIT_FN | ((data as u64) << 32), status.0 & !3]
 }
 
-/// The invalidation queue: one 4 KiB page of 256 128-bit descriptors, plus a status word.
+/// The invalidation queue: one 4 KiB page of 256 128-bit descriptors, plus a status frame
+/// whose first dword the wait descriptors write and whose third is a scratch dword for the
+/// descriptors that replace bad ones.
 struct Queue {
     base: PhysAddr,
     status: PhysAddr,
@@ -260,6 +484,12 @@ struct Queue {
 }
 
 const QUEUE_ENTRIES: usize = PAGE_SIZE / 16;
+
+/// Offset in the status frame of the dword replacement descriptors write.
+const SCRATCH_OFFSET: u64 = 8;
+
+/// How many recent queue errors an invalidator keeps.
+const RECENT_QUEUE_ERRORS: usize = 8;
 
 enum Mode {
     Register { iotlb_off: usize },
@@ -272,6 +502,10 @@ pub struct Invalidator {
     cap: Cap,
     flush: Option<CacheFlush>,
     stats: InvalidationStats,
+    /// The unit's name, for the log line a queue error gets.
+    unit: String,
+    /// The last queue errors, oldest first.
+    queue_errors: VecDeque<QueueFault>,
 }
 
 impl Invalidator {
@@ -282,13 +516,17 @@ impl Invalidator {
             cap,
             flush: None,
             stats: InvalidationStats::default(),
+            unit: String::new(),
+            queue_errors: VecDeque::new(),
         }
     }
 
     /// Sets up and enables queued invalidation (§6.5.2): a zeroed queue page and status word,
     /// IQT = 0, IQA = base with QS = 0 (one page) and 128-bit descriptors, then GCMD.QIE and
-    /// wait for GSTS.QIES. `flush` pushes descriptors to memory if the unit is not coherent.
+    /// wait for GSTS.QIES. `flush` pushes descriptors to memory if the unit is not coherent;
+    /// `unit` names the unit in the log line a queue error gets.
     pub fn enable_queue(
+        unit: &str,
         regs: &dyn VtdRegisters,
         phys: &dyn PhysMemory,
         cap: Cap,
@@ -329,6 +567,8 @@ impl Invalidator {
             cap,
             flush,
             stats: InvalidationStats::default(),
+            unit: String::from(unit),
+            queue_errors: VecDeque::new(),
         })
     }
 
@@ -340,6 +580,27 @@ impl Invalidator {
     /// Counters.
     pub fn stats(&self) -> InvalidationStats {
         self.stats
+    }
+
+    /// The last invalidation queue errors recovered from (up to 8), oldest first.
+    pub fn queue_errors(&self) -> impl Iterator<Item = &QueueFault> {
+        self.queue_errors.iter()
+    }
+
+    /// Queued mode: submits `descriptor` exactly as given, then a wait, and waits. For
+    /// fault-injection tests of the error recovery (a malformed descriptor must come back as
+    /// [`InvalidationError::QueueError`] with the queue still working); register mode has no
+    /// queue and returns [`InvalidationError::Rejected`].
+    pub fn submit_raw(
+        &mut self,
+        regs: &dyn VtdRegisters,
+        phys: &dyn PhysMemory,
+        descriptor: [u64; 2],
+    ) -> Result<(), InvalidationError> {
+        if !self.is_queued() {
+            return Err(InvalidationError::Rejected { what: InvalidationStep::Queued });
+        }
+        self.submit_and_wait(regs, phys, &[descriptor])
     }
 
     /// Invalidates context-cache entries and waits for completion.
@@ -453,6 +714,8 @@ impl Invalidator {
     }
 
     /// Queued mode: writes `descs` and a wait descriptor, bumps IQT, and polls the status word.
+    /// An invalidation queue error met on the way is recovered (see the module documentation)
+    /// and fails the batch with [`InvalidationError::QueueError`].
     fn submit_and_wait(
         &mut self,
         regs: &dyn VtdRegisters,
@@ -465,57 +728,144 @@ impl Invalidator {
         if q.broken {
             return Err(InvalidationError::Broken);
         }
-        self.stats.waits += 1;
-        q.seq = q.seq.wrapping_add(1);
-        let seq = q.seq;
+        let mamv = self.cap.mamv();
+        let flush = self.flush.as_ref();
         let status_ptr = phys.phys_to_virt(q.status) as *mut u32;
-        if status_ptr.is_null() {
+        if status_ptr.is_null() || phys.phys_to_virt(q.base).is_null() {
             q.broken = true;
             return Err(InvalidationError::Broken);
         }
-        // SAFETY: the status frame is ours for the queue's lifetime; the unit writes it only
-        // in response to a wait descriptor, and none is outstanding (we always wait).
-        unsafe { core::ptr::write_volatile(status_ptr, seq.wrapping_sub(1)) };
-        let wait = wait_descriptor(q.status, seq);
-        let qva = phys.phys_to_virt(q.base) as *mut u64;
-        if qva.is_null() {
-            q.broken = true;
-            return Err(InvalidationError::Broken);
+        self.stats.waits += 1;
+        // A queue stopped before this batch (nothing of ours is in it: every batch is waited
+        // for) is restarted first; the error is reported but is not this batch's.
+        if regs.read32(regs::FSTS) & fsts::IQE != 0 {
+            let fault = q.recover(regs, phys, flush, mamv);
+            note_queue_error(&mut self.stats, &mut self.queue_errors, &self.unit, fault);
         }
-        for d in descs.iter().chain(core::iter::once(&wait)) {
-            // Full when the slot after the tail is the head: wait for the unit to catch up.
-            let next = (q.tail + 1) % QUEUE_ENTRIES;
-            let head_ok = regs::poll64(regs, regs::IQH, |h| (h as usize >> 4) % QUEUE_ENTRIES != next);
-            if head_ok.is_none() {
-                return Err(InvalidationError::Timeout { what: InvalidationStep::QueueSpace });
-            }
-            // SAFETY: slot `tail` (< 256) is inside the queue frame, and the unit does not read
-            // it: it lies outside head..tail.
-            unsafe {
-                core::ptr::write_volatile(qva.add(q.tail * 2), d[0]);
-                core::ptr::write_volatile(qva.add(q.tail * 2 + 1), d[1]);
-            }
-            if let Some(f) = &self.flush {
-                // SAFETY: as above; the slot is 16 bytes inside the frame.
-                f(unsafe { qva.add(q.tail * 2) } as *const u8, 16);
-            }
-            q.tail = next;
+        let mut seq = q.next_seq(status_ptr);
+        for d in descs {
+            q.push(regs, phys, flush, *d)?;
         }
+        let mut wait_slot = q.push(regs, phys, flush, wait_descriptor(q.status, seq))?;
         regs.write64(regs::IQT, (q.tail as u64) << 4);
+        let mut failed = None;
+        let mut errors = 0;
         for _ in 0..regs::POLL_LIMIT {
-            // SAFETY: as above.
+            // SAFETY: the status frame is ours for the queue's lifetime; the unit writes it only
+            // in response to our wait descriptors.
             if unsafe { core::ptr::read_volatile(status_ptr) } == seq {
-                return Ok(());
+                return match failed {
+                    None => Ok(()),
+                    Some(fault) => Err(InvalidationError::QueueError(fault)),
+                };
             }
-            let f = regs.read32(regs::FSTS);
-            if f & fsts::IQE != 0 {
-                q.broken = true;
-                let head = regs.read64(regs::IQH);
-                regs.write32(regs::FSTS, fsts::IQE);
-                return Err(InvalidationError::QueueError { head });
+            if regs.read32(regs::FSTS) & fsts::IQE != 0 {
+                errors += 1;
+                if errors > descs.len() + 1 {
+                    // Replacing what IQH points at does not help (an invalid tail, or a unit
+                    // that cannot fetch): stop using the queue rather than spin.
+                    q.broken = true;
+                    log::error!("{}: invalidation queue keeps stopping (FSTS.IQE); giving up on it", self.unit);
+                    return Err(InvalidationError::Broken);
+                }
+                let fault = q.recover(regs, phys, flush, mamv);
+                note_queue_error(&mut self.stats, &mut self.queue_errors, &self.unit, fault);
+                if fault.slot == wait_slot {
+                    // The wait itself was refused and replaced: queue a new one to drain the batch.
+                    seq = q.next_seq(status_ptr);
+                    wait_slot = q.push(regs, phys, flush, wait_descriptor(q.status, seq))?;
+                    regs.write64(regs::IQT, (q.tail as u64) << 4);
+                }
+                failed.get_or_insert(fault);
             }
             core::hint::spin_loop();
         }
         Err(InvalidationError::Timeout { what: InvalidationStep::Queued })
+    }
+}
+
+/// Counts, keeps and logs one recovered queue error.
+fn note_queue_error(stats: &mut InvalidationStats, recent: &mut VecDeque<QueueFault>, unit: &str, fault: QueueFault) {
+    stats.queue_errors += 1;
+    if recent.len() == RECENT_QUEUE_ERRORS {
+        recent.pop_front();
+    }
+    recent.push_back(fault);
+    log::error!("{unit}: {fault}; replaced it with a no-op wait and restarted the queue");
+}
+
+impl Queue {
+    /// The next sequence number, with the status word set to anything but it.
+    fn next_seq(&mut self, status_ptr: *mut u32) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        // SAFETY: `status_ptr` maps the status frame, ours for the queue's lifetime; no wait
+        // descriptor is outstanding that could write it concurrently with an older value
+        // (every batch is waited for, and a replaced wait writes the scratch dword instead).
+        unsafe { core::ptr::write_volatile(status_ptr, self.seq.wrapping_sub(1)) };
+        self.seq
+    }
+
+    /// Writes `d` at the tail (waiting for a free slot) and advances the tail in memory only
+    /// (the caller writes IQT). Returns the slot written.
+    fn push(
+        &mut self,
+        regs: &dyn VtdRegisters,
+        phys: &dyn PhysMemory,
+        flush: Option<&CacheFlush>,
+        d: [u64; 2],
+    ) -> Result<usize, InvalidationError> {
+        // Full when the slot after the tail is the head: wait for the unit to catch up.
+        let next = (self.tail + 1) % QUEUE_ENTRIES;
+        let head_ok = regs::poll64(regs, regs::IQH, |h| (h as usize >> 4) % QUEUE_ENTRIES != next);
+        if head_ok.is_none() {
+            return Err(InvalidationError::Timeout { what: InvalidationStep::QueueSpace });
+        }
+        let slot = self.tail;
+        self.write_slot(phys, flush, slot, d);
+        self.tail = next;
+        Ok(slot)
+    }
+
+    /// Stores a descriptor in `slot` and pushes it to memory for a non-coherent unit.
+    fn write_slot(&self, phys: &dyn PhysMemory, flush: Option<&CacheFlush>, slot: usize, d: [u64; 2]) {
+        let qva = phys.phys_to_virt(self.base) as *mut u64;
+        // SAFETY: `submit_and_wait` checked that the queue frame maps (`qva` is not null);
+        // `slot` < 256, so both quadwords are inside the 4 KiB frame we own. The unit does not
+        // read the slot now: it is either outside head..tail or the one it stopped on.
+        unsafe {
+            core::ptr::write_volatile(qva.add(slot * 2), d[0]);
+            core::ptr::write_volatile(qva.add(slot * 2 + 1), d[1]);
+        }
+        if let Some(f) = flush {
+            // SAFETY: as above; the slot is 16 bytes inside the frame.
+            f(unsafe { qva.add(slot * 2) } as *const u8, 16);
+        }
+    }
+
+    /// The recovery of §6.5.2.10 for a queue the unit stopped (FSTS.IQE set): find the
+    /// descriptor at IQH, decode why it was refused (IQERCD.IQEI, else the driver's decode),
+    /// replace it with a wait descriptor that writes the scratch dword (valid on every unit,
+    /// and in QEMU 7.2, which refuses a wait that does nothing), clear IQE (RW1C, §10.4.9) so
+    /// the unit fetches again, and rewrite IQT for units that (like QEMU 7.2) only resume on
+    /// a tail write.
+    fn recover(
+        &mut self,
+        regs: &dyn VtdRegisters,
+        phys: &dyn PhysMemory,
+        flush: Option<&CacheFlush>,
+        mamv: u32,
+    ) -> QueueFault {
+        let slot = (regs.read64(regs::IQH) as usize >> 4) % QUEUE_ENTRIES;
+        let iqei = iqercd::iqei(regs.read64(regs::IQERCD));
+        let qva = phys.phys_to_virt(self.base) as *const u64;
+        // SAFETY: as in `write_slot`; the unit has stopped and does not touch the slot.
+        let descriptor =
+            unsafe { [core::ptr::read_volatile(qva.add(slot * 2)), core::ptr::read_volatile(qva.add(slot * 2 + 1))] };
+        let fault = QueueFault::decode(slot, descriptor, iqei, mamv);
+        let scratch = PhysAddr(self.status.0 + SCRATCH_OFFSET);
+        self.write_slot(phys, flush, slot, wait_descriptor(scratch, 0));
+        regs.write32(regs::FSTS, fsts::IQE);
+        regs.write64(regs::IQT, (self.tail as u64) << 4);
+        fault
     }
 }

@@ -80,6 +80,11 @@ pub const IQT: usize = 0x88;
 pub const IQA: usize = 0x90;
 /// Invalidation completion status (32-bit): IWC, set by a wait descriptor with IF (§10.4.25).
 pub const ICS: usize = 0x9C;
+/// Invalidation queue error record (64-bit, RO, spec rev 3.0 and later): why the unit set
+/// FSTS.IQE, in [`iqercd::iqei`]. Units without it (and QEMU 7.2) read 0 there, "info not
+/// available"; Linux 6.1 (drivers/iommu/intel/dmar.c, `qi_dump_fault`) reads it on every
+/// unit for the same reason.
+pub const IQERCD: usize = 0xB0;
 
 /// GCMD/GSTS bit positions (§10.4.4, §10.4.5). The command bit and its status bit share a
 /// position.
@@ -169,6 +174,16 @@ pub mod fsts {
     /// Fault record index (bits 15..8): the first recording register holding a fault.
     pub const fn fri(v: u32) -> u32 {
         (v >> 8) & 0xff
+    }
+}
+
+/// IQERCD fields (Invalidation Queue Error Record register, spec rev 3.0 and later).
+pub mod iqercd {
+    /// Invalidation Queue Error Info (bits 3:0), valid while FSTS.IQE is set: 0 info not
+    /// available, 1 invalid tail pointer, 2 descriptor fetch failed, 3 invalid descriptor
+    /// type, 4 reserved field set in a valid descriptor type, 5 invalid descriptor width.
+    pub const fn iqei(v: u64) -> u8 {
+        (v & 0xf) as u8
     }
 }
 

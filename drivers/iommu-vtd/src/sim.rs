@@ -13,8 +13,13 @@
 //! - A page-selective invalidation ignores address bits below its mask, as hardware may, so a
 //!   wrong address mask leaves stale entries.
 //! - Queued invalidation processes descriptors from IQH to IQT when IQT is written; a wait
-//!   descriptor writes its status dword to memory; an unknown descriptor stops the queue with
-//!   FSTS.IQE.
+//!   descriptor writes its status dword to memory. A malformed descriptor (an unknown type,
+//!   a reserved bit set, granularity 0, a mask above MAMV, a wait that does nothing: the
+//!   checks of QEMU 7.2's `vtd_process_inv_desc`) stops the queue as §6.5.2.10 says: FSTS.IQE
+//!   set, IQH left on the bad descriptor, nothing fetched until software clears IQE. Then a
+//!   unit like hardware fetches again at once; one like QEMU 7.2
+//!   ([`SimConfig::resume_on_iqe_clear`] false) only at the next IQT write. A rev-3 unit
+//!   ([`SimConfig::error_record`]) says why in IQERCD.IQEI.
 //! - A failed device access records a fault in the fault recording registers (F, reason,
 //!   source, address, type), sets FSTS.PPF/FRI, or PFO when all records are full.
 //! - Misuse the spec calls undefined (register invalidation while the queue is on, enabling
@@ -97,6 +102,12 @@ pub struct SimConfig {
     pub rwbf: bool,
     /// CAP.ND.
     pub nd: u8,
+    /// Whether clearing FSTS.IQE makes the unit fetch again at once (hardware, §6.5.2.10) or
+    /// only at the next IQT write (QEMU 7.2).
+    pub resume_on_iqe_clear: bool,
+    /// Whether IQERCD.IQEI reports why the queue stopped (spec rev 3.0 units); else it reads
+    /// 0, "info not available".
+    pub error_record: bool,
 }
 
 impl Default for SimConfig {
@@ -115,15 +126,26 @@ impl Default for SimConfig {
             coherent: true,
             rwbf: false,
             nd: 2,
+            resume_on_iqe_clear: true,
+            error_record: true,
         }
     }
 }
 
 impl SimConfig {
     /// Like QEMU 7.2's `-device intel-iommu,caching-mode=on`: 39-bit 3-level only, 2 MiB
-    /// pages, caching mode, queued invalidation.
+    /// pages, caching mode, queued invalidation that resumes after an error only on an IQT
+    /// write and gives no IQERCD.
     pub fn qemu_caching_mode() -> SimConfig {
-        SimConfig { caching_mode: true, sagaw: regs::SAGAW_39, mgaw: 39, sllps: 0b01, ..SimConfig::default() }
+        SimConfig {
+            caching_mode: true,
+            sagaw: regs::SAGAW_39,
+            mgaw: 39,
+            sllps: 0b01,
+            resume_on_iqe_clear: false,
+            error_record: false,
+            ..SimConfig::default()
+        }
     }
 
     /// An old unit: register-based invalidation only, no large pages, RWBF.
@@ -238,6 +260,7 @@ struct SimState {
     /// IRTA as written, and as latched by GCMD.SIRTP (§10.4.29).
     irta_reg: u64,
     irta: Option<u64>,
+    iqercd: u64,
     records: Vec<(u64, u64)>,
     next_record: usize,
     context_cache: BTreeMap<SourceId, CachedContext>,
@@ -280,6 +303,7 @@ impl SimUnit {
                 ics: 0,
                 irta_reg: 0,
                 irta: None,
+                iqercd: 0,
                 records: vec![(0, 0); cfg.fault_records.clamp(1, 256)],
                 next_record: 0,
                 context_cache: BTreeMap::new(),
@@ -579,37 +603,69 @@ impl SimState {
                 (!p.is_null()).then(|| unsafe { core::ptr::read_volatile(p as *const u64) })
             };
             let (Some(lo), Some(hi)) = (read(0), read(8)) else {
-                self.fsts |= fsts::IQE;
+                self.queue_error(2);
                 break;
             };
-            self.stats.descriptors += 1;
-            match lo & 0xf {
-                1 => self.invalidate_context((lo >> 4) & 3, (lo >> 16) as u16, (lo >> 32) as u16),
-                2 => {
-                    self.invalidate_iotlb((lo >> 4) & 3, (lo >> 16) as u16, hi);
-                }
-                4 => self.stats.iec_invalidations += 1,
-                5 => {
-                    if lo & (1 << 5) != 0 {
-                        let p = mem.phys_to_virt(PhysAddr(hi & !3));
-                        if p.is_null() {
-                            self.fsts |= fsts::IQE;
-                            break;
-                        }
-                        // SAFETY: as above; the status address is dword aligned.
-                        unsafe { core::ptr::write_volatile(p as *mut u32, (lo >> 32) as u32) };
-                    }
-                    if lo & (1 << 4) != 0 {
-                        self.ics |= 1;
-                    }
-                }
-                _ => {
-                    self.fsts |= fsts::IQE;
-                    break;
-                }
+            if let Err(iqei) = self.process_descriptor(mem, lo, hi) {
+                // §6.5.2.10: IQH stays on the bad descriptor; nothing more is fetched.
+                self.queue_error(iqei);
+                break;
             }
+            self.stats.descriptors += 1;
             self.iqh = (((self.iqh >> 4) + 1) % entries) << 4;
         }
+    }
+
+    /// Sets FSTS.IQE and, on a unit with an error record, IQERCD.IQEI.
+    fn queue_error(&mut self, iqei: u64) {
+        self.fsts |= fsts::IQE;
+        self.iqercd = if self.cfg.error_record { iqei } else { 0 };
+    }
+
+    /// Carries out one descriptor, or refuses it with the IQEI a rev-3 unit would report
+    /// (3 invalid type, 4 reserved field, 2 a status write that cannot be done). The checks
+    /// are those of QEMU 7.2's `vtd_process_inv_desc`.
+    fn process_descriptor(&mut self, mem: &dyn PhysMemory, lo: u64, hi: u64) -> Result<(), u64> {
+        let gran = (lo >> 4) & 3;
+        match (lo & 0xf) | ((lo >> 5) & 0x70) {
+            1 => {
+                if lo & 0xfffc_0000_0000_f1c0 != 0 || hi != 0 || gran == 0 {
+                    return Err(4);
+                }
+                self.invalidate_context(gran, (lo >> 16) as u16, (lo >> 32) as u16);
+            }
+            2 => {
+                if lo & 0xffff_ffff_0000_f100 != 0 || hi & 0xf80 != 0 || gran == 0 {
+                    return Err(4);
+                }
+                if gran == 3 && (hi & 0x3f) > self.cfg.mamv as u64 {
+                    return Err(4);
+                }
+                self.invalidate_iotlb(gran, (lo >> 16) as u16, hi);
+            }
+            5 => {
+                let (sw, iflag) = (lo & (1 << 5) != 0, lo & (1 << 4) != 0);
+                if lo & 0xffff_f180 != 0 || hi & 3 != 0 || !(sw || iflag) {
+                    return Err(4);
+                }
+                if sw {
+                    let p = mem.phys_to_virt(PhysAddr(hi & !3));
+                    if p.is_null() {
+                        return Err(2);
+                    }
+                    // SAFETY: as above; the status address is dword aligned.
+                    unsafe { core::ptr::write_volatile(p as *mut u32, (lo >> 32) as u32) };
+                }
+                if iflag {
+                    self.ics |= 1;
+                }
+            }
+            // Interrupt entry cache invalidation (§6.5.2.7): nothing cached here to drop; counted
+            // so tests can see the driver invalidated after changing an IRTE.
+            4 => self.stats.iec_invalidations += 1,
+            _ => return Err(3),
+        }
+        Ok(())
     }
 
     fn write_gcmd(&mut self, v: u32) {
@@ -676,7 +732,13 @@ impl VtdRegisters for SimUnit {
         let mut st = self.state.lock();
         match offset {
             regs::GCMD => st.write_gcmd(value),
-            regs::FSTS => st.fsts &= !(value & (fsts::PFO | fsts::IQE | fsts::ICE | fsts::ITE)),
+            regs::FSTS => {
+                let was_stopped = st.fsts & fsts::IQE != 0;
+                st.fsts &= !(value & (fsts::PFO | fsts::IQE | fsts::ICE | fsts::ITE));
+                if was_stopped && st.fsts & fsts::IQE == 0 && st.cfg.resume_on_iqe_clear {
+                    st.process_queue(&*self.mem);
+                }
+            }
             regs::FECTL => st.fectl = value & regs::fectl::IM,
             regs::FEDATA => st.fedata = value,
             regs::FEADDR => st.feaddr = value,
@@ -748,6 +810,7 @@ fn self_read64(st: &SimState, offset: usize) -> u64 {
         regs::IQT => st.iqt,
         regs::IQA => st.iqa,
         crate::interrupt_remap::IRTA_REG => st.irta_reg,
+        regs::IQERCD => st.iqercd,
         o if o == SIM_IOTLB_OFFSET => st.iva,
         o if o == SIM_IOTLB_OFFSET + 8 => st.iotlb_reg,
         o if (SIM_FAULT_OFFSET..SIM_FAULT_OFFSET + st.records.len() * 16).contains(&o) => {

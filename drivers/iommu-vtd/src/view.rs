@@ -91,7 +91,8 @@ pub fn render_units(units: &[Arc<Unit>]) -> String {
 }
 
 /// Renders `iommu:faults`: per unit, counts per source device and the recent fault records
-/// (after reading any pending ones from the hardware).
+/// (after reading any pending ones from the hardware), then the invalidation queue errors
+/// (FSTS.IQE) the unit recovered from, the last 8.
 pub fn render_faults(units: &[Arc<Unit>]) -> String {
     let mut out = String::new();
     for u in units {
@@ -104,6 +105,9 @@ pub fn render_faults(units: &[Arc<Unit>]) -> String {
         }
         for r in &recent {
             let _ = writeln!(out, "  {r}");
+        }
+        for q in u.queue_errors() {
+            let _ = writeln!(out, "  {q}");
         }
     }
     out

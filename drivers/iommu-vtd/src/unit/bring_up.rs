@@ -49,7 +49,7 @@ impl Unit {
         let mem = TableMemory::new(phys.clone(), flush.clone(), max_addr);
 
         let mut inval = if ecap.qi() && config.prefer_queued {
-            Invalidator::enable_queue(&*regs, &*phys, cap, max_addr, flush)?
+            Invalidator::enable_queue(name, &*regs, &*phys, cap, max_addr, flush)?
         } else {
             Invalidator::registers(cap, ecap)
         };
