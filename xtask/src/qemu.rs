@@ -31,6 +31,9 @@ pub struct MachineConfig {
     pub name: String,
     pub firmware: Firmware,
     pub iommu: bool,
+    /// With `iommu`: QEMU's `caching-mode` (CAP.CM, §6.1). On (the default) the unit may cache
+    /// not-present entries, so every map needs an invalidation; off, as most real units.
+    pub caching_mode: bool,
     pub kvm: bool,
     pub memory_mib: u32,
     /// Network arguments replacing the default (`-netdev user` + an e1000). Each is one argv
@@ -51,6 +54,7 @@ impl MachineConfig {
             name: "bios-vtd".into(),
             firmware: Firmware::Bios,
             iommu: true,
+            caching_mode: true,
             kvm: false,
             memory_mib: 512,
             network: None,
@@ -139,7 +143,8 @@ pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) 
     if machine.iommu {
         // caching-mode=on: the unit may cache not-present entries, so the driver must invalidate
         // after making entries present, as on real hardware with CAP.CM=1.
-        cmd.args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+        let cm = if machine.caching_mode { "on" } else { "off" };
+        cmd.args(["-device", &format!("intel-iommu,intremap=on,caching-mode={cm}")]);
     }
     let boot_image = match machine.firmware {
         Firmware::Bios => &images.bios,
