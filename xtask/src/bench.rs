@@ -130,6 +130,51 @@ impl CostTable {
     }
 }
 
+/// The guest's TSC frequency as the kernel calibrated it at boot (its `time: TSC runs at N MHz`
+/// log line).
+fn tsc_mhz(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("TSC runs at"))?;
+    line.split("TSC runs at ").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// Boots one machine per variant with `boot` (which returns the machine and its serial log),
+/// and reboots (`stop`, then `boot`) any whose TSC calibration is more than 3% off the median of
+/// the three. Every figure the kernel prints is timed with that TSC, so one bad calibration
+/// skews a whole column: on a loaded host the calibration against the ACPI PM timer was seen
+/// to come out at 6,926 MHz instead of 2,610, making that machine look 2.65× faster.
+fn boot_calibrated<T>(
+    mut boot: impl FnMut(usize) -> Result<(T, std::path::PathBuf), String>,
+    mut stop: impl FnMut(T),
+) -> Result<Vec<T>, String> {
+    let mut machines = Vec::new();
+    let mut logs = Vec::new();
+    for v in 0..VARIANTS.len() {
+        let (m, log) = boot(v)?;
+        machines.push(Some(m));
+        logs.push(log);
+    }
+    for _attempt in 0..4 {
+        let mhz: Vec<f64> = logs.iter().map(|l| tsc_mhz(l).map_or(f64::NAN, |m| m as f64)).collect();
+        let mid = median(&mhz);
+        let bad: Vec<usize> = (0..mhz.len()).filter(|&v| !((mhz[v] - mid).abs() <= mid * 0.03)).collect();
+        if bad.is_empty() {
+            println!("guest TSC calibrations (MHz): {mhz:?}");
+            return Ok(machines.into_iter().flatten().collect());
+        }
+        for v in bad {
+            println!("{}: TSC calibrated at {} MHz, the others near {mid}: rebooting it", VARIANTS[v].0, mhz[v]);
+            if let Some(m) = machines[v].take() {
+                stop(m);
+            }
+            let (m, log) = boot(v)?;
+            machines[v] = Some(m);
+            logs[v] = log;
+        }
+    }
+    Err("the guests' TSC calibrations keep disagreeing (host too loaded to benchmark)".into())
+}
+
 // ---- network ----
 
 /// One benchmark figure from a `netbench` line: the value after `key=`.
@@ -158,8 +203,12 @@ impl NetMachine {
     ) -> Result<Self, String> {
         let peer = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("cannot bind the peer: {e}"))?;
         let (network, qemu_port) = net_tests::socket_network(&peer)?;
+        // Each machine its own scratch disk: QEMU locks the image it writes.
+        let disk = work.join(format!("netbench-{name}.img"));
+        crate::qemu::scratch_disk(&disk, 64 << 20)?;
         let machine = MachineConfig {
             name: format!("netbench-{name}"),
+            disks: vec![disk],
             iommu,
             caching_mode,
             network: Some(network),
@@ -213,10 +262,16 @@ fn net(images: &boot::DiskImages, work: &Path) -> Result<(), String> {
     const TX_FRAMES: u64 = 20_000;
     const RX_FRAMES: usize = 30_000;
     const FLOOR_WRITES: u64 = 200_000;
-    let mut machines = VARIANTS
-        .iter()
-        .map(|(name, iommu, cm)| NetMachine::boot(name, *iommu, *cm, images, work))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut machines = boot_calibrated(
+        |v| {
+            let (name, iommu, cm) = VARIANTS[v];
+            let m = NetMachine::boot(name, iommu, cm, images, work)?;
+            Ok((m, work.join(format!("netbench-{name}-bench.log"))))
+        },
+        |m| {
+            m.finish();
+        },
+    )?;
     let mut table = CostTable::default();
     let mut notes = Vec::new();
     for _ in 0..iterations() {
@@ -301,19 +356,26 @@ pub fn disk(args: &[String]) -> Result<(), String> {
     let images = crate::build::build_images(profile)?;
     let work = crate::build::target_dir().join("xtask-test");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let mut sessions = Vec::new();
-    for (name, iommu, caching_mode) in VARIANTS {
-        let disk = work.join(format!("bench-disk-{name}.img"));
-        crate::qemu::scratch_disk(&disk, 64 << 20)?;
-        let machine = MachineConfig {
-            name: format!("bench-disk-{name}"),
-            disks: vec![disk],
-            iommu,
-            caching_mode,
-            ..MachineConfig::standard()
-        };
-        sessions.push(test::boot(&machine, &images, &work, "bench")?);
-    }
+    let mut sessions = boot_calibrated(
+        |v| {
+            let (name, iommu, caching_mode) = VARIANTS[v];
+            let disk = work.join(format!("bench-disk-{name}.img"));
+            crate::qemu::scratch_disk(&disk, 64 << 20)?;
+            let machine = MachineConfig {
+                name: format!("bench-disk-{name}"),
+                disks: vec![disk],
+                iommu,
+                caching_mode,
+                ..MachineConfig::standard()
+            };
+            let session = test::boot(&machine, &images, &work, "bench")?;
+            Ok((session, work.join(format!("bench-disk-{name}-bench.log"))))
+        },
+        |mut session| {
+            let _ = session.send_line("exit");
+            let _ = session.wait_exit(Duration::from_secs(30));
+        },
+    )?;
     let mut table = CostTable::default();
     for _ in 0..iterations() {
         for (v, session) in sessions.iter_mut().enumerate() {
@@ -331,6 +393,11 @@ pub fn disk(args: &[String]) -> Result<(), String> {
     }
     table.print("disk benchmark (QEMU TCG, AHCI, 48 MiB, interrupts; strict VT-d, intremap=on)");
     for (v, mut session) in sessions.into_iter().enumerate() {
+        let text = test::command(&mut session, "cat disk:info").unwrap_or_default();
+        println!("\n{} — disk:info (IOMMU share):", VARIANTS[v].0);
+        for line in text.lines().filter(|l| l.starts_with("dma ")) {
+            println!("  {line}");
+        }
         if v > 0 {
             let text = test::command(&mut session, "cat dma:mappings").unwrap_or_default();
             println!("\n{} — dma:mappings:", VARIANTS[v].0);

@@ -88,6 +88,11 @@ pub struct DomainStats {
     pub pages_1g: u64,
     /// Domain-wide flushes of deferred unmaps.
     pub flushes: u64,
+    /// 2 MiB and 1 GiB leaves mapped now (superpages in use).
+    pub superpages_live: u64,
+    /// IOTLB invalidations this domain asked its unit for (page-selective or domain-wide,
+    /// each followed by a wait), on map (caching mode), unmap and flush.
+    pub invalidations: u64,
 }
 
 struct DomainState {
@@ -251,10 +256,12 @@ impl Domain {
                 st.stats.maps += 1;
                 st.stats.pages_2m += r.pages_2m as u64;
                 st.stats.pages_1g += r.pages_1g as u64;
+                st.stats.superpages_live += (r.pages_2m + r.pages_1g) as u64;
                 r.new_tables
             }
             Err(e) => {
                 // Entries may have been present for a moment: invalidate before reuse.
+                st.stats.invalidations += 1;
                 if unit.invalidate_range(self.id, iova, span, false).is_ok() {
                     let _ = st.iova.free_invalidated(iova);
                 } else {
@@ -265,6 +272,7 @@ impl Domain {
         };
         if unit.cap.caching_mode() {
             // New tables are new non-leaf entries: then the paging-structure caches need it too.
+            st.stats.invalidations += 1;
             if let Err(e) = unit.invalidate_range(self.id, iova, span, new_tables == 0) {
                 self.unmap_locked(&mut st, iova, span)?;
                 return Err(e.into());
@@ -305,9 +313,11 @@ impl Domain {
         };
         let report = tables.unmap(&unit.mem, start, len)?;
         st.stats.unmaps += 1;
+        st.stats.superpages_live = st.stats.superpages_live.saturating_sub(report.large_leaves as u64);
         match st.policy {
             UnmapPolicy::Strict => {
-                let leaf_only = report.freed_tables.is_empty();
+                let leaf_only = report.freed_tables.is_empty() && report.splits == 0;
+                st.stats.invalidations += 1;
                 if let Err(e) = unit.invalidate_range(self.id, start, len, leaf_only) {
                     // Quarantine: released only after a later successful flush.
                     let g = st.iova.generation();
@@ -352,6 +362,7 @@ impl Domain {
 
     fn flush_locked(&self, st: &mut DomainState) -> Result<(), DomainError> {
         let g = st.iova.begin_flush();
+        st.stats.invalidations += 1;
         self.unit.invalidate_iotlb(IotlbScope::Domain(self.id))?;
         st.iova.flush_completed(g);
         let (done, keep): (Vec<_>, Vec<_>) = st.pending_tables.drain(..).partition(|(tg, _)| *tg <= g);

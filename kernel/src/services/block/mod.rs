@@ -56,6 +56,8 @@ struct HbaEntry {
     arena: dma::DmaArena,
     /// Copy heap write data into the arena (behind an IOMMU) rather than mapping it.
     shadow_writes: bool,
+    /// The controller's IOMMU domain, for the counters in `disk:info`.
+    domain: Option<alloc::sync::Arc<iommu_vtd::Domain>>,
     hba: spin::Mutex<Hba>,
     irq: IrqMode,
     /// Ports whose disk is read-only (bit per port).
@@ -136,6 +138,7 @@ pub fn init() {
         let dev = crate::services::dma_service::device_for(f, "ahci");
         let arena = dma::DmaArena::new(&dev, "ahci-io", ARENA_BYTES);
         let shadow_writes = dev.mapper().kind() != "direct";
+        let domain = crate::platform::iommu::domain_of(f);
         let mut hba = match Controller::init(&name, regs, KernelClock, dev) {
             Ok(hba) => hba,
             Err(e) => {
@@ -146,7 +149,7 @@ pub fn init() {
         let read_only = boot_disks(&mut hba);
         let index = entries.len();
         let irq = setup_interrupt(f, &name, index);
-        entries.push(HbaEntry { bdf, arena, shadow_writes, hba: spin::Mutex::new(hba), irq, read_only });
+        entries.push(HbaEntry { bdf, arena, shadow_writes, domain, hba: spin::Mutex::new(hba), irq, read_only });
     }
     let entries = CONTROLLERS.call_once(|| entries);
     for c in entries {
@@ -682,6 +685,33 @@ fn render_info() -> String {
             }
             for (n, why) in h.skipped_ports() {
                 let _ = writeln!(out, "port ahci{i}p{n} skipped: {why}");
+            }
+            // The IOMMU's share of the work: how many data commands mapped nothing (arena
+            // buffers), and the IOTLB invalidations per completed command.
+            let (premapped, mapped, completed) = h.ports().iter().fold((0, 0, 0), |(a, b, c), p| {
+                let s = p.stats();
+                (a + s.premapped, b + s.mapped, c + s.completed)
+            });
+            let a = c.arena.stats();
+            let _ = write!(
+                out,
+                "dma ahci{i}: data commands premapped={premapped} mapped={mapped}; arena {} of {} chunks, {} pages in \
+                 use, peak {}, {} full",
+                a.chunks, a.max_chunks, a.pages_in_use, a.peak_pages, a.full
+            );
+            match &c.domain {
+                Some(d) => {
+                    let st = d.stats();
+                    let per = st.invalidations as f64 / completed.max(1) as f64;
+                    let _ = writeln!(
+                        out,
+                        "; iommu domain {} invalidations={} per_completed_request={per:.3} superpages={}",
+                        d.id(),
+                        st.invalidations,
+                        st.superpages_live
+                    );
+                }
+                None => out.push_str("; no IOMMU domain\n"),
             }
         });
     }
