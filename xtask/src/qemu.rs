@@ -292,6 +292,13 @@ pub struct Session {
     kernel: PathBuf,
 }
 
+impl Session {
+    /// The QEMU process's id (benchmarks read its CPU time from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// How a wait for output ended without the awaited text.
 #[derive(Debug)]
 pub enum WaitError {
