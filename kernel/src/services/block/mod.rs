@@ -79,6 +79,24 @@ fn with_hba<T>(entry: &HbaEntry, f: impl FnOnce(&mut Hba) -> T) -> T {
     x86_64::instructions::interrupts::without_interrupts(|| f(&mut entry.hba.lock()))
 }
 
+/// Whether requests use the controllers' I/O arenas (on by default). Off, every request maps its
+/// heap buffers with a strict streaming mapping, as before the arenas existed: for measuring
+/// what they save (`disk arena off`, `cargo xtask bench disk`).
+static USE_ARENA: AtomicBool = AtomicBool::new(true);
+
+/// Turns the I/O arenas on or off for new requests (see [`USE_ARENA`]).
+pub fn set_arena(on: bool) {
+    USE_ARENA.store(on, Ordering::SeqCst);
+}
+
+/// An arena buffer of `len` bytes from `entry`'s controller, if arenas are on and it has room.
+fn arena_buffer(entry: &HbaEntry, len: usize) -> Option<dma::ArenaBuf> {
+    if !USE_ARENA.load(Ordering::Relaxed) {
+        return None;
+    }
+    entry.arena.alloc(len).ok()
+}
+
 /// Makes waiters poll the HBA (and turns the HBA's interrupt off), or goes back to interrupts.
 pub fn set_polling(on: bool) {
     FORCE_POLLING.store(on, Ordering::SeqCst);
@@ -432,9 +450,9 @@ impl Disk {
         Ok(match op {
             BlockOp::Read { lba, sectors } => {
                 let len = sectors as usize * sector;
-                let buffer = match self.entry().arena.alloc(len) {
-                    Ok(a) => IoBuffer::Arena(a),
-                    Err(_) => IoBuffer::Heap(vec![0; len]),
+                let buffer = match arena_buffer(self.entry(), len) {
+                    Some(a) => IoBuffer::Arena(a),
+                    None => IoBuffer::Heap(vec![0; len]),
                 };
                 Request::Read { lba, buffers: vec![buffer] }
             }
@@ -463,12 +481,12 @@ impl Disk {
         if !entry.shadow_writes {
             return IoBuffer::Heap(v);
         }
-        match entry.arena.alloc(v.len()) {
-            Ok(mut a) => {
+        match arena_buffer(entry, v.len()) {
+            Some(mut a) => {
                 a.copy_from_slice(&v);
                 IoBuffer::Arena(a)
             }
-            Err(_) => IoBuffer::Heap(v),
+            None => IoBuffer::Heap(v),
         }
     }
 
@@ -476,9 +494,9 @@ impl Disk {
     /// I/O arena when it has room (see [`BlockData`]), zeroed on the heap otherwise. Requests
     /// made of arena buffers map nothing and invalidate nothing.
     pub fn buffer(&self, len: usize) -> BlockData {
-        match self.entry().arena.alloc(len) {
-            Ok(a) => BlockData::Arena(a),
-            Err(_) => BlockData::Heap(vec![0; len]),
+        match arena_buffer(self.entry(), len) {
+            Some(a) => BlockData::Arena(a),
+            None => BlockData::Heap(vec![0; len]),
         }
     }
 

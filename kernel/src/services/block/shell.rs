@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 /// The `disk` shell command: read, write, fill, verify and benchmark the AHCI disks.
 pub static COMMANDS: &[Command] = &[Command {
     name: "disk",
-    usage: "disk read NAME LBA [COUNT] | write NAME LBA COUNT BYTE | fill NAME LBA COUNT SEED [QD] | verify NAME LBA COUNT SEED [QD] | flush NAME | bench NAME [MIB [ROW]] | poll on|off",
+    usage: "disk read NAME LBA [COUNT] | write NAME LBA COUNT BYTE | fill NAME LBA COUNT SEED [QD] | verify NAME LBA COUNT SEED [QD] | flush NAME | bench NAME [MIB [ROW]] | poll on|off | arena on|off",
     about: "read (hex dump) and write sectors, write/check test patterns, benchmark (see `cat disk:info`)",
     run: disk,
 }];
@@ -36,6 +36,10 @@ fn disk(args: &[&str]) {
         }
         ["poll", "off"] => {
             super::set_polling(false);
+            Ok(())
+        }
+        ["arena", mode @ ("on" | "off")] => {
+            super::set_arena(*mode == "on");
             Ok(())
         }
         _ => Err(format!("usage: {}", COMMANDS[0].usage)),
