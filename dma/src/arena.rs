@@ -379,7 +379,7 @@ pub(crate) fn render_for(dev: &DmaDevice, out: &mut String) {
             a.name,
             s.chunks,
             s.max_chunks,
-            s.chunks * CHUNK_BYTES >> 20,
+            (s.chunks * CHUNK_BYTES) >> 20,
             s.pages_in_use,
             s.peak_pages,
             s.allocs,

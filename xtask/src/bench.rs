@@ -188,7 +188,9 @@ fn boot_calibrated<T>(
     for _attempt in 0..4 {
         let mhz: Vec<f64> = logs.iter().map(|l| tsc_mhz(l).map_or(f64::NAN, |m| m as f64)).collect();
         let mid = median(&mhz);
-        let bad: Vec<usize> = (0..mhz.len()).filter(|&v| !((mhz[v] - mid).abs() <= mid * 0.03)).collect();
+        // NaN (no calibration line) counts as bad too.
+        let agrees = |m: f64| (m - mid).abs() <= mid * 0.03;
+        let bad: Vec<usize> = (0..mhz.len()).filter(|&v| !agrees(mhz[v])).collect();
         if bad.is_empty() {
             println!("guest TSC calibrations (MHz): {mhz:?}");
             return Ok(machines.into_iter().flatten().collect());
