@@ -217,6 +217,23 @@ impl DmaMapper for Iommu {
         }
     }
 
+    unsafe fn unmap_many(&self, mapped: &[Mapped], dir: DmaDirection) {
+        let ranges: Vec<(u64, usize)> = mapped.iter().map(|m| (m.bus.0, m.len)).collect();
+        if let Err(e) = self.domain.unmap_many(&ranges) {
+            log::error!("iommu: unmap of {} mappings failed: {e}", mapped.len());
+            // Some may still be reachable: keep every isolation page (and skip copy-backs).
+            return;
+        }
+        for m in mapped {
+            if let Some(page) = m.bounce {
+                if dir != DmaDirection::ToDevice {
+                    self.copy(page, m.phys, m.len);
+                }
+                self.release_frames(page, m.len.div_ceil(PAGE_SIZE));
+            }
+        }
+    }
+
     unsafe fn sync_for_cpu(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection) {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         if let Some(page) = mapped.bounce
