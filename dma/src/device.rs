@@ -406,6 +406,7 @@ pub fn render_mappings() -> String {
         for m in &live {
             let _ = writeln!(out, "  {m}");
         }
+        crate::arena::render_for(dev, &mut out);
     }
     out
 }

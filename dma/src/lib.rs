@@ -95,6 +95,7 @@
 #![warn(missing_docs)]
 extern crate alloc;
 
+pub mod arena;
 pub mod buffer;
 pub mod coherent;
 pub mod debug;
@@ -110,6 +111,7 @@ pub mod sim;
 pub mod streaming;
 mod sync;
 
+pub use arena::{ArenaBuf, ArenaError, ArenaStats, DmaArena};
 pub use buffer::{DmaBuf, PageBuffer};
 pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentView};
 pub use debug::{BadFree, DebugReport, ReportKind};

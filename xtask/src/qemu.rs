@@ -34,6 +34,9 @@ pub struct MachineConfig {
     /// With `iommu`: the unit offers interrupt remapping (`intremap=on`, ECAP.IR). Off only to
     /// measure what remapping costs (`cargo xtask bench ir`).
     pub interrupt_remapping: bool,
+    /// With `iommu`: QEMU's `caching-mode` (CAP.CM, §6.1). On (the default) the unit may cache
+    /// not-present entries, so every map needs an invalidation; off, as most real units.
+    pub caching_mode: bool,
     pub kvm: bool,
     pub memory_mib: u32,
     /// Network arguments replacing the default (`-netdev user` + an e1000). Each is one argv
@@ -55,6 +58,7 @@ impl MachineConfig {
             firmware: Firmware::Bios,
             iommu: true,
             interrupt_remapping: true,
+            caching_mode: true,
             kvm: false,
             memory_mib: 512,
             network: None,
@@ -144,7 +148,8 @@ pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) 
         // caching-mode=on: the unit may cache not-present entries, so the driver must invalidate
         // after making entries present, as on real hardware with CAP.CM=1.
         let intremap = if machine.interrupt_remapping { "on" } else { "off" };
-        cmd.args(["-device", &format!("intel-iommu,intremap={intremap},caching-mode=on")]);
+        let cm = if machine.caching_mode { "on" } else { "off" };
+        cmd.args(["-device", &format!("intel-iommu,intremap={intremap},caching-mode={cm}")]);
     }
     let boot_image = match machine.firmware {
         Firmware::Bios => &images.bios,
@@ -290,6 +295,13 @@ pub struct Session {
     log_path: PathBuf,
     /// The kernel ELF with symbols, to name the addresses of backtraces.
     kernel: PathBuf,
+}
+
+impl Session {
+    /// The QEMU process's id (benchmarks read its CPU time from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 /// How a wait for output ended without the awaited text.

@@ -116,6 +116,19 @@ pub trait DmaMapper: Send + Sync {
     /// the CPU buffer it names must still be valid; the device must be done with it.
     unsafe fn unmap(&self, mapped: &Mapped, dir: DmaDirection);
 
+    /// Ends several mappings at once (a scatter-gather list): as [`DmaMapper::unmap`] on each,
+    /// which is what this default does. A mapper whose unmap must wait for hardware (a strict
+    /// IOMMU) overrides it to wait once for the lot.
+    ///
+    /// # Safety
+    /// As for [`DmaMapper::unmap`], for every mapping.
+    unsafe fn unmap_many(&self, mapped: &[Mapped], dir: DmaDirection) {
+        for m in mapped {
+            // SAFETY: the caller's contract, per mapping.
+            unsafe { self.unmap(m, dir) };
+        }
+    }
+
     /// Gives `offset..offset+len` of a mapping to the CPU (invalidate caches, copy back a
     /// bounce slot).
     ///

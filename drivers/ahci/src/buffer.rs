@@ -3,7 +3,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::{Deref, DerefMut};
-use dma::{AllocError, DmaBuf, PageBuffer, PhysMemory};
+use dma::{AllocError, ArenaBuf, DmaBuf, PageBuffer, PhysMemory};
 
 /// Bytes to read into or write from. The driver maps them with a streaming scatter-gather
 /// mapping while the device owns them and gives them back in the completion.
@@ -13,6 +13,10 @@ pub enum IoBuffer {
     Heap(Vec<u8>),
     /// Whole frames from the physical memory provider.
     Pages(PageBuffer),
+    /// Pages of the controller's own I/O arena ([`dma::arena`]): already mapped for this
+    /// controller, so a request made of them maps nothing and invalidates nothing. Visible to
+    /// this controller for the arena's life, and to no other device.
+    Arena(ArenaBuf),
 }
 
 impl IoBuffer {
@@ -29,6 +33,7 @@ impl Deref for IoBuffer {
         match self {
             IoBuffer::Heap(v) => v,
             IoBuffer::Pages(p) => p,
+            IoBuffer::Arena(a) => a,
         }
     }
 }
@@ -38,6 +43,7 @@ impl DerefMut for IoBuffer {
         match self {
             IoBuffer::Heap(v) => v,
             IoBuffer::Pages(p) => p,
+            IoBuffer::Arena(a) => a,
         }
     }
 }
@@ -49,18 +55,21 @@ unsafe impl DmaBuf for IoBuffer {
         match self {
             IoBuffer::Heap(v) => v.dma_ptr(),
             IoBuffer::Pages(p) => p.dma_ptr(),
+            IoBuffer::Arena(a) => a.dma_ptr(),
         }
     }
     fn dma_mut_ptr(&mut self) -> *mut u8 {
         match self {
             IoBuffer::Heap(v) => v.dma_mut_ptr(),
             IoBuffer::Pages(p) => p.dma_mut_ptr(),
+            IoBuffer::Arena(a) => a.dma_mut_ptr(),
         }
     }
     fn dma_len(&self) -> usize {
         match self {
             IoBuffer::Heap(v) => v.dma_len(),
             IoBuffer::Pages(p) => p.dma_len(),
+            IoBuffer::Arena(a) => a.dma_len(),
         }
     }
 }

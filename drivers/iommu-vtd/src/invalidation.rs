@@ -684,6 +684,46 @@ impl Invalidator {
         }
     }
 
+    /// Invalidates several IOTLB scopes and waits **once** for all of them: in queued mode the
+    /// descriptors go into the queue back to back, followed by a single wait descriptor (§6.5.2:
+    /// the unit processes the queue in order, and a wait descriptor completes only after every
+    /// descriptor before it). Register-based units do them one by one. Used by strict unmaps
+    /// of several ranges at once ([`crate::Domain::unmap_many`]).
+    pub fn iotlb_many(
+        &mut self,
+        regs: &dyn VtdRegisters,
+        phys: &dyn PhysMemory,
+        scopes: &[IotlbScope],
+    ) -> Result<(), InvalidationError> {
+        if !matches!(self.mode, Mode::Queued(_)) || scopes.len() == 1 {
+            for s in scopes {
+                self.iotlb(regs, phys, *s)?;
+            }
+            return Ok(());
+        }
+        let (dr, dw) = (self.cap.drd(), self.cap.dwd());
+        let mut descs = alloc::vec::Vec::with_capacity(scopes.len());
+        for &scope in scopes {
+            let scope = match scope {
+                IotlbScope::Pages { domain, am, .. } if !self.cap.psi() || am as u32 > self.cap.mamv() => {
+                    IotlbScope::Domain(domain)
+                }
+                s => s,
+            };
+            match scope {
+                IotlbScope::Global => self.stats.iotlb_global += 1,
+                IotlbScope::Domain(_) => self.stats.iotlb_domain += 1,
+                IotlbScope::Pages { .. } => self.stats.iotlb_pages += 1,
+            }
+            descs.push(iotlb_descriptor(scope, dr, dw));
+        }
+        // The queue holds QUEUE_ENTRIES descriptors: submit in slices that leave room for the wait.
+        for chunk in descs.chunks(QUEUE_ENTRIES / 2) {
+            self.submit_and_wait(regs, phys, chunk)?;
+        }
+        Ok(())
+    }
+
     /// Flushes the unit's internal write buffer when `CAP.RWBF` says it has one that table
     /// updates may sit in (§6.8). A no-op otherwise.
     pub fn flush_write_buffer(&mut self, regs: &dyn VtdRegisters) -> Result<(), InvalidationError> {

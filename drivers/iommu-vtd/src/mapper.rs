@@ -74,6 +74,9 @@ use spin::Mutex;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
+/// A second-level 2 MiB page (§9.8).
+const LARGE_PAGE: usize = 2 << 20;
+
 /// Pages waiting for a deferred domain's flush before they can be freed.
 pub const PENDING_PAGES_LIMIT: usize = 64;
 
@@ -214,6 +217,23 @@ impl DmaMapper for Iommu {
         }
     }
 
+    unsafe fn unmap_many(&self, mapped: &[Mapped], dir: DmaDirection) {
+        let ranges: Vec<(u64, usize)> = mapped.iter().map(|m| (m.bus.0, m.len)).collect();
+        if let Err(e) = self.domain.unmap_many(&ranges) {
+            log::error!("iommu: unmap of {} mappings failed: {e}", mapped.len());
+            // Some may still be reachable: keep every isolation page (and skip copy-backs).
+            return;
+        }
+        for m in mapped {
+            if let Some(page) = m.bounce {
+                if dir != DmaDirection::ToDevice {
+                    self.copy(page, m.phys, m.len);
+                }
+                self.release_frames(page, m.len.div_ceil(PAGE_SIZE));
+            }
+        }
+    }
+
     unsafe fn sync_for_cpu(&self, mapped: &Mapped, offset: usize, len: usize, dir: DmaDirection) {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         if let Some(page) = mapped.bounce
@@ -235,9 +255,17 @@ impl DmaMapper for Iommu {
     fn alloc_coherent(&self, limits: &DeviceLimits, bytes: usize) -> Result<CoherentRegion, AllocError> {
         let frames = bytes.max(1).div_ceil(PAGE_SIZE);
         let size = frames.checked_mul(PAGE_SIZE).ok_or(AllocError::TooLarge { bytes })?;
-        let phys = self
-            .memory
-            .alloc_frames(FrameRequest { count: frames, max_addr: u64::MAX, align: PAGE })
+        // Whole 2 MiB multiples (DMA arena chunks, large pools) are placed on a 2 MiB boundary,
+        // so that, with an IOVA the buddy allocator aligns naturally, the tables map them with
+        // 2 MiB second-level pages (§9.8, PS = 1): one entry instead of 512, and one IOTLB entry
+        // covers the lot. Fall back to page alignment when no aligned run is free.
+        let large = size.is_multiple_of(LARGE_PAGE);
+        let phys = large
+            .then(|| {
+                self.memory.alloc_frames(FrameRequest { count: frames, max_addr: u64::MAX, align: LARGE_PAGE as u64 })
+            })
+            .flatten()
+            .or_else(|| self.memory.alloc_frames(FrameRequest { count: frames, max_addr: u64::MAX, align: PAGE }))
             .ok_or(AllocError::OutOfMemory { bytes, limit: u64::MAX })?;
         // SAFETY: the run is ours and mapped in the direct map.
         unsafe { core::ptr::write_bytes(self.memory.phys_to_virt(phys), 0, size) };

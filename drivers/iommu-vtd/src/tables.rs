@@ -383,6 +383,11 @@ pub struct MapReport {
 pub struct UnmapReport {
     /// Leaf entries cleared (any size).
     pub leaves: usize,
+    /// Of those, 2 MiB and 1 GiB leaves (PS = 1).
+    pub large_leaves: usize,
+    /// Large leaves split into tables of smaller ones first ([`PageTable::unmap_splitting`]):
+    /// non-leaf entries changed, so the invalidation must cover paging-structure caches too.
+    pub splits: usize,
     /// Table frames no longer referenced: free them after the invalidation completed.
     pub freed_tables: Vec<PhysAddr>,
 }
@@ -601,6 +606,57 @@ impl PageTable {
         Ok(report)
     }
 
+    /// Splits the large leaf (2 MiB or 1 GiB) containing `iova`, if any, until a leaf starts at
+    /// `iova`: each split replaces one leaf by a new table of 512 leaves one level down that
+    /// translate exactly as before, with the same permissions (§9.8: PS = 1 only on 2 MiB / 1
+    /// GiB leaves; a 1 GiB leaf becomes 2 MiB leaves, which split again if needed). Returns how
+    /// many splits it made. The translations do not change, so no invalidation is due for the
+    /// split itself; but a later invalidation of any of its range must not be leaf-only
+    /// (IH = 0), as a non-leaf entry changed. On an allocation failure, splits already made
+    /// stay (they are harmless) and nothing else changed.
+    pub fn split_at(&mut self, mem: &TableMemory, iova: u64) -> Result<usize, TableError> {
+        let mut splits = 0;
+        loop {
+            let Some((base, size, _)) = self.leaf(mem, iova) else { return Ok(splits) };
+            if base == iova || size == PAGE_SIZE as u64 {
+                return Ok(splits);
+            }
+            // Find the slot holding that leaf.
+            let mut table = self.top;
+            let mut level = self.levels;
+            while level_size(level) != size {
+                let e = mem.read(table, level_index(iova, level));
+                table = PhysAddr(e & PTE_ADDR);
+                level -= 1;
+            }
+            let idx = level_index(iova, level);
+            let e = mem.read(table, idx);
+            let sub = level_size(level - 1);
+            let flags = e & !PTE_ADDR & !PTE_PS;
+            let phys = e & PTE_ADDR & !(size - 1);
+            let ps = if level - 1 > 1 { PTE_PS } else { 0 };
+            let t = mem.alloc_table()?;
+            for i in 0..ENTRIES {
+                mem.write(t, i, ((phys + i as u64 * sub) & PTE_ADDR) | flags | ps);
+            }
+            // The new table is complete before the unit can see it.
+            mem.write(table, idx, (t.0 & PTE_ADDR) | PTE_R | PTE_W);
+            self.tables += 1;
+            splits += 1;
+        }
+    }
+
+    /// As [`PageTable::unmap`], but a large leaf crossing either end of the range is split
+    /// first ([`PageTable::split_at`]) instead of refusing, so any page-aligned part of a
+    /// mapping can be removed. The report counts the splits.
+    pub fn unmap_splitting(&mut self, mem: &TableMemory, iova: u64, len: u64) -> Result<UnmapReport, TableError> {
+        self.check(iova, len)?;
+        let splits = self.split_at(mem, iova)? + self.split_at(mem, iova + len)?;
+        let mut report = self.unmap(mem, iova, len)?;
+        report.splits = splits;
+        Ok(report)
+    }
+
     /// Tells the table that `n` frames returned by [`PageTable::unmap`] were freed.
     pub fn tables_freed(&mut self, n: usize) {
         self.tables = self.tables.saturating_sub(n);
@@ -631,6 +687,7 @@ impl PageTable {
                 // `unmap` checked that no leaf crosses the range ends.
                 mem.write(table, idx, 0);
                 r.leaves += 1;
+                r.large_leaves += usize::from(level > 1);
             } else if covered && unlink {
                 mem.write(table, idx, 0);
                 Self::collect(mem, PhysAddr(e & PTE_ADDR), level - 1, r);
@@ -649,6 +706,7 @@ impl PageTable {
             }
             if level == 1 || e & PTE_PS != 0 {
                 r.leaves += 1;
+                r.large_leaves += usize::from(level > 1);
             } else {
                 Self::collect(mem, PhysAddr(e & PTE_ADDR), level - 1, r);
             }

@@ -31,7 +31,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use core::fmt::Write as _;
 
-use super::unit::Unit;
+use super::unit::{Domain, Unit};
 
 /// Renders `iommu:units`: per unit, the version, decoded CAP/ECAP, table depth, invalidation
 /// interface, caching mode, whether translation is on, domains and attached devices, and
@@ -85,6 +85,29 @@ pub fn render_units(units: &[Arc<Unit>]) -> String {
                 None if i.ecap.ir() => String::from("off"),
                 None => String::from("off (not supported: ECAP.IR clear)"),
             }
+        );
+    }
+    out
+}
+
+/// Renders the domains part of `iommu:units`: per domain, its devices, maps and unmaps, the
+/// superpages (2 MiB / 1 GiB second-level leaves) in use and the IOTLB invalidations it asked
+/// for. `names` labels each domain (the kernel passes the device's PCI address and driver).
+pub fn render_domains(domains: &[(String, Arc<Domain>)]) -> String {
+    let mut out = String::new();
+    for (name, d) in domains {
+        let s = d.stats();
+        let _ = writeln!(
+            out,
+            "  domain {} ({name}): maps {} unmaps {}, superpages in use {} (2M written {}, 1G written {}), \
+             invalidations {}",
+            d.id(),
+            s.maps,
+            s.unmaps,
+            s.superpages_live,
+            s.pages_2m,
+            s.pages_1g,
+            s.invalidations
         );
     }
     out

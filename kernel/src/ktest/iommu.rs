@@ -30,6 +30,7 @@ pub static TESTS: &[KernelTest] = &[
         name: "iommu::device_write_to_a_to_device_mapping_faults",
         run: device_write_to_a_to_device_mapping_faults,
     },
+    KernelTest { name: "iommu::completed_request_buffer_faults", run: completed_request_buffer_faults },
     KernelTest { name: "pci::msix_delivers_an_interrupt", run: msix_delivers_an_interrupt },
     KernelTest { name: "iommu::invalidation_queue_error_is_recovered", run: invalidation_queue_error_is_recovered },
 ];
@@ -293,6 +294,75 @@ fn access_after_strict_unmap_faults() -> TestResult {
     let fault = fault.ok_or("the device reached the ring after a strict unmap")?;
     check!(fault.address == iova & !0xfff, "fault at {:#x}, expected {:#x}", fault.address, iova & !0xfff);
     check!(!descriptor_done(&ring), "the device wrote the ring after it was unmapped");
+    Ok(())
+}
+
+/// Strict completion, end to end: a request's buffer, once the request completed back to its
+/// caller, is out of the device's reach — and an I/O arena is out of every *other* device's.
+///
+/// The probe plays a driver with one request: it transmits a frame from the caller's page
+/// (mapped in place, `ToDevice`), the device reads it and reports done, and the request
+/// completes (strict unmap). The software walker then finds no translation at the buffer's
+/// IOVA, and when the probe is pointed at that IOVA again (same ring, still mapped) the unit
+/// refuses the read and records the fault. Last, the probe is pointed at a buffer of the AHCI
+/// controller's pre-mapped arena, by its bus address: mapped for the AHCI only, so it faults too.
+fn completed_request_buffer_faults() -> TestResult {
+    if !iommu_expected() {
+        return super::skip(NO_VTD);
+    }
+    let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
+    let p = probe()?;
+    p.reset();
+    let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
+    let iova = tx.bus_addr().as_u64();
+    let ring = transmit_ring(iova)?;
+    let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
+    p.transmit_one(ring.bus_addr().as_u64());
+    let done = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    p.stop();
+    // The request completes back to its caller: strict unmap, invalidation waited for.
+    let frame = tx.unmap();
+    check!(done, "the request (a transmit from a mapped page) never completed");
+    check!(
+        p.dev.mapper().bus_to_phys(dma::BusAddr(iova)).is_none(),
+        "IOVA {iova:#x} still translates after completion"
+    );
+
+    // The same descriptor again, DD cleared: the device must not reach the caller's page.
+    ring.sync_for_cpu().as_mut_slice()[..16].copy_from_slice(&descriptor(iova, 60));
+    ring.sync_for_device();
+    p.transmit_one(ring.bus_addr().as_u64());
+    let fault = p.wait_fault();
+    p.stop();
+    let fault = fault.ok_or("the device read a completed request's buffer and no fault was recorded")?;
+    check!(fault.address == iova & !0xfff, "fault at {:#x}, expected {:#x}", fault.address, iova & !0xfff);
+    check!(fault.access == AccessKind::Read, "fault access {:?}, expected a read", fault.access);
+    drop(frame);
+
+    // Another device's arena: mapped in the AHCI's domain only.
+    let Some(disk) = crate::services::block::disks().into_iter().next() else {
+        let _ = ring.unmap();
+        return Ok(());
+    };
+    let buffer = disk.buffer(4096);
+    let crate::services::block::BlockData::Arena(arena_buf) = &buffer else {
+        let _ = ring.unmap();
+        return Err(format!("{}: the I/O arena handed out no buffer", disk.name()).into());
+    };
+    let bus = arena_buf.bus_addr().as_u64();
+    if p.dev.mapper().bus_to_phys(dma::BusAddr(bus)).is_some() {
+        // The probe's own domain happens to use the same IOVA: nothing to learn from it.
+        let _ = ring.unmap();
+        return Ok(());
+    }
+    ring.sync_for_cpu().as_mut_slice()[..16].copy_from_slice(&descriptor(bus, 60));
+    ring.sync_for_device();
+    p.transmit_one(ring.bus_addr().as_u64());
+    let fault = p.wait_fault();
+    p.stop();
+    let _ = ring.unmap();
+    let fault = fault.ok_or("the probe read the AHCI's arena and no fault was recorded")?;
+    check!(fault.address == bus & !0xfff, "fault at {:#x}, expected {:#x}", fault.address, bus & !0xfff);
     Ok(())
 }
 

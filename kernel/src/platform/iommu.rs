@@ -107,7 +107,21 @@ fn fault_interrupt(_context: usize) {
 pub fn init(memory: Arc<dyn PhysMemory>) {
     STATE.call_once(|| bring_up(memory));
     crate::registry::scheme::register("iommu:units", "VT-d units: capabilities and state", || match state() {
-        Some(s) => iommu_vtd::view::render_units(&s.units),
+        Some(s) => {
+            let mut out = iommu_vtd::view::render_units(&s.units);
+            // One line per domain (devices behind one bridge share theirs), in id order.
+            let mut domains: alloc::vec::Vec<(String, Arc<Domain>)> = alloc::vec::Vec::new();
+            for (address, mapper) in &s.mappers {
+                let d = mapper.domain();
+                match domains.iter_mut().find(|(_, e)| e.id() == d.id()) {
+                    Some((name, _)) => *name = alloc::format!("{name} {}", pci::Bdf(*address)),
+                    None => domains.push((alloc::format!("{}", pci::Bdf(*address)), d.clone())),
+                }
+            }
+            domains.sort_by_key(|(_, d)| d.id());
+            out.push_str(&iommu_vtd::view::render_domains(&domains));
+            out
+        }
         None => String::from(
             "no VT-d unit in use (no DMAR table, it was rejected, or no unit could translate; DMA is Direct)\n",
         ),

@@ -233,12 +233,24 @@ pub struct PortStats {
     pub sectors_read: u64,
     /// Sectors written.
     pub sectors_written: u64,
+    /// Data commands whose buffers came from this device's I/O arena: already mapped, so
+    /// submitted and completed without a mapping call or an IOTLB invalidation.
+    pub premapped: u64,
+    /// Data commands whose buffers needed a streaming mapping (and, behind an IOMMU, the
+    /// strict unmap with its invalidation at completion).
+    pub mapped: u64,
 }
 
 enum DataMapping {
     None,
     FromDevice(SgMapping<IoBuffer, FromDevice>),
     ToDevice(SgMapping<IoBuffer, ToDevice>),
+    /// Buffers from this device's own I/O arena ([`dma::arena`]): mapped for it for the
+    /// arena's whole life, so there is nothing to map now or to unmap at completion.
+    Premapped {
+        buffers: Vec<IoBuffer>,
+        segments: Vec<BusSegment>,
+    },
 }
 
 impl DataMapping {
@@ -247,7 +259,21 @@ impl DataMapping {
             DataMapping::None => &[],
             DataMapping::FromDevice(m) => m.segments(),
             DataMapping::ToDevice(m) => m.segments(),
+            DataMapping::Premapped { segments, .. } => segments,
         }
+    }
+
+    /// The premapped form of `buffers`, if every one of them is an arena buffer of `dev`
+    /// (reachable by it at its bus address now); otherwise the buffers back.
+    fn premapped(buffers: Vec<IoBuffer>, dev: &dma::DmaDevice) -> Result<DataMapping, Vec<IoBuffer>> {
+        let mut segments = Vec::with_capacity(buffers.len());
+        for b in &buffers {
+            match b {
+                IoBuffer::Arena(a) if a.is_for(dev) => segments.push(BusSegment { bus: a.bus_addr(), len: a.len() }),
+                _ => return Err(buffers),
+            }
+        }
+        Ok(DataMapping::Premapped { buffers, segments })
     }
 
     fn unmap(self) -> Vec<IoBuffer> {
@@ -255,6 +281,12 @@ impl DataMapping {
             DataMapping::None => Vec::new(),
             DataMapping::FromDevice(m) => m.unmap(),
             DataMapping::ToDevice(m) => m.unmap(),
+            DataMapping::Premapped { buffers, .. } => {
+                // The device's writes are done (the command completed): order the CPU's reads
+                // of the data after that observation, as a streaming sync would.
+                core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+                buffers
+            }
         }
     }
 }

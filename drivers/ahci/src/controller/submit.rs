@@ -92,10 +92,25 @@ impl<R: Registers, C: Clock> Controller<R, C> {
 
         let mapping = if !kind.has_data() {
             DataMapping::None
-        } else if kind.writes_to_device() {
-            DataMapping::ToDevice(self.dev.map_sg(buffers, ToDevice).map_err(|e| SubmitError::Map(e.error))?)
         } else {
-            DataMapping::FromDevice(self.dev.map_sg(buffers, FromDevice).map_err(|e| SubmitError::Map(e.error))?)
+            match DataMapping::premapped(buffers, &self.dev) {
+                Ok(premapped) => {
+                    port.stats.premapped += 1;
+                    premapped
+                }
+                Err(buffers) => {
+                    port.stats.mapped += 1;
+                    if kind.writes_to_device() {
+                        DataMapping::ToDevice(
+                            self.dev.map_sg(buffers, ToDevice).map_err(|e| SubmitError::Map(e.error))?,
+                        )
+                    } else {
+                        DataMapping::FromDevice(
+                            self.dev.map_sg(buffers, FromDevice).map_err(|e| SubmitError::Map(e.error))?,
+                        )
+                    }
+                }
+            }
         };
         let prdt = if kind.has_data() {
             match build_prdt(mapping.segments(), PRDT_ENTRIES, addr64) {

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 /// The `disk` shell command: read, write, fill, verify and benchmark the AHCI disks.
 pub static COMMANDS: &[Command] = &[Command {
     name: "disk",
-    usage: "disk read NAME LBA [COUNT] | write NAME LBA COUNT BYTE | fill NAME LBA COUNT SEED [QD] | verify NAME LBA COUNT SEED [QD] | flush NAME | bench NAME [MIB] | poll on|off | ncq on|off",
+    usage: "disk read NAME LBA [COUNT] | write NAME LBA COUNT BYTE | fill NAME LBA COUNT SEED [QD] | verify NAME LBA COUNT SEED [QD] | flush NAME | bench NAME [MIB [ROW]] | poll on|off | ncq on|off | arena on|off",
     about: "read (hex dump) and write sectors, write/check test patterns, benchmark (see `cat disk:info`)",
     run: disk,
 }];
@@ -29,7 +29,7 @@ fn disk(args: &[&str]) {
         ["flush", name] => super::find(name).and_then(|d| d.flush()).map_err(|e| format!("{e}")).map(|()| {
             println!("disk: flush ok");
         }),
-        ["bench", name, rest @ ..] => bench(name, rest.first().copied()),
+        ["bench", name, rest @ ..] => bench(name, rest.first().copied(), rest.get(1).copied()),
         ["poll", "on"] => {
             super::set_polling(true);
             Ok(())
@@ -41,6 +41,10 @@ fn disk(args: &[&str]) {
         ["ncq", on @ ("on" | "off")] => {
             super::set_ncq(*on == "on");
             println!("disk: ncq {on}");
+            Ok(())
+        }
+        ["arena", mode @ ("on" | "off")] => {
+            super::set_arena(*mode == "on");
             Ok(())
         }
         _ => Err(format!("usage: {}", COMMANDS[0].usage)),
@@ -233,7 +237,7 @@ fn pattern_run(
         chunks(lba, count, CHUNK_SECTORS),
         depth,
         |l, n| match run {
-            PatternRun::Fill => BlockOp::Write { lba: l, data: patterned(l, n, seed, sector) },
+            PatternRun::Fill => BlockOp::Write { lba: l, data: patterned(l, n, seed, sector).into() },
             PatternRun::Verify => BlockOp::Read { lba: l, sectors: n },
         },
         |l, _, d| {
@@ -282,7 +286,20 @@ fn report(name: &str, ops: u64, bytes: u64, us: u64) {
     );
 }
 
-fn bench(name: &str, mib: Option<&str>) -> Result<(), String> {
+/// The rows of `disk bench`, in order (the queue depth of the last is the disk's, at most 32).
+const ROWS: [&str; 6] = [
+    "floor_flush_qd1",
+    "floor_read_1_sector_qd1",
+    "seq_write_1m_qd1",
+    "seq_read_1m_qd1",
+    "rand_read_4k_qd1",
+    "rand_read_4k_qd32",
+];
+
+/// `disk bench NAME [MIB [ROW]]`: every row, or only `ROW` (a row name as printed, such as
+/// `seq_read_1m_qd1`), so that a host can time one row at a time (`cargo xtask bench disk`
+/// measures QEMU's CPU time per row that way).
+fn bench(name: &str, mib: Option<&str>, only: Option<&str>) -> Result<(), String> {
     let disk = super::find(name).map_err(|e| format!("{e}"))?;
     if disk.read_only() {
         return Err(format!("{name} is read-only; the benchmark writes, use a scratch disk"));
@@ -301,26 +318,57 @@ fn bench(name: &str, mib: Option<&str>) -> Result<(), String> {
         if super::polling() { "polling" } else { "interrupts" }
     );
 
+    let run = |row: &str| only.is_none_or(|o| o == row);
+    if let Some(o) = only
+        && !ROWS.contains(&o)
+    {
+        return Err(format!("no benchmark row `{o}` (rows: {})", ROWS.join(", ")));
+    }
+
     // Floors: the cost of a command round trip with no data, and with one sector.
-    let n = 2000;
-    let s = pipeline(&disk, (0..n).map(|_| (0, 0)), 1, |_, _| BlockOp::Flush, |_, _, _| Ok(()))?;
-    report("floor_flush_qd1", n, 0, s.elapsed_us);
-    let n = 2000;
-    let s = pipeline(&disk, (0..n).map(|_| (0, 1)), 1, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
-    report("floor_read_1_sector_qd1", n, n * sector, s.elapsed_us);
+    if run("floor_flush_qd1") {
+        let n = 2000;
+        let s = pipeline(&disk, (0..n).map(|_| (0, 0)), 1, |_, _| BlockOp::Flush, |_, _, _| Ok(()))?;
+        report("floor_flush_qd1", n, 0, s.elapsed_us);
+    }
+    if run("floor_read_1_sector_qd1") {
+        let n = 2000;
+        let s =
+            pipeline(&disk, (0..n).map(|_| (0, 1)), 1, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
+        report("floor_read_1_sector_qd1", n, n * sector, s.elapsed_us);
+    }
 
     // Sequential, 1 MiB requests, queue depth 1.
     let data = vec![0x5Au8; 1 << 20];
     let jobs = (0..mib).map(|i| (i * per_mib, per_mib as u32));
-    let s = pipeline(&disk, jobs.clone(), 1, |l, _| BlockOp::Write { lba: l, data: data.clone() }, |_, _, _| Ok(()))?;
-    disk.flush().map_err(|e| format!("{e}"))?;
-    report("seq_write_1m_qd1", mib, mib << 20, s.elapsed_us);
-    let s = pipeline(&disk, jobs, 1, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
-    report("seq_read_1m_qd1", mib, mib << 20, s.elapsed_us);
+    if run("seq_write_1m_qd1") {
+        // Each write is built in a buffer of the controller's arena (what `data.clone()` into a
+        // heap `Vec` cost before): no mapping, no invalidation per request.
+        let s = pipeline(
+            &disk,
+            jobs.clone(),
+            1,
+            |l, _| {
+                let mut buf = disk.buffer(data.len());
+                buf.copy_from_slice(&data);
+                BlockOp::Write { lba: l, data: buf }
+            },
+            |_, _, _| Ok(()),
+        )?;
+        disk.flush().map_err(|e| format!("{e}"))?;
+        report("seq_write_1m_qd1", mib, mib << 20, s.elapsed_us);
+    }
+    if run("seq_read_1m_qd1") {
+        let s = pipeline(&disk, jobs, 1, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
+        report("seq_read_1m_qd1", mib, mib << 20, s.elapsed_us);
+    }
 
     // Random 4 KiB reads over the region just written, at queue depth 1 and 32.
     let span = mib * per_mib / 8;
     for (depth, count) in [(1usize, 5000u64), (qd_max.min(32), 20000)] {
+        if !run(&format!("rand_read_4k_qd{depth}")) {
+            continue;
+        }
         let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
         let jobs: Vec<(u64, u32)> = (0..count).map(|_| ((rng.next() % span) * 8, 8)).collect();
         let s = pipeline(&disk, jobs, depth, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
