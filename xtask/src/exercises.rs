@@ -5,10 +5,12 @@
 //!
 //! How, cheaply: the working tree (tracked and new files, as `git ls-files` lists them) is
 //! mirrored into `target/exercise-grading/tree/`, writing only files whose bytes changed so
-//! cargo's fingerprints stay valid between runs; each check runs there with the workspace's own
-//! target directory (the registry crates are already built by `cargo test --workspace`, and the
-//! copy's crates get artifacts of their own because their path differs) and builds only the one
-//! test binary it names. An answer is applied with `git apply`, checked, and taken back with
+//! cargo's fingerprints stay valid between runs; each check runs there with a target directory of
+//! its own, `target/exercise-grading/target/`, and builds only the one test binary it names. The
+//! copy must not share the workspace's target directory: cargo names a workspace member's
+//! artifacts by its path *relative to the workspace root*, so the copy's `dma` would overwrite
+//! the real `dma`'s artifacts, and the next build of the real tree could take the copy's stale
+//! library for fresh (that happened: a real build linked a `dma` without its newest module). An answer is applied with `git apply`, checked, and taken back with
 //! `git apply -R`, so one copy serves every exercise.
 //!
 //! The student-facing command for each check is on its exercise page:
@@ -108,7 +110,7 @@ fn run_check(tree: &Path, check: &Check) -> Result<bool, String> {
     };
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(tree)
-        .env("CARGO_TARGET_DIR", build::target_dir())
+        .env("CARGO_TARGET_DIR", build::target_dir().join("exercise-grading/target"))
         .args(["test", "-q", "-p", package, "--test", test, "--", "--ignored", filter])
         .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
