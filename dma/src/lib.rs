@@ -108,6 +108,7 @@ pub mod sg;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod streaming;
+pub mod trace;
 
 pub use buffer::{DmaBuf, PageBuffer};
 pub use coherent::{Coherent, CoherentSlice, DmaSafe, NonCoherent, NonCoherentView};
@@ -122,12 +123,13 @@ pub use streaming::{CpuAccess, Mapping};
 
 /// Renders one of the DMA service's introspection views by its scheme path: `dma:pools`
 /// (Linux's poolinfo columns), `dma:mappings` (live mappings per device) or `dma:errors`
-/// (DMA-API debug reports). `None` for any other path.
+/// (DMA-API debug reports) or `dma:trace` (the event trace). `None` for any other path.
 pub fn view(path: &str) -> Option<alloc::string::String> {
     match path {
         "dma:pools" => Some(pool::render_pools()),
         "dma:mappings" => Some(device::render_mappings()),
         "dma:errors" => Some(debug::render_errors()),
+        "dma:trace" => Some(trace::render(None)),
         _ => None,
     }
 }

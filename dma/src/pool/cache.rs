@@ -13,6 +13,7 @@ use super::{POOL_POISON_ALLOCATED, POOL_POISON_FREED, PoolBlock};
 use crate::debug::ReportKind;
 use crate::error::AllocError;
 use crate::phys::BusAddr;
+use crate::trace::{self, EventKind};
 
 /// A per-owner stack of free blocks of one pool, from [`DmaPool::cache`](super::DmaPool::cache): a
 /// magazine (see "Per-owner caches" in the module documentation).
@@ -112,7 +113,9 @@ impl<'pool> PoolCache<'pool> {
         if self.len <= self.alloc_floor {
             self.prepare_pop(false)?;
         }
-        Ok(self.pop())
+        let block = self.pop();
+        trace::pool(&self.pool.dev, EventKind::PoolAlloc, block.as_ptr(), block.bus_addr(), self.block_size);
+        Ok(block)
     }
 
     /// A zeroed block, from the cache's stack (as [`PoolCache::alloc`]).
@@ -122,6 +125,7 @@ impl<'pool> PoolCache<'pool> {
             self.prepare_pop(true)?;
         }
         let block = self.pop();
+        trace::pool(&self.pool.dev, EventKind::PoolAlloc, block.as_ptr(), block.bus_addr(), self.block_size);
         // SAFETY: the block is `block_size` bytes of the pool's memory, now allocated to the
         // new handle alone.
         unsafe { core::ptr::write_bytes(block.as_ptr(), 0, self.block_size) };
@@ -133,6 +137,7 @@ impl<'pool> PoolCache<'pool> {
     /// own pool, exactly as dropping it would.
     #[inline]
     pub fn free(&mut self, block: PoolBlock) {
+        trace::pool(&block.pool().dev, EventKind::PoolFree, block.as_ptr(), block.bus_addr(), block.pool().block);
         // From here on the block is freed by hand, not by the handle's `Drop`.
         let block = ManuallyDrop::new(block);
         let (pool, at) = (block.pool, block.at);
