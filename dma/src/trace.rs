@@ -141,7 +141,7 @@ impl MapperKind {
         match name {
             "direct" | "direct+bounce" => MapperKind::Direct,
             "bounce" => MapperKind::Bounce,
-            "iommu" => MapperKind::Iommu,
+            "iommu" | "iommu+isolation" => MapperKind::Iommu,
             _ => MapperKind::None,
         }
     }
@@ -215,6 +215,31 @@ impl DeviceName {
         let mut bytes = [0; NAME_BYTES];
         bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
         DeviceName { bytes, len: len as u8 }
+    }
+
+    /// A name written by `args` (for example a requester id and a unit), cut like
+    /// [`DeviceName::new`]; formatting writes into the inline bytes, it does not allocate.
+    pub fn from_args(args: fmt::Arguments<'_>) -> DeviceName {
+        struct Cut {
+            buf: [u8; NAME_BYTES * 2],
+            len: usize,
+        }
+        impl fmt::Write for Cut {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let n = s.len().min(self.buf.len() - self.len);
+                self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+                self.len += n;
+                Ok(())
+            }
+        }
+        let mut cut = Cut { buf: [0; NAME_BYTES * 2], len: 0 };
+        let _ = fmt::write(&mut cut, args);
+        // Cut at a byte budget, then back to a character boundary.
+        let mut len = cut.len;
+        while core::str::from_utf8(&cut.buf[..len]).is_err() {
+            len -= 1;
+        }
+        DeviceName::new(core::str::from_utf8(&cut.buf[..len]).unwrap_or(""))
     }
 
     /// The name as text.

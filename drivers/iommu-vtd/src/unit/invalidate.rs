@@ -5,6 +5,7 @@ use crate::invalidation::{InvalidationError, IotlbScope, page_scope};
 
 impl Unit {
     pub(super) fn invalidate_iotlb(&self, scope: IotlbScope) -> Result<(), InvalidationError> {
+        crate::trace::iotlb(&self.name, scope);
         let mut hw = self.hw.lock();
         hw.inval.iotlb(&*self.regs, &*self.phys, scope)
     }
