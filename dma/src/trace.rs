@@ -416,7 +416,9 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Host clock: one tick per event.
 static TICKS: AtomicU64 = AtomicU64::new(0);
-static CLOCK: spin::Once<(fn() -> u64, &'static str)> = spin::Once::new();
+/// The kernel's clock and the unit it counts in.
+type Clock = (fn() -> u64, &'static str);
+static CLOCK: spin::Once<Clock> = spin::Once::new();
 /// Optional filter: only devices whose name starts with these bytes (length in `FILTER_LEN`).
 static FILTER: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 static FILTER_LEN: AtomicU64 = AtomicU64::new(0);
