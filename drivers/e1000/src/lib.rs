@@ -38,6 +38,7 @@ extern crate alloc;
 
 pub mod desc;
 pub mod regs;
+pub mod ring_view;
 mod rx;
 mod stats;
 mod tx;
