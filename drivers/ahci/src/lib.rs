@@ -40,6 +40,8 @@ pub mod regs;
 mod sim;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
 
 pub use ata::{AtaCommand, CommandKind, TaskFile};
 pub use buffer::IoBuffer;

@@ -47,6 +47,8 @@ mod tx;
 mod sim;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
 
 use alloc::string::String;
 use alloc::vec::Vec;
