@@ -19,6 +19,7 @@
 
 mod block;
 mod dma;
+mod inject;
 mod iommu;
 mod memory;
 mod net;
@@ -74,6 +75,7 @@ fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
         .chain(platform::TESTS.iter())
         .chain(dma::TESTS.iter())
         .chain(iommu::TESTS.iter())
+        .chain(inject::TESTS.iter())
         .chain(net::TESTS.iter())
         .chain(block::TESTS.iter())
 }
@@ -185,6 +187,7 @@ static COMMANDS: &[Command] = &[Command {
 /// at boot.
 pub fn init() {
     crate::registry::commands::register(COMMANDS);
+    crate::registry::commands::register(inject::COMMANDS);
     install_crash_hook();
 }
 

@@ -5,6 +5,7 @@
 
 use crate::println;
 use crate::registry::commands::Command;
+use alloc::string::String;
 use iommu_vtd::walker::{render_walk, walk};
 use iommu_vtd::{AccessKind, SourceId};
 
@@ -89,20 +90,26 @@ fn iommu(args: &[&str]) {
     print_walk(bdf, iova, access);
 }
 
-/// Prints the walk a request from `bdf` to `iova` takes through each unit that could see it:
-/// the unit of the function's domain (with the requester id a bridge gives it), else every unit.
+/// Prints the walk a request from `bdf` to `iova` takes (see [`walk_text`]).
 pub fn print_walk(bdf: SourceId, iova: u64, access: AccessKind) {
+    crate::print!("{}", walk_text(bdf, iova, access));
+}
+
+/// The walk a request from `bdf` to `iova` takes through each unit that could see it: the unit
+/// of the function's domain (with the requester id a bridge gives it), else every unit.
+pub fn walk_text(bdf: SourceId, iova: u64, access: AccessKind) -> String {
     let Some(state) = crate::platform::iommu::state() else {
-        return println!("iommu: no VT-d unit is translating (no DMAR table, or booted with VT-d off)");
+        return String::from("iommu: no VT-d unit is translating (no DMAR table, or booted with VT-d off)\n");
     };
+    let mut out = String::new();
     let function = crate::platform::pci::functions().iter().find(|f| {
         f.address.bus() == bdf.bus() && f.address.device() == bdf.device() && f.address.function() == bdf.function()
     });
-    let targets: alloc::vec::Vec<_> = match function.and_then(crate::platform::iommu::domain_of) {
-        Some(domain) => {
-            let source = crate::platform::iommu::requester_id(function.expect("domain implies function"));
+    let targets: alloc::vec::Vec<_> = match function.and_then(|f| Some((f, crate::platform::iommu::domain_of(f)?))) {
+        Some((function, domain)) => {
+            let source = crate::platform::iommu::requester_id(function);
             if source != bdf {
-                println!("iommu: {bdf} sits behind a PCIe-to-PCI bridge; its requests carry {source}");
+                out += &alloc::format!("iommu: {bdf} sits behind a PCIe-to-PCI bridge; its requests carry {source}\n");
             }
             alloc::vec![(domain.unit().clone(), source)]
         }
@@ -111,7 +118,8 @@ pub fn print_walk(bdf: SourceId, iova: u64, access: AccessKind) {
     for (unit, source) in targets {
         let memory = crate::services::dma_service::memory();
         let (trail, result) = walk(&*memory, unit.root_table().as_u64(), &unit.walk_caps(), source, iova, access);
-        println!("{}:", unit.name());
-        crate::print!("{}", render_walk(source, iova, access, &trail, &result));
+        out += &alloc::format!("{}:\n", unit.name());
+        out += &render_walk(source, iova, access, &trail, &result);
     }
+    out
 }
