@@ -661,13 +661,21 @@ pub(crate) fn coherent(dev: &DmaDevice, kind: EventKind, r: &CoherentRegion) {
 }
 
 /// A pool block of `size` bytes at CPU address `cpu` and bus address `bus` was handed out or
-/// came back.
+/// came back. The pool's fast paths call this, so the test is all that is inline: the event is
+/// built out of line, from scalars, so that it takes no registers from the caller.
 #[inline(always)]
 pub(crate) fn pool(dev: &DmaDevice, kind: EventKind, cpu: *const u8, bus: BusAddr, size: usize) {
-    hook(|| {
-        let phys = dev.memory().virt_to_phys(cpu).map_or(0, |p| p.0);
-        Event::new(kind, dev.name(), dev.mapper().kind()).at(bus.0, phys, size as u64)
-    });
+    if enabled() {
+        record_pool(dev, kind, cpu, bus.0, size);
+    }
+}
+
+/// [`pool`]'s out-of-line half, for callers that make the [`enabled`] test themselves.
+#[cold]
+#[inline(never)]
+pub(crate) fn record_pool(dev: &DmaDevice, kind: EventKind, cpu: *const u8, bus: u64, size: usize) {
+    let phys = dev.memory().virt_to_phys(cpu).map_or(0, |p| p.0);
+    record(Event::new(kind, dev.name(), dev.mapper().kind()).at(bus, phys, size as u64));
 }
 
 #[cfg(test)]

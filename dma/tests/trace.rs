@@ -50,6 +50,12 @@ fn the_trace_follows_a_bounced_mapping_a_pool_and_a_coherent_buffer_and_is_silen
     let block = pool.alloc().unwrap();
     let block_bus = block.bus_addr().as_u64();
     drop(block);
+    // Through a per-owner cache: its fast path sends traced operations down its slow path.
+    let mut cache = pool.cache(4);
+    let cached = cache.alloc().unwrap();
+    let cached_bus = cached.bus_addr().as_u64();
+    cache.free(cached);
+    drop(cache);
     let word = dev.alloc_coherent::<u64>().unwrap();
     let word_bus = word.bus_addr().as_u64();
     drop(word);
@@ -78,6 +84,8 @@ fn the_trace_follows_a_bounced_mapping_a_pool_and_a_coherent_buffer_and_is_silen
             CoherentAlloc,
             PoolAlloc,
             PoolFree, // pool
+            PoolAlloc,
+            PoolFree, // pool cache
             CoherentAlloc,
             CoherentFree, // coherent
         ],
@@ -99,7 +107,8 @@ fn the_trace_follows_a_bounced_mapping_a_pool_and_a_coherent_buffer_and_is_silen
     // Pool and coherent: the bus addresses the handles reported.
     assert_eq!((events[11].bus, events[12].bus), (block_bus, block_bus));
     assert_eq!(events[11].phys, block_bus); // Direct: bus = phys
-    assert_eq!((events[13].bus, events[14].bus, events[13].size), (word_bus, word_bus, 4096));
+    assert_eq!((events[13].bus, events[14].bus, events[13].size), (cached_bus, cached_bus, 64));
+    assert_eq!((events[15].bus, events[16].bus, events[15].size), (word_bus, word_bus, 4096));
     // Time moves forward.
     assert!(events.windows(2).all(|w| w[0].time < w[1].time));
     let text = trace::render(Some(events.len()));

@@ -125,8 +125,9 @@ impl PoolBlock {
 impl Drop for PoolBlock {
     #[inline]
     fn drop(&mut self) {
-        let pool = self.pool();
-        trace::pool(&pool.dev, EventKind::PoolFree, self.at.cpu.as_ptr(), self.at.bus, pool.block);
+        if trace::enabled() {
+            self.pool().trace_block(EventKind::PoolFree, self.at.cpu.as_ptr(), self.at.bus);
+        }
         // SAFETY: the block is allocated to this handle, which is going away.
         unsafe { PoolInner::free_handle(self.pool, self.at.unit, self.at.index, self.at.cpu) };
     }

@@ -299,8 +299,18 @@ impl PoolInner {
             // SAFETY: the block is `block` bytes of our memory, now allocated to the caller.
             unsafe { core::ptr::write_bytes(at.cpu.as_ptr(), 0, self.block) };
         }
-        trace::pool(&self.dev, EventKind::PoolAlloc, at.cpu.as_ptr(), at.bus, self.block);
+        if trace::enabled() {
+            self.trace_block(EventKind::PoolAlloc, at.cpu.as_ptr(), at.bus);
+        }
         Ok(at)
+    }
+
+    /// Records a block's allocation or free in the event trace. Out of line and cold, given
+    /// scalars, so that the fast paths carry only the trace's one load and branch.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn trace_block(&self, kind: EventKind, cpu: *const u8, bus: BusAddr) {
+        trace::record_pool(&self.dev, kind, cpu, bus.0, self.block);
     }
 
     /// Pushes block `b` of unit `p` at `cpu` back on the free list and clears its `allocated`
