@@ -24,6 +24,7 @@ mod iommu;
 mod memory;
 mod net;
 mod platform;
+mod watch;
 
 use crate::registry::commands::Command;
 use alloc::string::String;
@@ -75,6 +76,7 @@ fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
         .chain(platform::TESTS.iter())
         .chain(dma::TESTS.iter())
         .chain(iommu::TESTS.iter())
+        .chain(watch::TESTS.iter())
         .chain(inject::TESTS.iter())
         .chain(net::TESTS.iter())
         .chain(block::TESTS.iter())
