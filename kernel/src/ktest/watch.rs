@@ -13,7 +13,60 @@ use dma::{Bidirectional, ToDevice};
 use iommu_vtd::walker::walk;
 use iommu_vtd::{AccessKind, FaultReason};
 
-pub static TESTS: &[KernelTest] = &[KernelTest { name: "iommu::walk_matches_the_unit", run: walk_matches_the_unit }];
+pub static TESTS: &[KernelTest] = &[
+    KernelTest { name: "iommu::walk_matches_the_unit", run: walk_matches_the_unit },
+    KernelTest { name: "block::trace_sees_one_disk_read", run: trace_sees_one_disk_read },
+];
+
+/// One sector read from the scratch disk, traced: the AHCI controller's mapping of the buffer
+/// (map, then unmap at the same bus and physical address, `DMA_FROM_DEVICE`), the bounce
+/// copies if the buffer was bounced (into the slot after the map, back before the unmap), and
+/// with VT-d the page-selective IOTLB invalidation of the strict unmap, at the mapping's page.
+fn trace_sees_one_disk_read() -> TestResult {
+    use dma::trace::{self, Detail, EventKind, Granularity};
+    let disk = crate::services::block::disks().iter().copied().find(|d| d.port() == 1 && !d.read_only());
+    let disk = disk.ok_or("no scratch disk on port 1")?;
+    let was_on = trace::enabled();
+    trace::enable(None);
+    let mark = trace::mark();
+    let read = disk.read(0, 1);
+    let events = trace::since(mark);
+    if !was_on {
+        trace::disable();
+    }
+    read.map_err(|e| format!("{e}"))?;
+    let ahci: alloc::vec::Vec<_> = events.iter().filter(|e| e.device.as_str().ends_with(" ahci")).collect();
+    let (Some(&first), Some(&last)) = (ahci.first(), ahci.last()) else {
+        return Err("no event from the AHCI controller".into());
+    };
+    check!(first.kind == EventKind::Map && last.kind == EventKind::Unmap, "AHCI events: {ahci:#?}");
+    check!(
+        (first.bus, first.phys, first.size, first.dir)
+            == (last.bus, last.phys, 512, Some(dma::DmaDirection::FromDevice)),
+        "map {first:?} and unmap {last:?} disagree"
+    );
+    let bounces: alloc::vec::Vec<_> = ahci.iter().filter(|e| e.kind == EventKind::BounceCopy).collect();
+    if let [into, back] = bounces[..] {
+        check!(
+            matches!(into.detail, Detail::Bounce { to_slot: true, .. })
+                && matches!(back.detail, Detail::Bounce { to_slot: false, .. }),
+            "bounce copies in the wrong order: {bounces:#?}"
+        );
+    } else {
+        check!(bounces.is_empty(), "unexpected bounce copies: {bounces:#?}");
+    }
+    if iommu_expected() {
+        let map_at = events.iter().position(|e| e == first).unwrap_or(0);
+        let unmap_at = events.iter().position(|e| e == last).unwrap_or(0);
+        let invalidated = events[map_at..unmap_at].iter().any(|e| {
+            e.kind == EventKind::Invalidate
+                && e.bus == first.bus & !0xfff
+                && matches!(e.detail, Detail::Invalidation { granularity: Granularity::Page, .. })
+        });
+        check!(invalidated, "no page-selective invalidation of {:#x} between map and unmap: {events:#?}", first.bus);
+    }
+    Ok(())
+}
 
 fn walk_matches_the_unit() -> TestResult {
     if !iommu_expected() {
