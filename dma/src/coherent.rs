@@ -29,6 +29,7 @@ use crate::direction::{CpuReadable, CpuWritable, Direction};
 use crate::error::{AllocError, OutOfBounds, check_range};
 use crate::mapper::{CoherentRegion, Mapped};
 use crate::phys::{BusAddr, PAGE_SIZE, PhysAddr};
+use crate::trace::{self, EventKind};
 
 /// Plain data that may live in memory a device writes.
 ///
@@ -69,6 +70,7 @@ fn alloc_region(dev: &DmaDevice, bytes: usize, align: usize) -> Result<(Coherent
         return Err(AllocError::BadFrames { phys: region.phys });
     };
     log::debug!("{}: coherent {} bytes at bus {}", dev.name(), bytes, region.bus);
+    trace::coherent(dev, EventKind::CoherentAlloc, &region);
     Ok((region, ptr))
 }
 
@@ -187,6 +189,7 @@ impl<T: DmaSafe> Drop for Coherent<T> {
         // SAFETY: the region came from this device's mapper and is dropped once; the owner
         // stopped the device from using it (documented rule of coherent memory).
         unsafe { self.dev.mapper().free_coherent(&self.region) };
+        trace::coherent(&self.dev, EventKind::CoherentFree, &self.region);
     }
 }
 
@@ -279,6 +282,7 @@ impl<T: DmaSafe> Drop for CoherentSlice<T> {
     fn drop(&mut self) {
         // SAFETY: as for `Coherent`.
         unsafe { self.dev.mapper().free_coherent(&self.region) };
+        trace::coherent(&self.dev, EventKind::CoherentFree, &self.region);
     }
 }
 
@@ -342,6 +346,7 @@ impl<T: DmaSafe, D: Direction> Drop for NonCoherent<T, D> {
         self.dev.untrack(self.track);
         // SAFETY: as for `Coherent`.
         unsafe { self.dev.mapper().free_coherent(&self.region) };
+        trace::coherent(&self.dev, EventKind::CoherentFree, &self.region);
     }
 }
 

@@ -270,6 +270,7 @@ impl DmaDevice {
     /// As for [`DmaDevice::map_single_raw`], for the physical range.
     pub unsafe fn map_phys_raw(&self, phys: PhysAddr, len: usize, dir: DmaDirection) -> Result<BusAddr, MapError> {
         let m = self.inner.mapper.map(&self.limits(), phys, len, dir)?;
+        crate::trace::streaming(self, crate::trace::EventKind::Map, &m, dir, 0, len);
         self.inner.tracker.lock().insert(MappingKind::Raw, m.bus, len, dir, m.bounce.is_some(), Some(m));
         Ok(m.bus)
     }
@@ -305,6 +306,7 @@ impl DmaDevice {
                 // with this direction; it was just removed, so this is its only unmap. The
                 // buffer's validity is `map_single_raw`'s caller's promise.
                 unsafe { self.inner.mapper.unmap(&m, dir) };
+                crate::trace::streaming(self, crate::trace::EventKind::Unmap, &m, dir, 0, m.len);
                 Ok(())
             }
             Err(kind) => {
@@ -368,6 +370,9 @@ impl DmaDevice {
                         self.inner.mapper.sync_for_device(&m, offset, len, map_dir);
                     }
                 }
+                let step =
+                    if for_cpu { crate::trace::EventKind::SyncForCpu } else { crate::trace::EventKind::SyncForDevice };
+                crate::trace::streaming(self, step, &m, map_dir, offset, len);
                 Ok(())
             }
             Err(kind) => Err(self.report(kind)),

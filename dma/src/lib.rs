@@ -110,6 +110,7 @@ pub mod sg;
 pub mod sim;
 pub mod streaming;
 mod sync;
+pub mod trace;
 
 pub use arena::{ArenaBuf, ArenaError, ArenaStats, DmaArena};
 pub use buffer::{DmaBuf, PageBuffer};
@@ -125,12 +126,13 @@ pub use streaming::{CpuAccess, Mapping};
 
 /// Renders one of the DMA service's introspection views by its scheme path: `dma:pools`
 /// (Linux's poolinfo columns), `dma:mappings` (live mappings per device) or `dma:errors`
-/// (DMA-API debug reports). `None` for any other path.
+/// (DMA-API debug reports) or `dma:trace` (the event trace). `None` for any other path.
 pub fn view(path: &str) -> Option<alloc::string::String> {
     match path {
         "dma:pools" => Some(pool::render_pools()),
         "dma:mappings" => Some(device::render_mappings()),
         "dma:errors" => Some(debug::render_errors()),
+        "dma:trace" => Some(trace::render(None)),
         _ => None,
     }
 }

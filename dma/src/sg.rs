@@ -22,6 +22,7 @@ use crate::error::{MapError, MapFailed};
 use crate::mapper::{DeviceLimits, Mapped};
 use crate::phys::BusAddr;
 use crate::streaming::CpuAccess;
+use crate::trace::{self, EventKind};
 
 /// One piece the device is programmed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +131,7 @@ impl DmaDevice {
                         // SAFETY: each `m` was just mapped by this mapper with this direction
                         // and is unmapped once; its buffer is still owned by `bufs`.
                         unsafe { self.mapper().unmap(m, D::DIRECTION) };
+                        trace::streaming(self, EventKind::Unmap, m, D::DIRECTION, 0, m.len);
                     }
                     log::warn!("{}: DMA map_sg failed: {}", self.name(), error);
                     return Err(MapFailed { error, buffer: bufs });
@@ -176,6 +178,7 @@ impl<B: DmaBuf, D: Direction> SgMapping<B, D> {
             // SAFETY: each entry is a live mapping of this mapper with this direction; the
             // range is the whole mapping.
             unsafe { self.dev.mapper().sync_for_cpu(&e.mapped, 0, e.mapped.len, D::DIRECTION) };
+            trace::streaming(&self.dev, EventKind::SyncForCpu, &e.mapped, D::DIRECTION, 0, e.mapped.len);
         }
         SgCpuAccess { entries: &mut self.entries, _dir: PhantomData }
     }
@@ -185,6 +188,7 @@ impl<B: DmaBuf, D: Direction> SgMapping<B, D> {
         for e in &self.entries {
             // SAFETY: as in `sync_for_cpu`.
             unsafe { self.dev.mapper().sync_for_device(&e.mapped, 0, e.mapped.len, D::DIRECTION) };
+            trace::streaming(&self.dev, EventKind::SyncForDevice, &e.mapped, D::DIRECTION, 0, e.mapped.len);
         }
     }
 
@@ -194,6 +198,9 @@ impl<B: DmaBuf, D: Direction> SgMapping<B, D> {
         // for the whole list: a strict IOMMU waits for one invalidation round trip, not one
         // per entry.
         unsafe { self.dev.mapper().unmap_many(&mapped, D::DIRECTION) };
+        for e in &self.entries {
+            trace::streaming(&self.dev, EventKind::Unmap, &e.mapped, D::DIRECTION, 0, e.mapped.len);
+        }
         self.dev.untrack(self.track.take());
     }
 

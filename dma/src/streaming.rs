@@ -71,6 +71,7 @@ use crate::direction::{CpuReadable, CpuWritable, Direction, DmaDirection};
 use crate::error::{MapError, MapFailed, OutOfBounds, check_range};
 use crate::mapper::Mapped;
 use crate::phys::BusAddr;
+use crate::trace::{self, EventKind};
 
 /// A buffer lent to a device. See the module documentation.
 pub struct Mapping<B: DmaBuf, D: Direction> {
@@ -161,7 +162,9 @@ impl DmaDevice {
         // `offset <= dma_len`, so this stays inside (or one past) the buffer.
         let va = buf.dma_ptr().wrapping_add(offset);
         let phys = self.buffer_phys(va, len)?;
-        self.mapper().map(&self.limits(), phys, len, dir)
+        let mapped = self.mapper().map(&self.limits(), phys, len, dir)?;
+        trace::streaming(self, EventKind::Map, &mapped, dir, 0, len);
+        Ok(mapped)
     }
 }
 
@@ -231,6 +234,7 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
         // SAFETY: `mapped` is live and came from this device's mapper with direction
         // `D::DIRECTION`; the range was checked by the callers.
         unsafe { self.dev.mapper().sync_for_cpu(&self.mapped, offset, len, D::DIRECTION) };
+        trace::streaming(&self.dev, EventKind::SyncForCpu, &self.mapped, D::DIRECTION, offset, len);
         self.cpu_owns = true;
         let start = self.offset + offset;
         // SAFETY: `start + len <= dma_len` (map checked the mapping's range, callers the
@@ -245,6 +249,7 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
         let len = self.mapped.len;
         // SAFETY: live mapping of this mapper, range inside it.
         unsafe { self.dev.mapper().sync_for_device(&self.mapped, 0, len, D::DIRECTION) };
+        trace::streaming(&self.dev, EventKind::SyncForDevice, &self.mapped, D::DIRECTION, 0, len);
         self.cpu_owns = false;
     }
 
@@ -254,6 +259,7 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
         check_range(offset, len, self.mapped.len)?;
         // SAFETY: live mapping of this mapper, range checked.
         unsafe { self.dev.mapper().sync_for_device(&self.mapped, offset, len, D::DIRECTION) };
+        trace::streaming(&self.dev, EventKind::SyncForDevice, &self.mapped, D::DIRECTION, offset, len);
         self.cpu_owns = false;
         Ok(())
     }
@@ -262,6 +268,7 @@ impl<B: DmaBuf, D: Direction> Mapping<B, D> {
         // SAFETY: `mapped` is live (release runs once, from unmap or drop), made by this
         // device's mapper with `D::DIRECTION`; the buffer is still owned by us.
         unsafe { self.dev.mapper().unmap(&self.mapped, D::DIRECTION) };
+        trace::streaming(&self.dev, EventKind::Unmap, &self.mapped, D::DIRECTION, 0, self.mapped.len);
         self.dev.untrack(self.track.take());
     }
 

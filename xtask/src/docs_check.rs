@@ -256,3 +256,20 @@ fn link_parser_finds_what_markdown_would() {
     assert!(contains_word("struct DmaPool {", "DmaPool"));
     assert!(!contains_word("DmaPoolBlock", "DmaPool"));
 }
+
+/// `inject` (kernel/src/ktest/inject.rs) prints, for each failure it causes, the guide section
+/// that explains it, as `docs/guide/FILE § HEADING`: each must name a chapter that exists and a
+/// heading that chapter has, so renaming a section cannot leave `inject` pointing nowhere.
+#[test]
+fn inject_cases_name_guide_sections_that_exist() {
+    let source = fs::read_to_string(repo().join("kernel/src/ktest/inject.rs")).expect("inject.rs");
+    let refs: Vec<&str> =
+        source.lines().filter_map(|l| l.trim().strip_prefix("guide: \"")?.strip_suffix("\",")).collect();
+    assert!(refs.len() >= 7, "expected a guide section for every inject case, found {refs:?}");
+    for r in refs {
+        let (file, heading) = r.split_once(" § ").unwrap_or_else(|| panic!("`{r}` is not `FILE § HEADING`"));
+        let text = fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("{file} (from `{r}`): {e}"));
+        let found = text.lines().any(|l| l.trim_start_matches('#').trim() == heading && l.starts_with('#'));
+        assert!(found, "{file} has no heading `{heading}` (named by an inject case)");
+    }
+}

@@ -400,7 +400,20 @@ fn parse_ktest_line(line: &str) -> Option<(usize, String, Verdict)> {
 /// IOMMU tests on every machine with VT-d, the block tests everywhere (every machine has the
 /// AHCI controller and its MSI). A skipped test must not pass where it matters.
 fn must_run(machine: &MachineConfig, name: &str) -> bool {
-    (name.starts_with("iommu::") && machine.iommu) || name.starts_with("block::")
+    (name.starts_with("iommu::") && machine.iommu) || name.starts_with("block::") || inject_must_run(machine, name)
+}
+
+/// The `inject::` cases (kernel/src/ktest/inject.rs): the probe's VT-d faults wherever VT-d
+/// runs (the deferred window except where the probe shares a bridge's requester id with the
+/// NIC), the bounce on the machine with RAM above 4 GiB and no IOMMU, the rest everywhere.
+fn inject_must_run(machine: &MachineConfig, name: &str) -> bool {
+    match name.strip_prefix("inject::") {
+        Some("unmapped_iova" | "after_strict_unmap") => machine.iommu,
+        Some("deferred_unmap_window") => machine.iommu && !machine.name.contains("bridged"),
+        Some("bounce_above_4g") => !machine.iommu && machine.memory_mib > 4096,
+        Some(_) => true,
+        None => false,
+    }
 }
 
 /// Boots, waits for the prompt, and returns the session.
@@ -828,6 +841,10 @@ mod tests {
         assert!(!must_run(&direct, "iommu::unmapped_iova_faults_and_kernel_goes_on"));
         assert!(must_run(&direct, "block::completion_by_intx"));
         assert!(!must_run(&vtd, "net::dhcp_lease"));
+        let six_gib = MachineConfig { iommu: false, memory_mib: 6144, ..MachineConfig::standard() };
+        assert!(must_run(&six_gib, "inject::bounce_above_4g") && !must_run(&vtd, "inject::bounce_above_4g"));
+        assert!(must_run(&vtd, "inject::deferred_unmap_window") && !must_run(&six_gib, "inject::unmapped_iova"));
+        assert!(must_run(&direct, "inject::double_unmap") && must_run(&vtd, "inject::pool_write_after_free"));
     }
 
     #[test]

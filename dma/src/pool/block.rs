@@ -9,6 +9,7 @@ use super::free_list::{BlockAddrs, PoolInner};
 use crate::coherent::DmaSafe;
 use crate::error::{OutOfBounds, check_range};
 use crate::phys::BusAddr;
+use crate::trace::{self, EventKind};
 
 /// One block of a pool; returns to its pool when dropped.
 ///
@@ -32,7 +33,7 @@ impl fmt::Debug for PoolBlock {
 }
 
 impl PoolBlock {
-    fn pool(&self) -> &PoolInner {
+    pub(super) fn pool(&self) -> &PoolInner {
         // SAFETY: the pool outlives every allocated block (module invariant).
         unsafe { self.pool.as_ref() }
     }
@@ -124,6 +125,9 @@ impl PoolBlock {
 impl Drop for PoolBlock {
     #[inline]
     fn drop(&mut self) {
+        if trace::enabled() {
+            self.pool().trace_block(EventKind::PoolFree, self.at.cpu.as_ptr(), self.at.bus);
+        }
         // SAFETY: the block is allocated to this handle, which is going away.
         unsafe { PoolInner::free_handle(self.pool, self.at.unit, self.at.index, self.at.cpu) };
     }

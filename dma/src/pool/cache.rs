@@ -13,6 +13,7 @@ use super::{POOL_POISON_ALLOCATED, POOL_POISON_FREED, PoolBlock};
 use crate::debug::ReportKind;
 use crate::error::AllocError;
 use crate::phys::BusAddr;
+use crate::trace::{self, EventKind};
 
 /// A per-owner stack of free blocks of one pool, from [`DmaPool::cache`](super::DmaPool::cache): a
 /// magazine (see "Per-owner caches" in the module documentation).
@@ -109,7 +110,9 @@ impl<'pool> PoolCache<'pool> {
     /// empty and must be refilled from the pool.
     #[inline]
     pub fn alloc(&mut self) -> Result<PoolBlock, AllocError> {
-        if self.len <= self.alloc_floor {
+        // Tracing sends every operation down the slow path too (it records there), so the fast
+        // path pays one load and no more for it.
+        if self.len <= self.alloc_floor || trace::enabled() {
             self.prepare_pop(false)?;
         }
         Ok(self.pop())
@@ -118,7 +121,7 @@ impl<'pool> PoolCache<'pool> {
     /// A zeroed block, from the cache's stack (as [`PoolCache::alloc`]).
     #[inline]
     pub fn zalloc(&mut self) -> Result<PoolBlock, AllocError> {
-        if self.len <= self.alloc_floor {
+        if self.len <= self.alloc_floor || trace::enabled() {
             self.prepare_pop(true)?;
         }
         let block = self.pop();
@@ -139,11 +142,11 @@ impl<'pool> PoolCache<'pool> {
         if pool != NonNull::from(self.pool) {
             // SAFETY: the block is allocated to the handle, which this call consumed; `pool` is
             // its pool, alive while the block is allocated (module invariant).
-            unsafe { free_to_its_own_pool(pool, at.unit, at.index, at.cpu) };
+            unsafe { free_to_its_own_pool(pool, at.unit, at.index, at.cpu, at.bus) };
             return;
         }
-        if self.len >= self.free_limit {
-            self.prepare_push(at.cpu);
+        if self.len >= self.free_limit || trace::enabled() {
+            self.prepare_push(at.cpu, at.bus);
         }
         // SAFETY: `len < slots.len()`: either `len < free_limit <= slots.len()`, or
         // `prepare_push` made room.
@@ -198,6 +201,10 @@ impl<'pool> PoolCache<'pool> {
         if self.len == 0 {
             self.refill()?;
         }
+        if trace::enabled() {
+            let top = self.slots[self.len - 1];
+            self.pool.trace_block(EventKind::PoolAlloc, top.cpu.as_ptr(), top.bus);
+        }
         if self.pool.poison {
             let top = self.slots[self.len - 1];
             self.pool.check_freed_poison(top.cpu, top.bus, 0);
@@ -218,7 +225,10 @@ impl<'pool> PoolCache<'pool> {
     /// path too.
     #[cold]
     #[inline(never)]
-    fn prepare_push(&mut self, cpu: NonNull<u8>) {
+    fn prepare_push(&mut self, cpu: NonNull<u8>, bus: BusAddr) {
+        if trace::enabled() {
+            self.pool.trace_block(EventKind::PoolFree, cpu.as_ptr(), bus);
+        }
         if self.len == self.slots.len() {
             self.give_back(self.batch);
         }
@@ -354,7 +364,11 @@ impl CachedBlock {
 /// allocated to a handle the caller consumed.
 #[cold]
 #[inline(never)]
-unsafe fn free_to_its_own_pool(pool: NonNull<PoolInner>, unit: u32, index: u32, cpu: NonNull<u8>) {
+unsafe fn free_to_its_own_pool(pool: NonNull<PoolInner>, unit: u32, index: u32, cpu: NonNull<u8>, bus: BusAddr) {
+    if trace::enabled() {
+        // SAFETY: the caller's guarantee: the pool is live while the block is allocated.
+        unsafe { pool.as_ref() }.trace_block(EventKind::PoolFree, cpu.as_ptr(), bus);
+    }
     // SAFETY: the caller's guarantee.
     unsafe { PoolInner::free_handle(pool, unit, index, cpu) };
 }

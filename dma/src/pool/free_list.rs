@@ -16,6 +16,7 @@ use crate::device::DmaDevice;
 use crate::error::AllocError;
 use crate::mapper::CoherentRegion;
 use crate::phys::BusAddr;
+use crate::trace::{self, EventKind};
 
 /// Bytes at the start of a free block that hold the free-list link.
 pub(super) const LINK_BYTES: usize = 8;
@@ -144,6 +145,7 @@ impl PoolInner {
             // SAFETY: the unit is ours and `unit` bytes long.
             unsafe { core::ptr::write_bytes(cpu, POOL_POISON_FREED, self.unit) };
         }
+        trace::coherent(&self.dev, EventKind::CoherentAlloc, &region);
         let p = st.units.len() as u32;
         st.units.push(Unit { region, cpu, released: false, quarantined: false });
         st.allocated.resize(st.allocated.len() + self.words_per_unit, 0);
@@ -297,7 +299,18 @@ impl PoolInner {
             // SAFETY: the block is `block` bytes of our memory, now allocated to the caller.
             unsafe { core::ptr::write_bytes(at.cpu.as_ptr(), 0, self.block) };
         }
+        if trace::enabled() {
+            self.trace_block(EventKind::PoolAlloc, at.cpu.as_ptr(), at.bus);
+        }
         Ok(at)
+    }
+
+    /// Records a block's allocation or free in the event trace. Out of line and cold, given
+    /// scalars, so that the fast paths carry only the trace's one load and branch.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn trace_block(&self, kind: EventKind, cpu: *const u8, bus: BusAddr) {
+        trace::record_pool(&self.dev, kind, cpu, bus.0, self.block);
     }
 
     /// Pushes block `b` of unit `p` at `cpu` back on the free list and clears its `allocated`
@@ -418,6 +431,7 @@ impl PoolInner {
                     // SAFETY: the unit came from this mapper; no block in it is allocated, and
                     // the pool is destroyed so none will be.
                     unsafe { mapper.free_coherent(&unit.region) };
+                    trace::coherent(&self.dev, EventKind::CoherentFree, &unit.region);
                     unit.released = true;
                 }
                 continue;
@@ -466,6 +480,7 @@ impl Drop for PoolInner {
             if !unit.released && !unit.quarantined {
                 // SAFETY: the unit came from this mapper and no block handle or pool remains.
                 unsafe { mapper.free_coherent(&unit.region) };
+                trace::coherent(&self.dev, EventKind::CoherentFree, &unit.region);
                 unit.released = true;
             }
         }

@@ -113,6 +113,7 @@ use crate::debug::DebugReport;
 use crate::device::DmaDevice;
 use crate::error::AllocError;
 use crate::phys::{BusAddr, PAGE_SIZE};
+use crate::trace::{self, EventKind};
 
 mod block;
 mod cache;
@@ -416,7 +417,9 @@ impl DmaPool {
     /// mismatched CPU/bus pair, a block owned by a handle) is reported and refused; the pool is
     /// unchanged.
     pub fn free_raw(&self, cpu: *mut u8, bus: BusAddr) -> Result<(), DebugReport> {
-        self.inner.free_raw(cpu, bus).map_err(|kind| self.inner.dev.report(kind))
+        self.inner.free_raw(cpu, bus).map_err(|kind| self.inner.dev.report(kind))?;
+        trace::pool(&self.inner.dev, EventKind::PoolFree, cpu, bus, self.inner.block);
+        Ok(())
     }
 
     /// A per-owner cache of this pool's blocks holding up to `capacity` of them (at least 2): a

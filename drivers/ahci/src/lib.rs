@@ -46,6 +46,8 @@ pub mod slot;
 mod sim;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
 
 pub use ata::{AtaCommand, CommandKind, NcqErrorLog, TaskFile};
 pub use buffer::IoBuffer;

@@ -43,6 +43,7 @@ pub mod desc;
 mod lab;
 pub mod regs;
 pub mod ring;
+pub mod ring_view;
 mod rx;
 mod stats;
 mod tx;
@@ -51,6 +52,8 @@ mod tx;
 mod sim;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -82,6 +82,7 @@ pub mod regs;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod tables;
+mod trace;
 pub mod unit;
 pub mod view;
 pub mod walker;

@@ -123,10 +123,21 @@ pub fn lookup_context(
     caps: &WalkCaps,
     source: SourceId,
 ) -> Result<ContextLookup, FaultReason> {
+    lookup_context_traced(mem, rtaddr, caps, source, &mut Trail::default())
+}
+
+fn lookup_context_traced(
+    mem: &dyn PhysMemory,
+    rtaddr: u64,
+    caps: &WalkCaps,
+    source: SourceId,
+    trail: &mut Trail,
+) -> Result<ContextLookup, FaultReason> {
     let root_slot = (rtaddr & PTE_ADDR) + source.bus() as u64 * 16;
     let (Some(rlo), Some(rhi)) = (read_u64(mem, root_slot), read_u64(mem, root_slot + 8)) else {
         return Err(FaultReason::ROOT_TABLE_ERROR);
     };
+    trail.root = Some(EntryRead { addr: root_slot, index: source.bus() as u16, lo: rlo, hi: rhi });
     if rlo & 1 == 0 {
         return Err(FaultReason::ROOT_NOT_PRESENT);
     }
@@ -137,6 +148,7 @@ pub fn lookup_context(
     let (Some(lo), Some(hi)) = (read_u64(mem, ctx_slot), read_u64(mem, ctx_slot + 8)) else {
         return Err(FaultReason::CONTEXT_TABLE_ERROR);
     };
+    trail.context = Some(EntryRead { addr: ctx_slot, index: source.devfn() as u16, lo, hi });
     if lo & 1 == 0 {
         return Err(FaultReason::CONTEXT_NOT_PRESENT);
     }
@@ -171,6 +183,17 @@ pub fn walk_tables(
     iova: u64,
     access: AccessKind,
 ) -> Result<Translation, FaultReason> {
+    walk_tables_traced(mem, caps, ctx, iova, access, &mut Trail::default())
+}
+
+fn walk_tables_traced(
+    mem: &dyn PhysMemory,
+    caps: &WalkCaps,
+    ctx: &ContextLookup,
+    iova: u64,
+    access: AccessKind,
+    trail: &mut Trail,
+) -> Result<Translation, FaultReason> {
     let denied = match access {
         AccessKind::Read => FaultReason::READ_DENIED,
         AccessKind::Write => FaultReason::WRITE_DENIED,
@@ -190,7 +213,12 @@ pub fn walk_tables(
     let mut level = ctx.levels;
     let (mut r, mut w) = (true, true);
     loop {
-        let e = read_u64(mem, table + level_index(iova, level) as u64 * 8).ok_or(FaultReason::PAGING_ENTRY_ERROR)?;
+        let index = level_index(iova, level);
+        let e = read_u64(mem, table + index as u64 * 8).ok_or(FaultReason::PAGING_ENTRY_ERROR)?;
+        if let Some(step) = trail.levels.get_mut(trail.depth) {
+            *step = LevelStep { level, table, index: index as u16, entry: e };
+            trail.depth += 1;
+        }
         if e & (PTE_R | PTE_W) == 0 {
             return Err(denied);
         }
@@ -241,4 +269,158 @@ pub fn translate(
 ) -> Result<Translation, FaultReason> {
     let ctx = lookup_context(mem, rtaddr, caps, source)?;
     walk_tables(mem, caps, &ctx, iova, access)
+}
+
+/// One table entry the walk read: where, at which index, and its two 64-bit halves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct EntryRead {
+    /// Physical address of the entry.
+    pub addr: u64,
+    /// Its index in its table (bus for the root table, devfn for the context table).
+    pub index: u16,
+    /// Low 64 bits.
+    pub lo: u64,
+    /// High 64 bits.
+    pub hi: u64,
+}
+
+/// One second-level page-table entry the walk read (§9.8).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LevelStep {
+    /// Level: 4 (PML4) down to 1 (the 4 KiB page table).
+    pub level: u8,
+    /// Physical address of the table.
+    pub table: u64,
+    /// Index of the entry: nine bits of the IOVA.
+    pub index: u16,
+    /// The entry (bit 0 R, bit 1 W, bit 7 PS, bits 51:12 the address).
+    pub entry: u64,
+}
+
+impl LevelStep {
+    /// Read permission (bit 0).
+    pub const fn read(&self) -> bool {
+        self.entry & PTE_R != 0
+    }
+
+    /// Write permission (bit 1).
+    pub const fn write(&self) -> bool {
+        self.entry & PTE_W != 0
+    }
+
+    /// Whether the entry maps a page (level 1, or PS set) instead of pointing at a table.
+    pub const fn leaf(&self) -> bool {
+        self.level == 1 || self.entry & PTE_PS != 0
+    }
+}
+
+/// What a walk read on its way, in order (no allocation: a walk has at most 5 levels).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Trail {
+    /// The root entry (`None` if the root table could not be read).
+    pub root: Option<EntryRead>,
+    /// The context entry (`None` if the walk stopped before it).
+    pub context: Option<EntryRead>,
+    levels: [LevelStep; 5],
+    depth: usize,
+}
+
+impl Trail {
+    /// The page-table entries read, top level first.
+    pub fn levels(&self) -> &[LevelStep] {
+        &self.levels[..self.depth]
+    }
+}
+
+/// A walk with everything it read: [`translate`] plus the entries on the way, so a reader (the
+/// kernel's `iommu walk`) can see the hardware's steps. Its result is always `translate`'s.
+pub fn walk(
+    mem: &dyn PhysMemory,
+    rtaddr: u64,
+    caps: &WalkCaps,
+    source: SourceId,
+    iova: u64,
+    access: AccessKind,
+) -> (Trail, Result<Translation, FaultReason>) {
+    let mut trail = Trail::default();
+    let result = lookup_context_traced(mem, rtaddr, caps, source, &mut trail)
+        .and_then(|ctx| walk_tables_traced(mem, caps, &ctx, iova, access, &mut trail));
+    (trail, result)
+}
+
+/// Renders a walk for people: the root entry, the context entry (domain, address width, top
+/// table), each level's entry with its index and R/W bits, then the physical address or the
+/// fault reason the unit would record (VT-d spec Appendix A).
+pub fn render_walk(
+    source: SourceId,
+    iova: u64,
+    access: AccessKind,
+    trail: &Trail,
+    result: &Result<Translation, FaultReason>,
+) -> alloc::string::String {
+    use core::fmt::Write as _;
+    let mut out = alloc::string::String::new();
+    let _ = writeln!(out, "walk {source} IOVA {iova:#x} ({access})");
+    if let Some(r) = trail.root {
+        let _ = writeln!(
+            out,
+            "  root entry    [bus {:#04x}] at {:#x}: {:#018x} present={} context-table={:#x}",
+            r.index,
+            r.addr,
+            r.lo,
+            r.lo & 1,
+            r.lo & PTE_ADDR
+        );
+    }
+    if let Some(c) = trail.context {
+        let _ = writeln!(
+            out,
+            "  context entry [devfn {:#04x}] at {:#x}: {:#018x}_{:016x} present={} tt={} domain={} aw={} table={:#x}",
+            c.index,
+            c.addr,
+            c.hi,
+            c.lo,
+            c.lo & 1,
+            (c.lo >> 2) & 3,
+            (c.hi >> 8) as u16,
+            c.hi & 7,
+            c.lo & PTE_ADDR
+        );
+    }
+    for step in trail.levels() {
+        let _ = writeln!(
+            out,
+            "  level {} [index {:3}] at {:#x}: {:#018x} R={} W={}{}",
+            step.level,
+            step.index,
+            step.table + step.index as u64 * 8,
+            step.entry,
+            step.read() as u8,
+            step.write() as u8,
+            if step.leaf() && step.entry & (PTE_R | PTE_W) != 0 {
+                alloc::format!(
+                    " page={:#x} ({} KiB)",
+                    step.entry & PTE_ADDR & !(level_size(step.level) - 1),
+                    level_size(step.level) / 1024
+                )
+            } else if step.entry & (PTE_R | PTE_W) == 0 {
+                alloc::string::String::from(" not present")
+            } else {
+                alloc::format!(" next={:#x}", step.entry & PTE_ADDR)
+            }
+        );
+    }
+    match result {
+        Ok(t) => {
+            let _ = writeln!(
+                out,
+                "  => phys {:#x} (domain {}, R={} W={})",
+                t.phys.0, t.domain_id, t.perms.read as u8, t.perms.write as u8
+            );
+        }
+        Err(reason) => {
+            let _ = writeln!(out, "  => FAULT reason {:#04x}: {}", reason.0, reason.text());
+        }
+    }
+    out
 }

@@ -82,15 +82,15 @@ const IVAR_OTHER_TO_ENTRY_0: u32 = 0x8 << 16;
 /// Ring of 8 descriptors = 128 bytes, the smallest TDLEN allows.
 const RING_BYTES: u32 = 128;
 
-struct Probe {
-    function: &'static PciFunction,
-    regs: Mmio,
-    dev: DmaDevice,
+pub(super) struct Probe {
+    pub(super) function: &'static PciFunction,
+    pub(super) regs: Mmio,
+    pub(super) dev: DmaDevice,
 }
 
 static PROBE: Once<Option<Probe>> = Once::new();
 
-fn probe() -> Result<&'static Probe, String> {
+pub(super) fn probe() -> Result<&'static Probe, String> {
     PROBE
         .call_once(|| {
             let function =
@@ -104,20 +104,20 @@ fn probe() -> Result<&'static Probe, String> {
 }
 
 /// Why the tests that need a VT-d unit skip.
-const NO_VTD: &str = "no VT-d unit on this machine (no DMAR table)";
+pub(super) const NO_VTD: &str = "no VT-d unit on this machine (no DMAR table)";
 
-fn iommu_expected() -> bool {
+pub(super) fn iommu_expected() -> bool {
     crate::firmware::acpi::info().dmar.is_some()
 }
 
 impl Probe {
     /// The requester id its DMA carries (a bridge's alias when it sits behind one).
-    fn source(&self) -> SourceId {
+    pub(super) fn source(&self) -> SourceId {
         crate::platform::iommu::requester_id(self.function)
     }
 
     /// Resets the device and leaves transmit off (datasheet §4.6.1: RST self-clears).
-    fn reset(&self) {
+    pub(super) fn reset(&self) {
         self.regs.write32(IMC, u32::MAX);
         self.regs.write32(CTRL, CTRL_RST);
         crate::arch::time::poll_until(10_000, || self.regs.read32(CTRL) & CTRL_RST == 0);
@@ -126,7 +126,7 @@ impl Probe {
     }
 
     /// Points the transmit ring at `ring` and hands the device one descriptor.
-    fn transmit_one(&self, ring: u64) {
+    pub(super) fn transmit_one(&self, ring: u64) {
         self.regs.write32(TCTL, 0);
         self.regs.write32(TDBAL, ring as u32);
         self.regs.write32(TDBAH, (ring >> 32) as u32);
@@ -138,7 +138,7 @@ impl Probe {
     }
 
     /// Waits up to 500 ms for a fault from this device.
-    fn wait_fault(&self) -> Option<FaultRecord> {
+    pub(super) fn wait_fault(&self) -> Option<FaultRecord> {
         let mut found = None;
         crate::arch::time::poll_until(500_000, || {
             found = crate::platform::iommu::poll_faults().into_iter().find(|f| f.source == self.source());
@@ -147,14 +147,14 @@ impl Probe {
         found
     }
 
-    fn stop(&self) {
+    pub(super) fn stop(&self) {
         self.regs.write32(TCTL, 0);
         self.reset();
     }
 }
 
 /// A legacy transmit descriptor sending `len` bytes from `buffer`.
-fn descriptor(buffer: u64, len: u16) -> [u8; 16] {
+pub(super) fn descriptor(buffer: u64, len: u16) -> [u8; 16] {
     let mut d = [0u8; 16];
     d[..8].copy_from_slice(&buffer.to_le_bytes());
     d[8..16].copy_from_slice(&(u64::from(len) | (CMD_EOP_IFCS_RS << 24)).to_le_bytes());
@@ -162,7 +162,7 @@ fn descriptor(buffer: u64, len: u16) -> [u8; 16] {
 }
 
 /// A zeroed page holding a transmit ring whose descriptor 0 sends 60 bytes from `frame`.
-fn transmit_ring(frame: u64) -> Result<PageBuffer, String> {
+pub(super) fn transmit_ring(frame: u64) -> Result<PageBuffer, String> {
     let mut ring =
         PageBuffer::alloc(&crate::services::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
     ring[..16].copy_from_slice(&descriptor(frame, 60));
@@ -170,11 +170,11 @@ fn transmit_ring(frame: u64) -> Result<PageBuffer, String> {
 }
 
 /// The DD (descriptor done) bit of descriptor 0: byte 12, bit 0.
-fn descriptor_done(ring: &[u8]) -> bool {
+pub(super) fn descriptor_done(ring: &[u8]) -> bool {
     ring[12] & 1 != 0
 }
 
-fn frame_buffer() -> Result<PageBuffer, String> {
+pub(super) fn frame_buffer() -> Result<PageBuffer, String> {
     let mut frame =
         PageBuffer::alloc(&crate::services::dma_service::memory(), 4096, u64::MAX).map_err(|e| format!("{e}"))?;
     frame[..12].fill(0xff); // broadcast destination
@@ -221,7 +221,7 @@ fn every_device_has_its_own_domain() -> TestResult {
     Ok(())
 }
 
-fn mapped_dma_goes_through() -> TestResult {
+pub(super) fn mapped_dma_goes_through() -> TestResult {
     let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
     let p = probe()?;
     p.reset();

@@ -19,10 +19,12 @@
 
 mod block;
 mod dma;
+mod inject;
 mod iommu;
 mod memory;
 mod net;
 mod platform;
+mod watch;
 
 use crate::registry::commands::Command;
 use alloc::string::String;
@@ -75,6 +77,8 @@ fn all_tests() -> impl Iterator<Item = &'static KernelTest> {
         .chain(dma::TESTS.iter())
         .chain(iommu::TESTS.iter())
         .chain(iommu::interrupt_remap::TESTS.iter())
+        .chain(watch::TESTS.iter())
+        .chain(inject::TESTS.iter())
         .chain(net::TESTS.iter())
         .chain(block::TESTS.iter())
 }
@@ -186,6 +190,7 @@ static COMMANDS: &[Command] = &[Command {
 /// at boot.
 pub fn init() {
     crate::registry::commands::register(COMMANDS);
+    crate::registry::commands::register(inject::COMMANDS);
     install_crash_hook();
 }
 

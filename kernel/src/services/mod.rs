@@ -7,6 +7,7 @@
 pub mod block;
 pub mod dma_service;
 pub mod net;
+pub mod watch;
 
 use crate::registry::commands;
 
@@ -19,4 +20,6 @@ pub fn init() {
     commands::register_idle(net::poll_idle);
     block::init();
     commands::register(block::COMMANDS);
+    watch::init();
+    commands::register(watch::COMMANDS);
 }

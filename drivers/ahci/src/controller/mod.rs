@@ -46,6 +46,7 @@ use dma::{BusSegment, DmaDevice, DmaPool, FromDevice, PoolBlock, SgMapping, ToDe
 mod complete;
 mod init;
 mod recover;
+mod slot_view;
 mod submit;
 
 /// Bytes of one command header (§4.2.2).

@@ -177,9 +177,11 @@ impl Domain {
         if let Some(old) = old {
             // Present → present (should not happen: we track attachments): treat like detach.
             hw.inval.context(regs, phys, ContextScope::Device { domain: old.domain_id, source })?;
+            crate::trace::iotlb(&unit.name, IotlbScope::Domain(old.domain_id));
             hw.inval.iotlb(regs, phys, IotlbScope::Domain(old.domain_id))?;
         } else if unit.cap.caching_mode() {
             hw.inval.context(regs, phys, ContextScope::Device { domain: 0, source })?;
+            crate::trace::iotlb(&unit.name, IotlbScope::Domain(self.id));
             hw.inval.iotlb(regs, phys, IotlbScope::Domain(self.id))?;
         } else {
             hw.inval.flush_write_buffer(regs)?;
@@ -208,6 +210,7 @@ impl Domain {
         drop(ctx);
         let mut hw = unit.hw.lock();
         hw.inval.context(&*unit.regs, &*unit.phys, ContextScope::Device { domain: self.id, source })?;
+        crate::trace::iotlb(&unit.name, IotlbScope::Domain(self.id));
         hw.inval.iotlb(&*unit.regs, &*unit.phys, IotlbScope::Domain(self.id))?;
         log::info!("{}: {source} detached from domain {}", unit.name, self.id);
         Ok(())

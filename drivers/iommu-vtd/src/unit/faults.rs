@@ -42,6 +42,7 @@ impl Unit {
                 // F is RW1C in the record's top dword; the other bits there are read-only.
                 self.regs.write32(off + 12, 1 << 31);
                 log::warn!("{}: {rec}", self.name);
+                crate::trace::fault(&self.name, &rec);
                 out.push(rec);
             }
         }

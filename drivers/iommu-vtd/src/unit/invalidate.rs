@@ -8,6 +8,7 @@ use crate::invalidation::{InvalidationError, IotlbScope, QueueFault, page_scope}
 
 impl Unit {
     pub(super) fn invalidate_iotlb(&self, scope: IotlbScope) -> Result<(), InvalidationError> {
+        crate::trace::iotlb(&self.name, scope);
         let mut hw = self.hw.lock();
         hw.inval.iotlb(&*self.regs, &*self.phys, scope)
     }

@@ -193,6 +193,9 @@ pub fn init() {
         "AHCI controllers and disks: identity, size, queueing, counters",
         render_info,
     );
+    crate::registry::scheme::register("disk:slots", "AHCI command slots: header, FIS, PRDT; PxCI, PxSACT", || {
+        controllers().iter().map(|c| with_hba(c, |h| h.render_slots())).collect()
+    });
 }
 
 /// Ports whose sector 0 has an MBR boot signature.

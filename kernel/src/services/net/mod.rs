@@ -132,6 +132,11 @@ pub fn init() {
     x86_64::instructions::interrupts::without_interrupts(|| *NET.lock() = Some(net));
     irq::setup(function);
     crate::registry::scheme::register("net:stats", "e1000 counters: driver, device registers, stack", render_stats);
+    crate::registry::scheme::register(
+        "net:rings",
+        "e1000 descriptors: owner, address, length, status; head/tail",
+        || with_net(|net| net.nic.render_rings()).unwrap_or_else(|| String::from("no network device\n")),
+    );
 }
 
 /// The `net:stats` view.

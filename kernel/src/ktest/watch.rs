@@ -1,0 +1,126 @@
+//! In-kernel checks of the watching tools: `iommu walk` prints the walk the real unit makes.
+//!
+//! The probe device (see [`super::iommu`]) reads and writes through its domain while the test
+//! walks the same IOVAs with `iommu_vtd::walker::walk` over the unit's live tables: a mapped
+//! page the device reaches must walk to the page's physical address, and an unmapped IOVA the
+//! device faults on must walk to the fault reason the unit recorded.
+
+use super::iommu::{NO_VTD, descriptor_done, frame_buffer, iommu_expected, probe, transmit_ring};
+use super::{KernelTest, TestResult};
+use crate::check;
+use alloc::format;
+use dma::{Bidirectional, ToDevice};
+use iommu_vtd::walker::walk;
+use iommu_vtd::{AccessKind, FaultReason};
+
+pub static TESTS: &[KernelTest] = &[
+    KernelTest { name: "iommu::walk_matches_the_unit", run: walk_matches_the_unit },
+    KernelTest { name: "block::trace_sees_one_disk_read", run: trace_sees_one_disk_read },
+];
+
+/// One sector read from the scratch disk, traced: the AHCI controller's mapping of the buffer
+/// (map, then unmap at the same bus and physical address, `DMA_FROM_DEVICE`), the bounce
+/// copies if the buffer was bounced (into the slot after the map, back before the unmap), and
+/// with VT-d the page-selective IOTLB invalidation of the strict unmap, at the mapping's page.
+fn trace_sees_one_disk_read() -> TestResult {
+    use dma::trace::{self, Detail, EventKind, Granularity};
+    let disk = crate::services::block::disks().iter().copied().find(|d| d.port() == 1 && !d.read_only());
+    let disk = disk.ok_or("no scratch disk on port 1")?;
+    let was_on = trace::enabled();
+    trace::enable(None);
+    let mark = trace::mark();
+    let read = disk.read(0, 1);
+    let events = trace::since(mark);
+    if !was_on {
+        trace::disable();
+    }
+    read.map_err(|e| format!("{e}"))?;
+    let ahci: alloc::vec::Vec<_> = events.iter().filter(|e| e.device.as_str().ends_with(" ahci")).collect();
+    let (Some(&first), Some(&last)) = (ahci.first(), ahci.last()) else {
+        return Err("no event from the AHCI controller".into());
+    };
+    check!(first.kind == EventKind::Map && last.kind == EventKind::Unmap, "AHCI events: {ahci:#?}");
+    check!(
+        (first.bus, first.phys, first.size, first.dir)
+            == (last.bus, last.phys, 512, Some(dma::DmaDirection::FromDevice)),
+        "map {first:?} and unmap {last:?} disagree"
+    );
+    let bounces: alloc::vec::Vec<_> = ahci.iter().filter(|e| e.kind == EventKind::BounceCopy).collect();
+    if let [into, back] = bounces[..] {
+        check!(
+            matches!(into.detail, Detail::Bounce { to_slot: true, .. })
+                && matches!(back.detail, Detail::Bounce { to_slot: false, .. }),
+            "bounce copies in the wrong order: {bounces:#?}"
+        );
+    } else {
+        check!(bounces.is_empty(), "unexpected bounce copies: {bounces:#?}");
+    }
+    if iommu_expected() {
+        let map_at = events.iter().position(|e| e == first).unwrap_or(0);
+        let unmap_at = events.iter().position(|e| e == last).unwrap_or(0);
+        let invalidated = events[map_at..unmap_at].iter().any(|e| {
+            e.kind == EventKind::Invalidate
+                && e.bus == first.bus & !0xfff
+                && matches!(e.detail, Detail::Invalidation { granularity: Granularity::Page, .. })
+        });
+        check!(invalidated, "no page-selective invalidation of {:#x} between map and unmap: {events:#?}", first.bus);
+    }
+    Ok(())
+}
+
+fn walk_matches_the_unit() -> TestResult {
+    if !iommu_expected() {
+        return super::skip(NO_VTD);
+    }
+    let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
+    let p = probe()?;
+    let domain = crate::platform::iommu::domain_of(p.function).ok_or("the probe has no domain")?;
+    let unit = domain.unit().clone();
+    let memory = crate::services::dma_service::memory();
+    let walk_of = |iova: u64, access: AccessKind| {
+        walk(&*memory, unit.root_table().as_u64(), &unit.walk_caps(), p.source(), iova, access)
+    };
+    p.reset();
+    let frame = frame_buffer()?;
+    let frame_phys = frame.phys().as_u64();
+    let tx = p.dev.map(frame, ToDevice).map_err(|e| format!("{}", e.error))?;
+    let ring = transmit_ring(tx.bus_addr().as_u64())?;
+    let ring_phys = ring.phys().as_u64();
+    let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
+    let (frame_iova, ring_iova) = (tx.bus_addr().as_u64(), ring.bus_addr().as_u64());
+
+    // What the walk says about the two mappings, before the device uses them.
+    let (trail, ring_rw) = walk_of(ring_iova + 12, AccessKind::Write);
+    let (_, frame_r) = walk_of(frame_iova, AccessKind::Read);
+    let (_, frame_w) = walk_of(frame_iova, AccessKind::Write);
+    p.transmit_one(ring_iova);
+    let done = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    p.stop();
+    let _ = ring.unmap();
+    let _ = tx.unmap();
+    check!(done, "the probe did not complete its transmit through the mappings");
+    let ring_rw = ring_rw.map_err(|r| format!("the ring walks to fault {r:?}, yet the device wrote it"))?;
+    check!(ring_rw.phys.as_u64() == ring_phys + 12, "the ring walks to {:?}, it is at {ring_phys:#x}", ring_rw.phys);
+    check!(trail.root.is_some() && trail.context.is_some(), "the walk shows no root or context entry");
+    let levels = trail.levels();
+    check!(!levels.is_empty() && levels.last().is_some_and(|l| l.leaf() && l.read() && l.write()), "{levels:?}");
+    let frame_r = frame_r.map_err(|r| format!("the frame walks to fault {r:?}, yet the device read it"))?;
+    check!(frame_r.phys.as_u64() == frame_phys, "the frame walks to {:?}, it is at {frame_phys:#x}", frame_r.phys);
+    check!(frame_w == Err(FaultReason::WRITE_DENIED), "a write to the ToDevice frame walks to {frame_w:?}");
+
+    // An unmapped IOVA: the walk's fault reason is the one the unit records for the device.
+    let unmapped = 0x0dea_d000u64;
+    let (_, predicted) = walk_of(unmapped, AccessKind::Read);
+    p.transmit_one(unmapped);
+    let fault = p.wait_fault();
+    p.stop();
+    let fault = fault.ok_or("the probe read an unmapped IOVA and no fault was recorded")?;
+    check!(
+        predicted == Err(fault.reason),
+        "the walk predicts {predicted:?} for {unmapped:#x}; the unit recorded {}",
+        fault
+    );
+    let text = crate::services::watch::walk_text(p.source(), unmapped, AccessKind::Read);
+    check!(text.contains(&format!("FAULT reason {:#04x}", fault.reason.0)), "`iommu walk` printed:\n{text}");
+    Ok(())
+}
