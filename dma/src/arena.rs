@@ -254,6 +254,8 @@ impl DmaArena {
         st.stats.pages_in_use += pages;
         st.stats.peak_pages = st.stats.peak_pages.max(st.stats.pages_in_use);
         st.stats.allocs += 1;
+        drop(st);
+        crate::trace::arena(&self.inner.dev, crate::trace::EventKind::ArenaAlloc, bus, phys, len);
         Ok(ArenaBuf { arena: self.inner.clone(), chunk, first, pages, len, ptr, bus, phys })
     }
 
@@ -365,6 +367,8 @@ impl Drop for ArenaBuf {
             c.set(self.first, self.pages, false);
         }
         st.stats.pages_in_use = st.stats.pages_in_use.saturating_sub(self.pages);
+        drop(st);
+        crate::trace::arena(&self.arena.dev, crate::trace::EventKind::ArenaFree, self.bus, self.phys, self.len);
     }
 }
 

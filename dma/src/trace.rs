@@ -53,7 +53,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use crate::device::DmaDevice;
 use crate::direction::DmaDirection;
 use crate::mapper::{CoherentRegion, Mapped};
-use crate::phys::{BusAddr, PAGE_SIZE};
+use crate::phys::{BusAddr, PAGE_SIZE, PhysAddr};
 
 /// How many events the ring holds; older ones are overwritten.
 pub const CAPACITY: usize = 1024;
@@ -87,10 +87,16 @@ pub enum EventKind {
     Invalidate,
     /// An IOMMU blocked a device access (see [`Detail::Fault`]).
     Fault,
+    /// A buffer was taken from a device's pre-mapped I/O arena ([`crate::DmaArena`]): no
+    /// mapping is made and nothing is invalidated, the pages were mapped when the arena grew.
+    ArenaAlloc,
+    /// An arena buffer came back to its arena. Its device can still reach it (see the arena's
+    /// documentation); nothing is unmapped.
+    ArenaFree,
 }
 
 impl EventKind {
-    const ALL: [EventKind; 11] = [
+    const ALL: [EventKind; 13] = [
         EventKind::Map,
         EventKind::Unmap,
         EventKind::SyncForCpu,
@@ -102,6 +108,8 @@ impl EventKind {
         EventKind::CoherentFree,
         EventKind::Invalidate,
         EventKind::Fault,
+        EventKind::ArenaAlloc,
+        EventKind::ArenaFree,
     ];
 
     /// The word the views use.
@@ -118,6 +126,8 @@ impl EventKind {
             EventKind::CoherentFree => "coh-free",
             EventKind::Invalidate => "iotlb-inv",
             EventKind::Fault => "FAULT",
+            EventKind::ArenaAlloc => "arena-alloc",
+            EventKind::ArenaFree => "arena-free",
         }
     }
 }
@@ -658,6 +668,12 @@ fn record_streaming(dev: &DmaDevice, kind: EventKind, m: &Mapped, dir: DmaDirect
 #[inline(always)]
 pub(crate) fn coherent(dev: &DmaDevice, kind: EventKind, r: &CoherentRegion) {
     hook(|| Event::new(kind, dev.name(), dev.mapper().kind()).at(r.bus.0, r.phys.0, (r.frames * PAGE_SIZE) as u64));
+}
+
+/// An arena buffer was handed out or came back.
+#[inline(always)]
+pub(crate) fn arena(dev: &DmaDevice, kind: EventKind, bus: BusAddr, phys: PhysAddr, size: usize) {
+    hook(|| Event::new(kind, dev.name(), dev.mapper().kind()).at(bus.0, phys.0, size as u64));
 }
 
 /// A pool block of `size` bytes at CPU address `cpu` and bus address `bus` was handed out or

@@ -18,14 +18,33 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest { name: "block::trace_sees_one_disk_read", run: trace_sees_one_disk_read },
 ];
 
-/// One sector read from the scratch disk, traced: the AHCI controller's mapping of the buffer
-/// (map, then unmap at the same bus and physical address, `DMA_FROM_DEVICE`), the bounce
-/// copies if the buffer was bounced (into the slot after the map, back before the unmap), and
-/// with VT-d the page-selective IOTLB invalidation of the strict unmap, at the mapping's page.
+/// One sector read from the scratch disk, traced twice, once down each path the block layer has.
+///
+/// * Arena off, the caller's buffer is mapped: the AHCI controller's map, then unmap at the same
+///   bus and physical address (`DMA_FROM_DEVICE`), the bounce copies if the buffer was bounced
+///   (into the slot after the map, back before the unmap), and with VT-d the page-selective IOTLB
+///   invalidation of the strict unmap, at the mapping's page.
+/// * Arena on (the default): an `arena-alloc` and an `arena-free` of the same pre-mapped buffer,
+///   and no map, unmap or invalidation at all: that absence is what makes the arena fast.
 fn trace_sees_one_disk_read() -> TestResult {
-    use dma::trace::{self, Detail, EventKind, Granularity};
-    let disk = crate::services::block::disks().iter().copied().find(|d| d.port() == 1 && !d.read_only());
+    use crate::services::block;
+    let disk = block::disks().iter().copied().find(|d| d.port() == 1 && !d.read_only());
     let disk = disk.ok_or("no scratch disk on port 1")?;
+    let arena_was_on = block::arena_on();
+    block::set_arena(false);
+    let mapped = traced_read(disk);
+    block::set_arena(true);
+    let arena = traced_read(disk);
+    block::set_arena(arena_was_on);
+    check_mapped_read(mapped?)?;
+    check_arena_read(arena?)
+}
+
+/// The trace's events while `disk` reads sector 0.
+fn traced_read(
+    disk: crate::services::block::Disk,
+) -> Result<alloc::vec::Vec<dma::trace::Event>, alloc::string::String> {
+    use dma::trace;
     let was_on = trace::enabled();
     trace::enable(None);
     let mark = trace::mark();
@@ -35,11 +54,20 @@ fn trace_sees_one_disk_read() -> TestResult {
         trace::disable();
     }
     read.map_err(|e| format!("{e}"))?;
-    let ahci: alloc::vec::Vec<_> = events.iter().filter(|e| e.device.as_str().ends_with(" ahci")).collect();
+    Ok(events)
+}
+
+fn ahci_events(events: &[dma::trace::Event]) -> alloc::vec::Vec<&dma::trace::Event> {
+    events.iter().filter(|e| e.device.as_str().ends_with(" ahci")).collect()
+}
+
+fn check_mapped_read(events: alloc::vec::Vec<dma::trace::Event>) -> TestResult {
+    use dma::trace::{Detail, EventKind, Granularity};
+    let ahci = ahci_events(&events);
     let (Some(&first), Some(&last)) = (ahci.first(), ahci.last()) else {
-        return Err("no event from the AHCI controller".into());
+        return Err("arena off: no event from the AHCI controller".into());
     };
-    check!(first.kind == EventKind::Map && last.kind == EventKind::Unmap, "AHCI events: {ahci:#?}");
+    check!(first.kind == EventKind::Map && last.kind == EventKind::Unmap, "arena off, AHCI events: {ahci:#?}");
     check!(
         (first.bus, first.phys, first.size, first.dir)
             == (last.bus, last.phys, 512, Some(dma::DmaDirection::FromDevice)),
@@ -65,6 +93,25 @@ fn trace_sees_one_disk_read() -> TestResult {
         });
         check!(invalidated, "no page-selective invalidation of {:#x} between map and unmap: {events:#?}", first.bus);
     }
+    Ok(())
+}
+
+fn check_arena_read(events: alloc::vec::Vec<dma::trace::Event>) -> TestResult {
+    use dma::trace::EventKind;
+    let ahci = ahci_events(&events);
+    let (Some(&first), Some(&last)) = (ahci.first(), ahci.last()) else {
+        return Err("arena on: no event from the AHCI controller".into());
+    };
+    check!(
+        first.kind == EventKind::ArenaAlloc && last.kind == EventKind::ArenaFree,
+        "arena on, AHCI events: {ahci:#?}"
+    );
+    check!(
+        (first.bus, first.phys, first.size) == (last.bus, last.phys, 512) && first.phys != 0,
+        "arena alloc {first:?} and free {last:?} disagree"
+    );
+    let mapping = events.iter().find(|e| matches!(e.kind, EventKind::Map | EventKind::Unmap | EventKind::Invalidate));
+    check!(mapping.is_none(), "an arena read mapped or invalidated: {mapping:?}");
     Ok(())
 }
 

@@ -97,6 +97,11 @@ fn with_hba<T>(entry: &HbaEntry, f: impl FnOnce(&mut Hba) -> T) -> T {
 /// what they save (`disk arena off`, `cargo xtask bench disk`).
 static USE_ARENA: AtomicBool = AtomicBool::new(true);
 
+/// Whether new requests use the I/O arenas (see [`USE_ARENA`]).
+pub fn arena_on() -> bool {
+    USE_ARENA.load(Ordering::SeqCst)
+}
+
 /// Turns the I/O arenas on or off for new requests (see [`USE_ARENA`]).
 pub fn set_arena(on: bool) {
     USE_ARENA.store(on, Ordering::SeqCst);
