@@ -234,6 +234,7 @@ impl DmaArena {
             None if st.chunks.len() < st.stats.max_chunks => {
                 let dev = &self.inner.dev;
                 let region = dev.mapper().alloc_coherent(&dev.limits(), CHUNK_BYTES).map_err(ArenaError::Grow)?;
+                crate::trace::coherent(dev, crate::trace::EventKind::CoherentAlloc, &region);
                 let virt = dev.memory().phys_to_virt(region.phys) as usize;
                 st.chunks.push(Chunk { region, virt, used: [0; WORDS] });
                 st.stats.chunks += 1;
@@ -273,6 +274,7 @@ impl Drop for ArenaInner {
             // SAFETY: every buffer holds an `Arc` of the arena, so none is left; the chunk came
             // from this device's `alloc_coherent`. A strict mapper invalidates before freeing.
             unsafe { self.dev.mapper().free_coherent(&c.region) };
+            crate::trace::coherent(&self.dev, crate::trace::EventKind::CoherentFree, &c.region);
         }
     }
 }

@@ -187,7 +187,16 @@ fn boot_calibrated<T>(
         logs.push(log);
     }
     for _attempt in 0..4 {
-        let mhz: Vec<f64> = logs.iter().map(|l| tsc_mhz(l).map_or(f64::NAN, |m| m as f64)).collect();
+        // The serial log reaches its file a little after the prompt: give the calibration line
+        // up to 2 s to appear before calling a machine bad for lacking it.
+        let mut mhz: Vec<f64> = Vec::new();
+        for _ in 0..20 {
+            mhz = logs.iter().map(|l| tsc_mhz(l).map_or(f64::NAN, |m| m as f64)).collect();
+            if mhz.iter().all(|m| !m.is_nan()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let mid = median(&mhz);
         // NaN (no calibration line) counts as bad too.
         let agrees = |m: f64| (m - mid).abs() <= mid * 0.03;

@@ -30,12 +30,9 @@ fn disk(args: &[&str]) {
             println!("disk: flush ok");
         }),
         ["bench", name, rest @ ..] => bench(name, rest.first().copied(), rest.get(1).copied()),
-        ["poll", "on"] => {
-            super::set_polling(true);
-            Ok(())
-        }
-        ["poll", "off"] => {
-            super::set_polling(false);
+        ["poll", on @ ("on" | "off")] => {
+            super::set_polling(*on == "on");
+            println!("disk: poll {on}");
             Ok(())
         }
         ["ncq", on @ ("on" | "off")] => {
@@ -45,6 +42,7 @@ fn disk(args: &[&str]) {
         }
         ["arena", mode @ ("on" | "off")] => {
             super::set_arena(*mode == "on");
+            println!("disk: arena {mode}");
             Ok(())
         }
         _ => Err(format!("usage: {}", COMMANDS[0].usage)),

@@ -1,5 +1,5 @@
 //! Receive-path stress support: a frame checker for floods, and a hook that stops draining the
-//! receive ring. `cargo xtask test` (job `net`, `xtask/src/net_tests.rs`) drives both through the
+//! receive ring. `cargo xtask test` (job `net-flood`, `xtask/src/net_tests.rs`) drives both through the
 //! `rxcheck` shell command while a host peer floods the NIC.
 //!
 //! # The test frames
