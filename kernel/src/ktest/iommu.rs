@@ -182,6 +182,22 @@ pub(super) fn frame_buffer() -> Result<PageBuffer, String> {
     Ok(frame)
 }
 
+/// A broadcast ARP request for 10.0.2.2 (the user network's gateway) from 10.0.2.15, sent from
+/// the probe's own MAC (RAL0/RAH0): the gateway answers it, so the probe has a frame to receive.
+pub(super) fn arp_request_frame(p: &Probe) -> Result<PageBuffer, String> {
+    let (ral, rah) = (p.regs.read32(RAL0), p.regs.read32(RAH0));
+    let mac = [ral as u8, (ral >> 8) as u8, (ral >> 16) as u8, (ral >> 24) as u8, rah as u8, (rah >> 8) as u8];
+    let mut frame = frame_buffer()?;
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&[0x08, 0x06]);
+    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame[22..28].copy_from_slice(&mac);
+    frame[28..32].copy_from_slice(&[10, 0, 2, 15]);
+    frame[32..38].fill(0);
+    frame[38..42].copy_from_slice(&[10, 0, 2, 2]);
+    Ok(frame)
+}
+
 fn translation_matches_the_firmware() -> TestResult {
     let units = crate::registry::scheme::read("iommu:units").ok_or("no iommu:units view")?;
     if iommu_expected() {
@@ -273,16 +289,40 @@ fn access_after_strict_unmap_faults() -> TestResult {
         return super::skip(NO_VTD);
     }
     let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
-    let p = probe()?;
+    let run = transmit_then_strict_unmap(probe()?)?;
+    check!(run.first_done, "the first, mapped, transmit did not complete");
+    let fault = run.fault.ok_or("the device reached the ring after a strict unmap")?;
+    let page = run.iova & !0xfff;
+    check!(fault.address == page, "fault at {:#x}, expected {page:#x}", fault.address);
+    check!(!run.ring_done, "the device wrote the ring after it was unmapped");
+    Ok(())
+}
+
+/// What [`transmit_then_strict_unmap`] saw.
+pub(super) struct StrictUnmapRun {
+    /// The first transmit, through the mapping, completed (DD set).
+    pub first_done: bool,
+    /// The fault the second transmit caused, if the unit recorded one.
+    pub fault: Option<FaultRecord>,
+    /// The ring's IOVA, mapped for the first transmit and unmapped before the second.
+    pub iova: u64,
+    /// DD is set again in the (unmapped) ring: the device reached it after the unmap.
+    pub ring_done: bool,
+}
+
+/// The probe transmits once through a mapped ring; the driver then unmaps the ring (strict:
+/// the IOTLB is invalidated before unmap returns), clears its DD bit as a canary, and points the
+/// probe at the same IOVA again. On a correct strict unmap the second transmit faults at the
+/// ring's page and leaves DD clear.
+pub(super) fn transmit_then_strict_unmap(p: &Probe) -> Result<StrictUnmapRun, String> {
     p.reset();
     let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
     let ring = transmit_ring(tx.bus_addr().as_u64())?;
     let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
     let iova = ring.bus_addr().as_u64();
     p.transmit_one(iova);
-    let first = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    let first_done = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
     p.stop();
-    check!(first, "the first, mapped, transmit did not complete");
     // Strict unmap: when it returns the IOTLB no longer holds the translation.
     let mut ring = ring.unmap();
     ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
@@ -291,10 +331,7 @@ fn access_after_strict_unmap_faults() -> TestResult {
     let fault = p.wait_fault();
     p.stop();
     let _ = tx.unmap();
-    let fault = fault.ok_or("the device reached the ring after a strict unmap")?;
-    check!(fault.address == iova & !0xfff, "fault at {:#x}, expected {:#x}", fault.address, iova & !0xfff);
-    check!(!descriptor_done(&ring), "the device wrote the ring after it was unmapped");
-    Ok(())
+    Ok(StrictUnmapRun { first_done, fault, iova, ring_done: descriptor_done(&ring) })
 }
 
 /// Strict completion, end to end: a request's buffer, once the request completed back to its
@@ -403,17 +440,7 @@ fn device_write_to_a_to_device_mapping_faults() -> TestResult {
     p.regs.write32(RDT, 7);
     p.regs.write32(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
     let link = crate::arch::time::poll_until(3_000_000, || p.regs.read32(STATUS) & STATUS_LU != 0);
-    // An ARP request for 10.0.2.2 from 10.0.2.15, from the probe's own MAC.
-    let (ral, rah) = (p.regs.read32(RAL0), p.regs.read32(RAH0));
-    let mac = [ral as u8, (ral >> 8) as u8, (ral >> 16) as u8, (ral >> 24) as u8, rah as u8, (rah >> 8) as u8];
-    let mut frame = frame_buffer()?;
-    frame[6..12].copy_from_slice(&mac);
-    frame[12..14].copy_from_slice(&[0x08, 0x06]);
-    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
-    frame[22..28].copy_from_slice(&mac);
-    frame[28..32].copy_from_slice(&[10, 0, 2, 15]);
-    frame[32..38].fill(0);
-    frame[38..42].copy_from_slice(&[10, 0, 2, 2]);
+    let frame = arp_request_frame(p)?;
     let tx = p.dev.map(frame, ToDevice).map_err(|e| format!("{}", e.error))?;
     let tx_ring = transmit_ring(tx.bus_addr().as_u64())?;
     let tx_ring = p.dev.map(tx_ring, Bidirectional).map_err(|e| format!("{}", e.error))?;

@@ -205,16 +205,7 @@ fn receive_into_interrupt_window(p: &Probe, buffer: u64) -> Result<bool, String>
     p.regs.write32(RDT, 1);
     p.regs.write32(RCTL, RCTL_EN | RCTL_SECRC);
     let link = crate::arch::time::poll_until(3_000_000, || p.regs.read32(STATUS) & STATUS_LU != 0);
-    let (ral, rah) = (p.regs.read32(RAL0), p.regs.read32(RAH0));
-    let mac = [ral as u8, (ral >> 8) as u8, (ral >> 16) as u8, (ral >> 24) as u8, rah as u8, (rah >> 8) as u8];
-    let mut frame = frame_buffer()?;
-    frame[6..12].copy_from_slice(&mac);
-    frame[12..14].copy_from_slice(&[0x08, 0x06]);
-    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
-    frame[22..28].copy_from_slice(&mac);
-    frame[28..32].copy_from_slice(&[10, 0, 2, 15]);
-    frame[32..38].fill(0);
-    frame[38..42].copy_from_slice(&[10, 0, 2, 2]);
+    let frame = arp_request_frame(p)?;
     let tx = p.dev.map(frame, ToDevice).map_err(|e| format!("{}", e.error))?;
     let tx_ring =
         p.dev.map(transmit_ring(tx.bus_addr().as_u64())?, Bidirectional).map_err(|e| format!("{}", e.error))?;
