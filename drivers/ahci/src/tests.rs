@@ -18,7 +18,7 @@ use dma::{DmaDevice, PhysMemory};
 
 /// A clock that advances 10 µs at every reading, so timeouts pass quickly and deterministically.
 #[derive(Default)]
-struct TestClock(AtomicU64);
+pub(crate) struct TestClock(AtomicU64);
 
 impl Clock for TestClock {
     fn now_us(&self) -> u64 {

@@ -18,7 +18,7 @@ use crate::*;
 
 /// A clock that moves 10 µs per reading, and jumps when told.
 #[derive(Clone, Default)]
-struct TestClock(Rc<Cell<u64>>);
+pub(crate) struct TestClock(Rc<Cell<u64>>);
 
 impl TestClock {
     fn advance_us(&self, us: u64) {

@@ -13,9 +13,8 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use core::sync::atomic::{AtomicU64, Ordering};
 
-use device_io::{Clock, Registers};
+use device_io::Registers;
 use dma::mapper::Direct;
 use dma::sim::{SimDevice, SimMemory};
 use dma::{BusAddr, DmaDevice, PhysMemory};
@@ -35,14 +34,8 @@ fn fail(found: String, rule: &str, read: &str) -> ! {
     panic!("\n  found: {found}\n  rule:  {rule}\n  read:  {read}\n")
 }
 
-#[derive(Default)]
-struct TestClock(AtomicU64);
-
-impl Clock for TestClock {
-    fn now_us(&self) -> u64 {
-        self.0.fetch_add(10, Ordering::Relaxed)
-    }
-}
+/// The driver's own test clock: 10 µs per reading.
+use crate::tests::TestClock;
 
 struct Rig {
     ctl: Controller<&'static SimHba, TestClock>,

@@ -12,10 +12,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::cell::{Cell, RefCell};
-use std::rc::Rc;
+use core::cell::RefCell;
 
-use device_io::{Clock, Registers};
+use device_io::Registers;
 use dma::mapper::Direct;
 use dma::sim::SimMemory;
 use dma::{DmaDevice, DmaPool, PhysMemory};
@@ -32,16 +31,8 @@ fn fail(found: String, rule: &str, read: &str) -> ! {
     panic!("\n  found: {found}\n  rule:  {rule}\n  read:  {read}\n")
 }
 
-#[derive(Clone, Default)]
-struct TestClock(Rc<Cell<u64>>);
-
-impl Clock for TestClock {
-    fn now_us(&self) -> u64 {
-        let t = self.0.get();
-        self.0.set(t + 10);
-        t
-    }
-}
+/// The driver's own test clock: 10 µs per reading.
+use crate::tests::TestClock;
 
 struct Machine {
     dev: DmaDevice,
