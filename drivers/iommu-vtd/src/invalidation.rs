@@ -638,14 +638,10 @@ impl Invalidator {
         }
     }
 
-    /// Invalidates IOTLB entries (and paging-structure caches) and waits for completion.
-    pub fn iotlb(
-        &mut self,
-        regs: &dyn VtdRegisters,
-        phys: &dyn PhysMemory,
-        scope: IotlbScope,
-    ) -> Result<(), InvalidationError> {
-        // A page-selective request the unit cannot do becomes domain-selective.
+    /// The scope the unit will really be asked for, counted in the stats: a page-selective
+    /// request the unit cannot do (no CAP.PSI, or a mask above CAP.MAMV) becomes
+    /// domain-selective.
+    fn counted_scope(&mut self, scope: IotlbScope) -> IotlbScope {
         let scope = match scope {
             IotlbScope::Pages { domain, am, .. } if !self.cap.psi() || am as u32 > self.cap.mamv() => {
                 IotlbScope::Domain(domain)
@@ -657,6 +653,17 @@ impl Invalidator {
             IotlbScope::Domain(_) => self.stats.iotlb_domain += 1,
             IotlbScope::Pages { .. } => self.stats.iotlb_pages += 1,
         }
+        scope
+    }
+
+    /// Invalidates IOTLB entries (and paging-structure caches) and waits for completion.
+    pub fn iotlb(
+        &mut self,
+        regs: &dyn VtdRegisters,
+        phys: &dyn PhysMemory,
+        scope: IotlbScope,
+    ) -> Result<(), InvalidationError> {
+        let scope = self.counted_scope(scope);
         let (dr, dw) = (self.cap.drd(), self.cap.dwd());
         match &mut self.mode {
             Mode::Register { iotlb_off } => {
@@ -704,17 +711,7 @@ impl Invalidator {
         let (dr, dw) = (self.cap.drd(), self.cap.dwd());
         let mut descs = alloc::vec::Vec::with_capacity(scopes.len());
         for &scope in scopes {
-            let scope = match scope {
-                IotlbScope::Pages { domain, am, .. } if !self.cap.psi() || am as u32 > self.cap.mamv() => {
-                    IotlbScope::Domain(domain)
-                }
-                s => s,
-            };
-            match scope {
-                IotlbScope::Global => self.stats.iotlb_global += 1,
-                IotlbScope::Domain(_) => self.stats.iotlb_domain += 1,
-                IotlbScope::Pages { .. } => self.stats.iotlb_pages += 1,
-            }
+            let scope = self.counted_scope(scope);
             descs.push(iotlb_descriptor(scope, dr, dw));
         }
         // The queue holds QUEUE_ENTRIES descriptors: submit in slices that leave room for the wait.
