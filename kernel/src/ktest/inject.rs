@@ -11,7 +11,6 @@
 
 use super::iommu::{
     NO_VTD, descriptor, descriptor_done, frame_buffer, iommu_expected, mapped_dma_goes_through, probe, transmit_ring,
-    transmit_then_strict_unmap,
 };
 use super::{KernelTest, TestError, TestResult};
 use crate::println;
@@ -176,14 +175,27 @@ fn unmapped_iova() -> Result<Outcome, TestError> {
 fn after_strict_unmap() -> Result<Outcome, TestError> {
     vtd_only()?;
     let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
-    let run = transmit_then_strict_unmap(probe()?)?;
-    let iova = run.iova;
-    if !run.first_done {
+    let p = probe()?;
+    p.reset();
+    let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
+    let ring = transmit_ring(tx.bus_addr().as_u64())?;
+    let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
+    let iova = ring.bus_addr().as_u64();
+    p.transmit_one(iova);
+    let first = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    p.stop();
+    let mut ring = ring.unmap();
+    ring[12] = 0;
+    p.transmit_one(iova);
+    let fault = p.wait_fault();
+    p.stop();
+    let _ = tx.unmap();
+    if !first {
         return Err("the first, mapped, transmit did not complete".into());
     }
-    let fault = run.fault.ok_or("the probe reached its ring after a strict unmap")?;
-    if fault.address != iova & !0xfff || run.ring_done {
-        return Err(format!("fault {fault} (ring IOVA {iova:#x}); descriptor done: {}", run.ring_done).into());
+    let fault = fault.ok_or("the probe reached its ring after a strict unmap")?;
+    if fault.address != iova & !0xfff || descriptor_done(&ring) {
+        return Err(format!("fault {fault} (ring IOVA {iova:#x}); descriptor done: {}", descriptor_done(&ring)).into());
     }
     drop(_serial);
     mapped_dma_goes_through()?;

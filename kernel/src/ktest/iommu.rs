@@ -289,40 +289,16 @@ fn access_after_strict_unmap_faults() -> TestResult {
         return super::skip(NO_VTD);
     }
     let _serial = crate::platform::iommu::FAULT_TEST_LOCK.lock();
-    let run = transmit_then_strict_unmap(probe()?)?;
-    check!(run.first_done, "the first, mapped, transmit did not complete");
-    let fault = run.fault.ok_or("the device reached the ring after a strict unmap")?;
-    let page = run.iova & !0xfff;
-    check!(fault.address == page, "fault at {:#x}, expected {page:#x}", fault.address);
-    check!(!run.ring_done, "the device wrote the ring after it was unmapped");
-    Ok(())
-}
-
-/// What [`transmit_then_strict_unmap`] saw.
-pub(super) struct StrictUnmapRun {
-    /// The first transmit, through the mapping, completed (DD set).
-    pub first_done: bool,
-    /// The fault the second transmit caused, if the unit recorded one.
-    pub fault: Option<FaultRecord>,
-    /// The ring's IOVA, mapped for the first transmit and unmapped before the second.
-    pub iova: u64,
-    /// DD is set again in the (unmapped) ring: the device reached it after the unmap.
-    pub ring_done: bool,
-}
-
-/// The probe transmits once through a mapped ring; the driver then unmaps the ring (strict:
-/// the IOTLB is invalidated before unmap returns), clears its DD bit as a canary, and points the
-/// probe at the same IOVA again. On a correct strict unmap the second transmit faults at the
-/// ring's page and leaves DD clear.
-pub(super) fn transmit_then_strict_unmap(p: &Probe) -> Result<StrictUnmapRun, String> {
+    let p = probe()?;
     p.reset();
     let tx = p.dev.map(frame_buffer()?, ToDevice).map_err(|e| format!("{}", e.error))?;
     let ring = transmit_ring(tx.bus_addr().as_u64())?;
     let mut ring = p.dev.map(ring, Bidirectional).map_err(|e| format!("{}", e.error))?;
     let iova = ring.bus_addr().as_u64();
     p.transmit_one(iova);
-    let first_done = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
+    let first = crate::arch::time::poll_until(500_000, || descriptor_done(ring.sync_for_cpu().as_slice()));
     p.stop();
+    check!(first, "the first, mapped, transmit did not complete");
     // Strict unmap: when it returns the IOTLB no longer holds the translation.
     let mut ring = ring.unmap();
     ring[..16].copy_from_slice(&descriptor(tx.bus_addr().as_u64(), 60));
@@ -331,7 +307,10 @@ pub(super) fn transmit_then_strict_unmap(p: &Probe) -> Result<StrictUnmapRun, St
     let fault = p.wait_fault();
     p.stop();
     let _ = tx.unmap();
-    Ok(StrictUnmapRun { first_done, fault, iova, ring_done: descriptor_done(&ring) })
+    let fault = fault.ok_or("the device reached the ring after a strict unmap")?;
+    check!(fault.address == iova & !0xfff, "fault at {:#x}, expected {:#x}", fault.address, iova & !0xfff);
+    check!(!descriptor_done(&ring), "the device wrote the ring after it was unmapped");
+    Ok(())
 }
 
 /// Strict completion, end to end: a request's buffer, once the request completed back to its
