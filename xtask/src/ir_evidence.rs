@@ -7,6 +7,9 @@
 //! number), and this module requires QEMU's own report of that refusal in the same boot's
 //! output: the unit, not just the kernel, must have seen the forgery and refused it for the
 //! reason the test expects.
+//!
+//! That is the fallback of the QEMU 7.2 configurations. The job `vtd-ir-records`
+//! (`recording_qemu`) runs a QEMU that records the faults and requires the records themselves.
 
 /// The QEMU 7.2 message that proves a refusal, for a fault reason (hex) the tests use.
 fn qemu_report(reason: &str, index: &str, sid: &str) -> Option<String> {

@@ -24,6 +24,7 @@ mod lab;
 mod layers;
 mod net_tests;
 mod qemu;
+mod recording_qemu;
 mod setup;
 mod symbols;
 mod test;
@@ -48,7 +49,9 @@ commands:
                         host tests, then in-kernel tests in every QEMU configuration; --job runs
                         one QEMU job alone: bios-vtd, bios-novtd, uefi-vtd, bios-6g-novtd,
                         bios-vtd-bridged, bios-vtd-release, net, net-flood, disk, disk-faults,
-                        iommu-failsafe, console, lab
+                        iommu-failsafe, vtd-ir-records, console, lab
+  setup                 install what booting and testing need (QEMU, OVMF, gdb, python3; apt on
+                        Debian/Ubuntu) and fetch the QEMU 10 of job vtd-ir-records into target/
   exercises             check the exercise graders: each fails on this tree, passes with its answer
                         (also part of `test`'s host half)
   bench [NAME...]       benchmarks: pool, vtd (host, criterion); iommu, net, disk, boot, ir (QEMU)
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "exercises" => exercises::run(rest),
         "fixtures" => fixtures::capture(rest),
+        "setup" => setup::run(rest),
         "lab" => lab::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -48,6 +48,9 @@ pub struct MachineConfig {
     pub disks: Vec<PathBuf>,
     /// Anything else to append to the QEMU command line.
     pub extra_args: Vec<String>,
+    /// A QEMU other than the system's `qemu-system-x86_64` (`None`: the system's, Debian 12's
+    /// 7.2, which every configuration but one runs; see `recording_qemu`).
+    pub qemu: Option<crate::recording_qemu::Qemu>,
 }
 
 impl MachineConfig {
@@ -65,6 +68,7 @@ impl MachineConfig {
             disks: Vec::new(),
             // A DMA probe for the IOMMU tests: an 82574 (e1000e) that no driver claims.
             extra_args: ["-netdev", "user,id=probe", "-device", "e1000e,netdev=probe"].map(String::from).to_vec(),
+            qemu: None,
         }
     }
 }
@@ -138,7 +142,10 @@ pub fn command(machine: &MachineConfig, images: &boot::DiskImages, work: &Path) 
         machine.disks.clone()
     };
 
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let mut cmd = match &machine.qemu {
+        Some(qemu) => qemu.command(),
+        None => Command::new("qemu-system-x86_64"),
+    };
     let accel = if machine.kvm { "kvm" } else { "tcg" };
     // Interrupt remapping (intremap=on) needs the IOAPIC emulated in QEMU, not in KVM.
     let machine_arg =

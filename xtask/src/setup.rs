@@ -114,6 +114,18 @@ pub fn ensure(needs: &[Need]) -> Result<(), String> {
     }
 }
 
+/// `cargo xtask setup`: everything the tests need, installed or fetched now rather than on
+/// first use (CI runs it as its own step, so that a failed install shows as one).
+pub fn run(args: &[String]) -> Result<std::process::ExitCode, String> {
+    if let Some(arg) = args.first() {
+        return Err(format!("`setup` takes no options (got `{arg}`)"));
+    }
+    ensure(&[Need::Qemu, Need::Ovmf, Need::Gdb, Need::Python])?;
+    let qemu = crate::recording_qemu::ensure()?;
+    println!("xtask: job vtd-ir-records will run {} ({})", qemu.version()?, qemu.binary.display());
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// The install commands for the common systems.
 fn install_hint(missing: &[Need]) -> String {
     let list = |i: usize| missing.iter().map(|n| n.packages()[i]).collect::<Vec<_>>().join(" ");

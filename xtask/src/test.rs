@@ -98,7 +98,7 @@ impl Tally {
 /// work folder (`target/xtask-test/<job>/`), so two can run at once; `cargo xtask test` runs
 /// them in child processes, two at a time on a 2-core machine (each QEMU under TCG keeps one
 /// core busy), and prints each job's output whole, in this order.
-const QEMU_JOBS: [&str; 13] = [
+const QEMU_JOBS: [&str; 14] = [
     "bios-vtd",
     "bios-novtd",
     "uefi-vtd",
@@ -110,6 +110,7 @@ const QEMU_JOBS: [&str; 13] = [
     "disk",
     "disk-faults",
     "iommu-failsafe",
+    "vtd-ir-records",
     "console",
     "lab",
 ];
@@ -268,6 +269,8 @@ fn run_job(job: &str) -> Result<ExitCode, String> {
         "disk-faults" => crate::fault_tests::run(&images, &work, &mut tally),
         // A VT-d unit that cannot translate: its devices fall back to Direct, never IOVAs.
         "iommu-failsafe" => crate::fault_tests::iommu_enable_failure(&images, &work, &mut tally),
+        // Forged interrupts recorded as faults, on a QEMU that records them.
+        "vtd-ir-records" => ir_records_job(&images, &work, &mut tally),
         name => {
             let machine = configuration(name).ok_or_else(|| format!("unknown job `{name}`"))?;
             println!("\n== QEMU configuration {} ==", machine.name);
@@ -443,6 +446,8 @@ fn kernel_prompt() -> &'static str {
 pub struct KtestRun {
     pub verdicts: Vec<(String, Result<(), String>)>,
     pub crash_reports: Vec<String>,
+    /// What the tests printed as `ktest-evidence: …` lines, for checks only the host makes.
+    pub evidence: Vec<String>,
 }
 
 /// The crash report in a boot's annotated output: from the first panic or exception line (or
@@ -524,6 +529,7 @@ pub fn run_ktests(
                 last_index = Some(index);
             }
         }
+        run.evidence.extend(text.lines().filter_map(|l| l.trim().strip_prefix("ktest-evidence: ").map(String::from)));
         // Interrupt-remapping faults QEMU blocks without recording: its own report must be there.
         for why in crate::ir_evidence::unbacked(&text) {
             println!("kernel: [{}] iommu::interrupt_remapping_evidence ... FAILED: {why}", machine.name);
@@ -579,7 +585,7 @@ pub fn run_ktests(
 }
 
 /// One configuration: host-side checks of the shell, then the in-kernel tests.
-fn qemu_suite(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
+fn qemu_suite(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) -> KtestRun {
     match boot(machine, images, work, "shell") {
         Ok(mut session) => shell_checks(machine, &mut session, tally),
         Err(why) => tally.record(&format!("{}::boot", machine.name), Err(why)),
@@ -587,6 +593,54 @@ fn qemu_suite(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, t
     let run = run_ktests(machine, images, work, "", tally);
     if run.verdicts.is_empty() {
         tally.record(&format!("{}::ktest_ran", machine.name), Err("no in-kernel test reported".into()));
+    }
+    run
+}
+
+/// The job `vtd-ir-records`: the default VT-d machine, and every in-kernel test, on a QEMU whose
+/// VT-d model records interrupt-remapping faults (`recording_qemu`), with the kernel told to
+/// require the records (fw_cfg `opt/dma-kernel/require=ir-fault-records`). Both forged-MSI tests
+/// must then have printed the record they found: reason 22h (entry not present) for the message
+/// the probe wrote by DMA, 26h (source-id check) for the one with another device's handle.
+///
+/// Where no such QEMU can be had (not Debian 12, no `XTASK_IR_QEMU`), the job is reported as
+/// skipped with the reason, except under `CI=true`, where it must run.
+fn ir_records_job(images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
+    const NAME: &str = "vtd-ir-records";
+    println!("\n== QEMU configuration {NAME} ==");
+    let qemu = match crate::recording_qemu::ensure() {
+        Ok(qemu) => qemu,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            return tally.record(&format!("{NAME}::qemu"), Err(why));
+        }
+        Err(why) => {
+            println!("host: {NAME} ... skipped: {why}");
+            tally.skipped += 1;
+            return;
+        }
+    };
+    match qemu.version() {
+        Ok(version) => println!("host: {NAME} runs {version} ({})", qemu.binary.display()),
+        Err(why) => return tally.record(&format!("{NAME}::qemu"), Err(why)),
+    }
+    let mut machine = MachineConfig { name: NAME.into(), qemu: Some(qemu), ..MachineConfig::standard() };
+    machine.extra_args.extend(["-fw_cfg", "name=opt/dma-kernel/require,string=ir-fault-records"].map(String::from));
+    let run = qemu_suite(&machine, images, work, tally);
+    tally.record(&format!("{NAME}::forged_msis_were_recorded"), recorded_ir_faults(&run.evidence));
+}
+
+/// Both forged-MSI tests' `ir-fault-recorded` evidence lines, with the reasons they expect.
+fn recorded_ir_faults(evidence: &[String]) -> Result<(), String> {
+    let recorded = |reason: &str| {
+        evidence.iter().any(|e| {
+            e.strip_prefix("ir-fault-recorded ").is_some_and(|rest| rest.split_whitespace().any(|w| w == reason))
+        })
+    };
+    let missing: Vec<&str> = ["reason=22", "reason=26"].into_iter().filter(|r| !recorded(r)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("no recorded interrupt-remapping fault with {} (evidence: {evidence:?})", missing.join(", ")))
     }
 }
 
@@ -701,7 +755,7 @@ fn check_lspci(text: &str) -> Result<(), String> {
 fn runner_self_check(machine: &MachineConfig, images: &boot::DiskImages, work: &Path, tally: &mut Tally) {
     println!("(the demo failures below are expected: they check that the runner reports failures)");
     let mut scratch = Tally::default();
-    let KtestRun { verdicts, crash_reports } = run_ktests(machine, images, work, "--demo-failures", &mut scratch);
+    let KtestRun { verdicts, crash_reports, .. } = run_ktests(machine, images, work, "--demo-failures", &mut scratch);
     let verdict = |name: &str| verdicts.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
     let failed_with = |name: &str, needle: &str| -> Result<(), String> {
         match verdict(name) {
@@ -831,6 +885,16 @@ mod tests {
         );
         assert_eq!(parse_ktest_line("ktest: begin 4 tests"), None);
         assert_eq!(parse_ktest_line("kernel> ktest --from 0"), None);
+    }
+
+    #[test]
+    fn both_forged_msis_need_their_record() {
+        let both = ["ir-fault-recorded reason=22 index=128 sid=65535", "ir-fault-recorded reason=26 index=3 sid=24"]
+            .map(String::from);
+        assert!(recorded_ir_faults(&both).is_ok());
+        assert!(recorded_ir_faults(&both[..1]).unwrap_err().contains("reason=26"));
+        let unrecorded = ["ir-blocked-unrecorded reason=22 index=128 sid=24".to_string(), both[1].clone()];
+        assert!(recorded_ir_faults(&unrecorded).unwrap_err().contains("reason=22"));
     }
 
     #[test]

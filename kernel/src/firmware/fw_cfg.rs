@@ -1,5 +1,6 @@
 //! QEMU's firmware configuration device (fw_cfg): how the test runner hands the kernel a
-//! fault to inject, without a kernel command line.
+//! fault to inject, or a behaviour of the machine the tests must insist on, without a kernel
+//! command line.
 //!
 //! The device is QEMU's, not a PC's: QEMU `docs/specs/fw_cfg.rst` (7.2). On x86 it answers at
 //! I/O port 0x510 (selector, 16-bit, written) and 0x511 (data, read a byte at a time). Selector
@@ -73,8 +74,21 @@ pub fn read_file(name: &str, out: &mut [u8]) -> Option<usize> {
 /// The fault the test runner asked for (`-fw_cfg name=opt/dma-kernel/inject,string=WHAT`), if
 /// it is `what`.
 pub fn fault_injected(what: &str) -> bool {
+    listed("opt/dma-kernel/inject", what)
+}
+
+/// Whether the test runner said this machine must show `what`
+/// (`-fw_cfg name=opt/dma-kernel/require,string=WHAT[,WHAT…]`), so that a test which could
+/// otherwise fall back to weaker evidence must fail instead. `ir-fault-records`: the VT-d model
+/// records interrupt-remapping faults (QEMU 10's does, 7.2's does not).
+pub fn required(what: &str) -> bool {
+    listed("opt/dma-kernel/require", what)
+}
+
+/// Whether the fw_cfg file `name`, a comma-separated list of words, holds `what`.
+fn listed(name: &str, what: &str) -> bool {
     let mut buf = [0u8; 64];
-    match read_file("opt/dma-kernel/inject", &mut buf) {
+    match read_file(name, &mut buf) {
         Some(len) => buf[..len.min(buf.len())].split(|&b| b == b',').any(|word| word == what.as_bytes()),
         None => false,
     }
