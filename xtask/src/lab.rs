@@ -218,44 +218,123 @@ struct HostRun {
     compiled: bool,
     checks: Vec<Check>,
     log: String,
+    /// The check still running when [`HOST_CHECK_LIMIT`] ran out (the run was stopped there).
+    stuck_in: Option<String>,
 }
 
 impl HostRun {
     fn passed(&self) -> bool {
-        self.compiled && !self.checks.is_empty() && self.checks.iter().all(|c| c.result.is_ok())
+        self.compiled
+            && self.stuck_in.is_none()
+            && !self.checks.is_empty()
+            && self.checks.iter().all(|c| c.result.is_ok())
     }
     fn failed(&self) -> usize {
         self.checks.iter().filter(|c| c.result.is_err()).count()
     }
 }
 
+/// How long a grader's host checks may run once built. The reference passes them in about a
+/// second; a student's code that waits for a bit the simulated device never sets would
+/// otherwise hang the grader.
+const HOST_CHECK_LIMIT: Duration = Duration::from_secs(60);
+
 /// Runs `lab`'s host checks with `features` on the driver crate (none: the reference).
 fn host_checks(lab: &Lab, features: &[&str]) -> Result<HostRun, String> {
-    let mut cmd = build::cargo();
-    cmd.args(["test", "-p", lab.krate, "--lib"]);
-    if !features.is_empty() {
-        cmd.args(["--features", &features.join(",")]);
+    let command = |extra: &[&str]| {
+        let mut cmd = build::cargo();
+        cmd.args(["test", "-p", lab.krate, "--lib"]);
+        if !features.is_empty() {
+            cmd.args(["--features", &features.join(",")]);
+        }
+        cmd.args(extra).env("RUST_BACKTRACE", "0");
+        cmd
+    };
+    // Build first, with no limit (a first build takes what it takes) ...
+    let build = command(&["--no-run"]).output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !build.status.success() {
+        return Ok(HostRun {
+            compiled: false,
+            checks: Vec::new(),
+            log: String::from_utf8_lossy(&build.stderr).into_owned(),
+            stuck_in: None,
+        });
     }
-    cmd.args([&lab.filter(), "--", "--test-threads=1"]).env("RUST_BACKTRACE", "0");
-    let mut child =
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
+    // ... then run the checks, one at a time, under HOST_CHECK_LIMIT.
+    let run = run_with_limit(command(&[&lab.filter(), "--", "--test-threads=1"]), HOST_CHECK_LIMIT)?;
+    let compiled = run.stdout.contains("running ");
+    let checks = parse_checks(&run.stdout, &lab.filter());
+    if run.timed_out {
+        let stuck_in = running_check(&run.stdout, &lab.filter()).unwrap_or_else(|| String::from("(unknown)"));
+        return Ok(HostRun { compiled, checks, log: run.stdout, stuck_in: Some(stuck_in) });
+    }
+    if !run.success && compiled && checks.is_empty() {
+        return Err(format!("the grader's tests did not run:\n{}\n{}", run.stdout, run.stderr));
+    }
+    Ok(HostRun { compiled, checks, log: if compiled { run.stdout } else { run.stderr }, stuck_in: None })
+}
+
+/// What a command run under a time limit printed, and how it ended.
+struct LimitedRun {
+    stdout: String,
+    stderr: String,
+    success: bool,
+    /// It was still running at the limit and was killed, with every process it started.
+    timed_out: bool,
+}
+
+/// Runs `cmd` in a process group of its own and kills the whole group (cargo and the test
+/// binary it started) if it is still running after `limit`.
+fn run_with_limit(mut cmd: std::process::Command, limit: Duration) -> Result<LimitedRun, String> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
     let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let reader = std::thread::spawn(move || {
+    let stderr_reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = err.read_to_string(&mut s);
         s
     });
-    // A student's code that loops forever hangs here: stop it with Ctrl-C (docs/labs/README.md).
+    let (finished, timed_out) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let group = child.id();
+    let watchdog = {
+        let (finished, timed_out) = (finished.clone(), timed_out.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !finished.load(Ordering::SeqCst) {
+                if start.elapsed() >= limit {
+                    timed_out.store(true, Ordering::SeqCst);
+                    // The group's id is the child's pid (process_group(0)).
+                    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
     let mut stdout = String::new();
     let _ = out.read_to_string(&mut stdout);
     let status = child.wait().map_err(|e| e.to_string())?;
-    let stderr = reader.join().unwrap_or_default();
-    let compiled = stdout.contains("running ");
-    let checks = parse_checks(&stdout, &lab.filter());
-    if !status.success() && compiled && checks.is_empty() {
-        return Err(format!("the grader's tests did not run:\n{stdout}\n{stderr}"));
-    }
-    Ok(HostRun { compiled, checks, log: if compiled { stdout } else { stderr } })
+    finished.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    let stderr = stderr_reader.join().unwrap_or_default();
+    Ok(LimitedRun { stdout, stderr, success: status.success(), timed_out: timed_out.load(Ordering::SeqCst) })
+}
+
+/// The check that started and never printed its verdict (`test <filter>name ... ` with nothing
+/// after it), in a `--test-threads=1` run that was stopped.
+fn running_check(stdout: &str, filter: &str) -> Option<String> {
+    let last = stdout.lines().rev().find(|l| l.starts_with("test "))?;
+    let rest = last.strip_prefix("test ")?.strip_prefix(filter)?;
+    let (name, verdict) = rest.split_once(" ...")?;
+    verdict.trim().is_empty().then(|| name.to_string())
 }
 
 /// The checks of a `cargo test` output: `test <filter>name ... ok|FAILED`, and for each failure
@@ -264,7 +343,11 @@ fn parse_checks(stdout: &str, filter: &str) -> Vec<Check> {
     let mut checks = Vec::new();
     for line in stdout.lines() {
         let Some(rest) = line.strip_prefix("test ").and_then(|r| r.strip_prefix(filter)) else { continue };
-        let Some((name, verdict)) = rest.split_once(" ... ") else { continue };
+        let Some((name, verdict)) = rest.split_once(" ...") else { continue };
+        // A check with no verdict was still running when the run was stopped (`running_check`).
+        if verdict.trim().is_empty() {
+            continue;
+        }
         let result = if verdict.trim() == "ok" {
             Ok(())
         } else {
@@ -303,6 +386,16 @@ fn grade(lab: &Lab, host_only: bool) -> Result<ExitCode, String> {
             Ok(()) => println!("check {:<55} ok", check.name),
             Err(why) => println!("check {:<55} FAILED\n{}\n", check.name, why.trim_matches('\n')),
         }
+    }
+    if let Some(check) = &run.stuck_in {
+        println!(
+            "check {check:<55} STOPPED after {} s\n\
+             It never finished: does your code wait for something the device never does (a loop on a \
+             status bit, or on a head that never moves)? Every wait on a device needs a way out.\n",
+            HOST_CHECK_LIMIT.as_secs()
+        );
+        println!("lab {}: FAIL: {check} did not finish (QEMU not run)", lab.name);
+        return finish(lab, &slot, false);
     }
     if !run.passed() {
         println!(
@@ -355,6 +448,9 @@ pub fn check_graders(tally: &mut Tally) {
             &format!("lab::{}::grader_fails_on_the_stub", lab.name),
             match stub {
                 Ok(run) if !run.compiled => Err(format!("the stub does not compile:\n{}", run.log)),
+                Ok(HostRun { stuck_in: Some(check), .. }) => {
+                    Err(format!("{check} never finished on the stub: a stub must fail its checks, not hang them"))
+                }
                 Ok(run) if run.failed() > 0 => {
                     println!(
                         "host: lab {}: {} of {} checks fail on the stub",
@@ -373,9 +469,12 @@ pub fn check_graders(tally: &mut Tally) {
             &format!("lab::{}::grader_passes_on_the_reference", lab.name),
             match reference {
                 Ok(run) if run.passed() => Ok(()),
-                Ok(run) => {
-                    Err(format!("on the real driver: {:?}\n{}", run.checks, if run.compiled { "" } else { &run.log }))
-                }
+                Ok(run) => Err(format!(
+                    "on the real driver: {:?}{}\n{}",
+                    run.checks,
+                    run.stuck_in.map(|c| format!(", {c} never finished")).unwrap_or_default(),
+                    if run.compiled { "" } else { &run.log }
+                )),
                 Err(e) => Err(e),
             },
         );
@@ -563,6 +662,24 @@ mod tests {
             let text = read(&root.join(format!("drivers/{krate}/Cargo.toml"))).unwrap();
             assert!(!text.lines().any(|l| l.starts_with("default")), "{krate} has default features");
         }
+    }
+
+    #[test]
+    fn a_check_that_never_ends_is_stopped_and_named() {
+        let mut cmd = std::process::Command::new("sh");
+        // What `cargo test --test-threads=1` prints before a check that loops forever; the
+        // sleeping child stands for the test binary cargo starts, which must die too.
+        cmd.args(["-c", "echo 'running 2 tests'; echo 'test lab::grade::a ... ok'; printf 'test lab::grade::b ... '; sleep 30 & wait"]);
+        let start = std::time::Instant::now();
+        let run = run_with_limit(cmd, Duration::from_millis(500)).unwrap();
+        assert!(run.timed_out && !run.success);
+        assert!(start.elapsed() < Duration::from_secs(10), "the group was not killed: {:?}", start.elapsed());
+        assert_eq!(running_check(&run.stdout, "lab::grade::").as_deref(), Some("b"));
+        let checks = parse_checks(&run.stdout, "lab::grade::");
+        assert_eq!(checks.len(), 1, "the stopped check has no verdict: {checks:?}");
+        let quick = run_with_limit(std::process::Command::new("true"), Duration::from_secs(10)).unwrap();
+        assert!(quick.success && !quick.timed_out);
+        assert_eq!(running_check("test lab::grade::a ... ok\n", "lab::grade::"), None);
     }
 
     #[test]
