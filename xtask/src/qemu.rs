@@ -292,11 +292,63 @@ fn relay_output(child: &mut Child, kernel: &Path, relay_input: bool) -> Option<s
     Some(output)
 }
 
+/// What a QEMU printed: its serial console (stdout) and its own messages (stderr), merged by
+/// whole lines. Two threads read the two pipes; appending each read as it came would cut a
+/// serial line wherever a QEMU message landed. That happened: `ktest: [` then QEMU's
+/// `vtd_process_inv_desc: invalid inv desc …` line, then `31] pci::msix_delivers_an_interrupt
+/// ... ok`, and test 31's verdict was lost. So a stderr line waits until the serial output is
+/// at the start of a line.
+#[derive(Default)]
+struct Captured {
+    /// The merged output, as tests read it.
+    bytes: Vec<u8>,
+    /// stderr read but not yet placed: whole lines waiting for a serial line boundary, then
+    /// perhaps a partial line.
+    stderr_pending: Vec<u8>,
+    /// QEMU closed its serial output: stderr lines no longer wait.
+    serial_closed: bool,
+}
+
+impl Captured {
+    fn serial(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.place_stderr();
+    }
+
+    fn stderr(&mut self, data: &[u8]) {
+        self.stderr_pending.extend_from_slice(data);
+        self.place_stderr();
+    }
+
+    /// Moves the whole stderr lines into the output if the serial output is at a line start.
+    fn place_stderr(&mut self) {
+        let at_line_start = self.bytes.is_empty() || self.bytes.ends_with(b"\n");
+        if !at_line_start && !self.serial_closed {
+            return;
+        }
+        if let Some(end) = self.stderr_pending.iter().rposition(|&b| b == b'\n') {
+            if !at_line_start {
+                self.bytes.push(b'\n');
+            }
+            self.bytes.extend(self.stderr_pending.drain(..=end));
+        }
+    }
+
+    /// The serial output ended (QEMU exited): place what waits, partial line included.
+    fn close_serial(&mut self) {
+        self.serial_closed = true;
+        if !self.stderr_pending.is_empty() && !self.stderr_pending.ends_with(b"\n") {
+            self.stderr_pending.push(b'\n');
+        }
+        self.place_stderr();
+    }
+}
+
 /// A QEMU whose serial console a test reads and types into.
 pub struct Session {
     child: Child,
     stdin: Option<ChildStdin>,
-    output: Arc<Mutex<Vec<u8>>>,
+    output: Arc<Mutex<Captured>>,
     /// How much of `output` earlier `expect` calls consumed.
     cursor: usize,
     log_path: PathBuf,
@@ -334,10 +386,10 @@ impl Session {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
-        let output = Arc::new(Mutex::new(Vec::new()));
-        for mut stream in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
+        let output = Arc::new(Mutex::new(Captured::default()));
+        for (mut stream, is_serial) in [
+            (Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>, true),
+            (Box::new(child.stderr.take().expect("piped")), false),
         ] {
             let sink = Arc::clone(&output);
             std::thread::spawn(move || {
@@ -346,7 +398,11 @@ impl Session {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().expect("output lock").extend_from_slice(&buf[..n]);
+                    let mut captured = sink.lock().expect("output lock");
+                    if is_serial { captured.serial(&buf[..n]) } else { captured.stderr(&buf[..n]) }
+                }
+                if is_serial {
+                    sink.lock().expect("output lock").close_serial();
                 }
             });
         }
@@ -356,7 +412,7 @@ impl Session {
 
     /// Everything QEMU printed so far.
     pub fn output(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().expect("output lock")).into_owned()
+        String::from_utf8_lossy(&self.output.lock().expect("output lock").bytes).into_owned()
     }
 
     /// Everything QEMU printed so far, with each backtrace line followed by the function, file
@@ -378,7 +434,7 @@ impl Session {
         let deadline = Instant::now() + timeout;
         loop {
             {
-                let out = self.output.lock().expect("output lock");
+                let out = &self.output.lock().expect("output lock").bytes;
                 let text = String::from_utf8_lossy(&out[self.cursor.min(out.len())..]).into_owned();
                 if let Some(pos) = text.find(needle) {
                     let upto = &text[..pos + needle.len()];
@@ -389,7 +445,7 @@ impl Session {
             if let Ok(Some(status)) = self.child.try_wait() {
                 // Give the reader threads a moment to drain the pipe, then look once more.
                 std::thread::sleep(Duration::from_millis(200));
-                let out = self.output.lock().expect("output lock");
+                let out = &self.output.lock().expect("output lock").bytes;
                 let text = String::from_utf8_lossy(&out[self.cursor.min(out.len())..]).into_owned();
                 if let Some(pos) = text.find(needle) {
                     let upto = text[..pos + needle.len()].to_string();
@@ -440,6 +496,33 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.kill();
+        self.output.lock().expect("output lock").close_serial();
         let _ = std::fs::write(&self.log_path, self.annotated_output());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_qemu_message_never_lands_inside_a_serial_line() {
+        let mut c = Captured::default();
+        c.serial(b"ktest: [30] a ... ok\nktest: [");
+        c.stderr(b"qemu-system-x86_64: vtd_process_inv_desc: invalid inv desc\nqemu-sys");
+        c.serial(b"31] b ... ok\n");
+        c.stderr(b"tem-x86_64: second\n");
+        c.serial(b"kernel> ");
+        c.stderr(b"qemu-system-x86_64: third, while the prompt waits\n");
+        assert_eq!(
+            String::from_utf8_lossy(&c.bytes),
+            "ktest: [30] a ... ok\nktest: [31] b ... ok\nqemu-system-x86_64: vtd_process_inv_desc: invalid inv desc\n\
+             qemu-system-x86_64: second\nkernel> "
+        );
+        c.close_serial();
+        assert!(
+            String::from_utf8_lossy(&c.bytes)
+                .ends_with("kernel> \nqemu-system-x86_64: third, while the prompt waits\n")
+        );
     }
 }
