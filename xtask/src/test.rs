@@ -463,7 +463,8 @@ fn crash_report(annotated: &str) -> Option<String> {
     Some(annotated[start..end].trim_end().to_string())
 }
 
-/// Runs `ktest` args in as many boots as panics require; records every test's verdict.
+/// Runs `ktest` args in as many boots as panics require; records every test's verdict, and
+/// fails every test of the run that printed none (see [`Coverage`]).
 pub fn run_ktests(
     machine: &MachineConfig,
     images: &boot::DiskImages,
@@ -471,20 +472,76 @@ pub fn run_ktests(
     args: &str,
     tally: &mut Tally,
 ) -> KtestRun {
+    let mut coverage = Coverage::default();
+    let run = run_ktest_boots(machine, images, work, args, tally, &mut coverage);
+    for why in coverage.missing() {
+        tally.record(&format!("{}::ktest", machine.name), Err(why));
+    }
+    run
+}
+
+/// Which tests of a `ktest` run gave a verdict. The kernel announces how many tests it will run
+/// (`ktest: begin N tests`); a test whose `ktest: [i] …` line never arrives whole (garbled by
+/// other output, say) would otherwise vanish from the counts without a trace.
+#[derive(Default)]
+struct Coverage {
+    total: Option<usize>,
+    seen: std::collections::BTreeSet<usize>,
+    /// The run already failed as a whole (no boot, or no test reported): nothing more to say.
+    abandoned: bool,
+    /// Serial lines that mention an index, to show with a missing verdict.
+    lines: Vec<String>,
+}
+
+impl Coverage {
+    /// One failure text per test index in `0..total` without a verdict.
+    fn missing(&self) -> Vec<String> {
+        let Some(total) = self.total.filter(|_| !self.abandoned) else { return Vec::new() };
+        (0..total)
+            .filter(|i| !self.seen.contains(i))
+            .map(|i| {
+                let tag = format!("[{i}] ");
+                let near: Vec<&str> =
+                    self.lines.iter().filter(|l| l.contains(&tag)).map(String::as_str).take(3).collect();
+                format!(
+                    "test [{i}] of {total} printed no verdict line (its `ktest: [{i}] …` line is missing or \
+                     garbled in the serial output){}",
+                    if near.is_empty() { String::new() } else { format!("; lines naming [{i}]: {near:?}") }
+                )
+            })
+            .collect()
+    }
+}
+
+/// The boots of [`run_ktests`].
+fn run_ktest_boots(
+    machine: &MachineConfig,
+    images: &boot::DiskImages,
+    work: &Path,
+    args: &str,
+    tally: &mut Tally,
+    coverage: &mut Coverage,
+) -> KtestRun {
     let mut run = KtestRun::default();
     let mut from = 0;
     let mut attempt = 0;
+    // Each kind of run keeps its own serial logs (the runner self-check must not overwrite the
+    // suite's).
+    let kind: String = args.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     loop {
         attempt += 1;
-        let mut session = match boot(machine, images, work, &format!("ktest{attempt}")) {
+        let tag = if kind.is_empty() { format!("ktest{attempt}") } else { format!("ktest{kind}{attempt}") };
+        let mut session = match boot(machine, images, work, &tag) {
             Ok(s) => s,
             Err(why) => {
                 tally.record(&format!("{}::boot", machine.name), Err(why));
+                coverage.abandoned = true;
                 return run;
             }
         };
         if let Err(why) = session.send_line(&format!("ktest --from {from} {args}")) {
             tally.record(&format!("{}::ktest", machine.name), Err(why));
+            coverage.abandoned = true;
             return run;
         }
         let result = session.expect("ktest: done", KTEST_TIMEOUT);
@@ -494,8 +551,13 @@ pub fn run_ktests(
         for line in text.lines() {
             if let Some(n) = line.trim().strip_prefix("ktest: begin ").and_then(|r| r.split_whitespace().next()) {
                 total = n.parse::<usize>().ok();
+                coverage.total = total;
+            }
+            if line.contains("] ") && line.contains('[') && !line.contains("ktest: begin") {
+                coverage.lines.push(line.trim().to_string());
             }
             if let Some((index, name, verdict)) = parse_ktest_line(line) {
+                coverage.seen.insert(index);
                 let full = format!("{}::{name}", machine.name);
                 let result = match verdict {
                     Verdict::Passed => Ok(()),
@@ -565,12 +627,14 @@ pub fn run_ktests(
                         &format!("{}::ktest", machine.name),
                         Err("QEMU exited before any test reported (see the serial log)".into()),
                     );
+                    coverage.abandoned = true;
                     return run;
                 }
                 from = next;
             }
             Err(WaitError::TimedOut) => {
                 let hung = last_index.map_or(from, |i| i + 1);
+                coverage.seen.insert(hung);
                 tally.record(
                     &format!("{}::ktest[{hung}]", machine.name),
                     Err(format!("hung: no result within {}s; QEMU stopped", KTEST_TIMEOUT.as_secs())),
@@ -885,6 +949,20 @@ mod tests {
         );
         assert_eq!(parse_ktest_line("ktest: begin 4 tests"), None);
         assert_eq!(parse_ktest_line("kernel> ktest --from 0"), None);
+    }
+
+    #[test]
+    fn a_test_without_a_verdict_line_is_a_failure() {
+        let mut c = Coverage { total: Some(3), ..Coverage::default() };
+        c.seen.extend([0, 2]);
+        c.lines.push("ktest: [1] pci::msix_delivers_an_i[WARN  x] nterrupt ... ok".into());
+        let missing = c.missing();
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].contains("test [1] of 3") && missing[0].contains("msix"), "{missing:?}");
+        c.seen.insert(1);
+        assert!(c.missing().is_empty());
+        let abandoned = Coverage { total: Some(3), abandoned: true, ..Coverage::default() };
+        assert!(abandoned.missing().is_empty(), "a run that failed as a whole says so once");
     }
 
     #[test]
