@@ -94,6 +94,15 @@ fn iterations() -> usize {
     std::env::var("BENCH_ITERS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
 }
 
+/// The median of the per-iteration ratios `vtd[i] / none[i]`. Iterations are interleaved across
+/// the machines, so iteration i of each ran within seconds of the others: pairing them cancels a
+/// drift in the host's speed that the ratio of two medians still carries (under TCG on a shared
+/// 2-core host, single rows move by ±15% between runs).
+fn paired_cost(vtd: &[f64], none: &[f64]) -> f64 {
+    let ratios: Vec<f64> = vtd.iter().zip(none).map(|(v, n)| v / n).collect();
+    median(&ratios)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -127,22 +136,24 @@ impl CostTable {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("\n{title} (medians of {} iterations; host load {})", iterations(), load.trim());
         println!(
-            "| row | unit | no IOMMU | VT-d cm=off | cost cm=off | VT-d cm=on | cost cm=on | best-of cost off / on |"
+            "| row | unit | no IOMMU | VT-d cm=off | cost cm=off | VT-d cm=on | cost cm=on | best-of cost off / on | paired cost off / on |"
         );
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         let best = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
         for (row, unit, values) in &self.rows {
             let [none, off, on] = [median(&values[0]), median(&values[1]), median(&values[2])];
             let [bnone, boff, bon] = [best(&values[0]), best(&values[1]), best(&values[2])];
             println!(
-                "| {row} | {unit} | {} | {} | {:.2} | {} | {:.2} | {:.2} / {:.2} |",
+                "| {row} | {unit} | {} | {} | {:.2} | {} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
                 fmt(none),
                 fmt(off),
                 off / none,
                 fmt(on),
                 on / none,
                 boff / bnone,
-                bon / bnone
+                bon / bnone,
+                paired_cost(&values[1], &values[0]),
+                paired_cost(&values[2], &values[0]),
             );
         }
     }
@@ -721,6 +732,16 @@ mod tests {
         assert_eq!(disk_row(line), Some(("rand_read_4k_qd32".into(), "IOPS", 20000.0)));
         assert_eq!(disk_row("bench: rand_read_4k_qd32 max_outstanding=32"), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn paired_cost_pairs_iterations_in_time() {
+        // The host slows down halfway: medians of each column mix fast and slow iterations,
+        // while each pair ran under the same conditions and shows the real 0.9.
+        let none = [100.0, 100.0, 100.0, 50.0, 50.0];
+        let vtd = [90.0, 90.0, 45.0, 45.0, 45.0];
+        assert!((paired_cost(&vtd, &none) - 0.9).abs() < 1e-9);
+        assert!((median(&vtd) / median(&none) - 0.45).abs() < 1e-9);
     }
 
     #[test]
