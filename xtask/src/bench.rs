@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// boot (`iommu`: Direct vs strict vs deferred VT-d; `net`: e1000 frames per second and
 /// `disk`: AHCI throughput and IOPS, each without an IOMMU and with VT-d (caching mode off and
 /// on) in the same run, printing the IOMMU cost ratio per row; `boot`: QEMU start to the
-/// prompt, beside the unstripped image). `BENCH_ITERS` sets the iterations of `net` and `disk`.
+/// prompt, beside the unstripped image). `BENCH_ITERS` sets the iterations of `net` and `disk`; `BENCH_ROWS` picks `disk` rows.
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     const ALL: [&str; 7] = ["pool", "vtd", "iommu", "net", "disk", "boot", "ir"];
     let chosen: Vec<&str> = if args.is_empty() { ALL.to_vec() } else { args.iter().map(String::as_str).collect() };
@@ -405,6 +405,14 @@ const DISK_ROWS: [&str; 6] = [
     "rand_read_4k_qd32",
 ];
 
+/// [`DISK_ROWS`], or the ones `BENCH_ROWS` names (comma-separated), to run one row with many
+/// iterations: `BENCH_ROWS=rand_read_4k_qd32 BENCH_ITERS=25 cargo xtask bench disk`.
+fn disk_rows() -> Vec<&'static str> {
+    let chosen = std::env::var("BENCH_ROWS").unwrap_or_default();
+    let wanted: Vec<&str> = chosen.split(',').map(str::trim).filter(|r| !r.is_empty()).collect();
+    DISK_ROWS.into_iter().filter(|r| wanted.is_empty() || wanted.contains(r)).collect()
+}
+
 /// The figure of a `bench: NAME ops=…` line worth comparing: MB/s for sequential rows, IOPS
 /// for the others.
 fn disk_row(line: &str) -> Option<(String, &'static str, f64)> {
@@ -465,7 +473,7 @@ pub fn disk(args: &[String]) -> Result<(), String> {
     for _ in 0..iterations() {
         // Each row with the I/O arena (now) and without it (every request maps its heap
         // buffers, strictly: how the driver worked before the arenas), on each machine.
-        for (row, arena) in DISK_ROWS.iter().flat_map(|r| [(r, true), (r, false)]) {
+        for (row, arena) in disk_rows().into_iter().flat_map(|r| [(r, true), (r, false)]) {
             for (v, session) in sessions.iter_mut().enumerate() {
                 test::command(session, if arena { "disk arena on" } else { "disk arena off" })?;
                 let before = cpu_ns(session.pid());
