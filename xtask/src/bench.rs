@@ -396,9 +396,10 @@ fn net(images: &boot::DiskImages, work: &Path) -> Result<(), String> {
 // ---- storage ----
 
 /// The rows of the kernel's `disk bench`, run one at a time.
-const DISK_ROWS: [&str; 6] = [
+const DISK_ROWS: [&str; 7] = [
     "floor_flush_qd1",
     "floor_read_1_sector_qd1",
+    "floor_read_1_sector_qd32",
     "seq_write_1m_qd1",
     "seq_read_1m_qd1",
     "rand_read_4k_qd1",

@@ -285,9 +285,10 @@ fn report(name: &str, ops: u64, bytes: u64, us: u64) {
 }
 
 /// The rows of `disk bench`, in order (the queue depth of the last is the disk's, at most 32).
-const ROWS: [&str; 6] = [
+const ROWS: [&str; 7] = [
     "floor_flush_qd1",
     "floor_read_1_sector_qd1",
+    "floor_read_1_sector_qd32",
     "seq_write_1m_qd1",
     "seq_read_1m_qd1",
     "rand_read_4k_qd1",
@@ -334,6 +335,22 @@ fn bench(name: &str, mib: Option<&str>, only: Option<&str>) -> Result<(), String
         let s =
             pipeline(&disk, (0..n).map(|_| (0, 1)), 1, |l, c| BlockOp::Read { lba: l, sectors: c }, |_, _, _| Ok(()))?;
         report("floor_read_1_sector_qd1", n, n * sector, s.elapsed_us);
+    }
+    // The same at full queue depth: the per-command cost (command table, PRDT, FIS, interrupt)
+    // with as little data as a command can carry. Beside `rand_read_4k_qd32` it tells a cost
+    // per command (what the controller and the IOMMU pay to fetch each command) from a cost per
+    // byte or per mapping.
+    let depth = qd_max.min(32);
+    if run(&format!("floor_read_1_sector_qd{depth}")) {
+        let n = 20000;
+        let s = pipeline(
+            &disk,
+            (0..n).map(|i| ((i % 64) * 8, 1)),
+            depth,
+            |l, c| BlockOp::Read { lba: l, sectors: c },
+            |_, _, _| Ok(()),
+        )?;
+        report(&format!("floor_read_1_sector_qd{depth}"), n, n * sector, s.elapsed_us);
     }
 
     // Sequential, 1 MiB requests, queue depth 1.
