@@ -107,8 +107,21 @@ pub fn ensure() -> Result<Qemu, String> {
              (QEMU 10 records them)"
         ));
     }
-    fetch(&root)?;
-    qemu.version().map(|_| qemu)
+    // A mirror's hiccup should not fail a test run: three tries, a few seconds apart.
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        match fetch(&root) {
+            Ok(()) => return qemu.version().map(|_| qemu),
+            Err(why) => {
+                println!("xtask: fetching QEMU from {SUITE} failed (try {attempt} of 3): {why}");
+                last = why;
+                if attempt < 3 {
+                    std::thread::sleep(std::time::Duration::from_secs(5 * attempt));
+                }
+            }
+        }
+    }
+    Err(last)
 }
 
 /// The layout `dpkg-deb -x` leaves under `root`.
