@@ -7,9 +7,6 @@
 extern crate std;
 
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
-
-use device_io::Clock;
 use dma::mapper::{BounceArea, Direct};
 use dma::trace::{self, Detail, EventKind, MapperKind};
 use dma::{DmaDevice, DmaDirection, PageBuffer, PhysMemory};
@@ -17,13 +14,6 @@ use dma::{DmaDevice, DmaDirection, PageBuffer, PhysMemory};
 use crate::pattern::{check_sector, fill_sector};
 use crate::sim::SimHba;
 use crate::{Controller, IoBuffer, Request, SubmitOptions};
-
-struct Tick(AtomicU64);
-impl Clock for Tick {
-    fn now_us(&self) -> u64 {
-        self.0.fetch_add(10, Ordering::Relaxed)
-    }
-}
 
 #[test]
 fn one_disk_read_is_map_bounce_in_then_bounce_out_unmap_at_the_prd_address() {
@@ -35,7 +25,7 @@ fn one_disk_read_is_map_bounce_in_then_bounce_out_unmap_at_the_prd_address() {
     // An HBA without 64-bit addressing (CAP.S64A clear): the driver keeps a 32-bit mask.
     let sim: &'static SimHba = alloc::boxed::Box::leak(alloc::boxed::Box::new(SimHba::new(&dev, 1, false)));
     sim.attach_disk(0, 4096);
-    let mut ctl = Controller::init(NAME, sim, Tick(AtomicU64::new(0)), dev).unwrap();
+    let mut ctl = Controller::init(NAME, sim, crate::tests::TestClock::default(), dev).unwrap();
     // Sector 8 holds a known pattern.
     let mut sector = alloc::vec![0u8; 512];
     fill_sector(&mut sector, 8, 77);

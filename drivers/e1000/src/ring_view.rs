@@ -142,14 +142,6 @@ mod tests {
         assert_eq!(device, [0, 1, 6, 7]);
     }
 
-    struct Tick(core::cell::Cell<u64>);
-    impl Clock for Tick {
-        fn now_us(&self) -> u64 {
-            self.0.set(self.0.get() + 10);
-            self.0.get()
-        }
-    }
-
     /// Checked against the simulated 8254x: after one frame each way, the view shows the
     /// registers the device holds and each descriptor the device wrote back.
     #[test]
@@ -165,7 +157,7 @@ mod tests {
         let model = crate::model_for(crate::INTEL, 0x100E).unwrap();
         let mut nic = E1000::new(
             &sim,
-            Tick(core::cell::Cell::new(0)),
+            crate::tests::TestClock::default(),
             dev.clone(),
             "00:02.0 e1000",
             model,

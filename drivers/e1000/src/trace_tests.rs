@@ -7,7 +7,6 @@
 extern crate std;
 
 use alloc::sync::Arc;
-use core::cell::Cell;
 
 use dma::PhysMemory;
 use dma::mapper::Direct;
@@ -15,15 +14,8 @@ use dma::trace::{self, EventKind, MapperKind};
 
 use crate::desc::TxDescriptor;
 use crate::sim::{SIM_MAC, SimE1000};
-use crate::{BUFFER_BYTES, Clock, Config, E1000, INTEL, model_for};
-
-struct Tick(Cell<u64>);
-impl Clock for Tick {
-    fn now_us(&self) -> u64 {
-        self.0.set(self.0.get() + 10);
-        self.0.get()
-    }
-}
+use crate::tests::TestClock;
+use crate::{BUFFER_BYTES, Config, E1000, INTEL, model_for};
 
 #[test]
 fn one_ping_is_a_transmit_block_allocated_then_freed_at_the_address_the_descriptor_held() {
@@ -34,7 +26,7 @@ fn one_ping_is_a_transmit_block_allocated_then_freed_at_the_address_the_descript
     dev.set_mask(64).unwrap();
     let sim = SimE1000::new(&dev);
     let model = model_for(INTEL, 0x100E).unwrap();
-    let mut nic = E1000::new(&sim, Tick(Cell::new(0)), dev.clone(), NAME, model, Config::default()).unwrap();
+    let mut nic = E1000::new(&sim, TestClock::default(), dev.clone(), NAME, model, Config::default()).unwrap();
     trace::enable(Some("00:0e.0"));
     let mark = trace::mark();
 

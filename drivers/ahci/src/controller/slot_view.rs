@@ -125,16 +125,8 @@ mod tests {
     use crate::sim::SimHba;
     use crate::{IoBuffer, Request, SubmitOptions};
     use alloc::sync::Arc;
-    use core::sync::atomic::{AtomicU64, Ordering};
     use dma::mapper::Direct;
     use dma::{DmaDevice, PhysMemory};
-
-    struct Tick(AtomicU64);
-    impl Clock for Tick {
-        fn now_us(&self) -> u64 {
-            self.0.fetch_add(10, Ordering::Relaxed)
-        }
-    }
 
     fn slot_lines(text: &str, slot: usize) -> alloc::vec::Vec<&str> {
         let start = text.lines().position(|l| l.starts_with(&alloc::format!("  slot {slot:2}:"))).unwrap();
@@ -153,7 +145,7 @@ mod tests {
         dev.set_mask(64).unwrap();
         let sim: &'static SimHba = alloc::boxed::Box::leak(alloc::boxed::Box::new(SimHba::new(&dev, 1, true)));
         sim.attach_disk(0, 4096);
-        let mut ctl = Controller::init("00:1f.2 ahci-slots", sim, Tick(AtomicU64::new(0)), dev).unwrap();
+        let mut ctl = Controller::init("00:1f.2 ahci-slots", sim, crate::tests::TestClock::default(), dev).unwrap();
         sim.with_port(0, |p| p.defer = true);
         let buffer = dma::PageBuffer::alloc(&phys, 4096, u64::MAX).unwrap();
         let buffer_phys = buffer.phys().as_u64();
