@@ -87,17 +87,20 @@ impl Qemu {
     }
 }
 
-/// The QEMU for the job, fetching it the first time; `Err` says why there is none here.
-pub fn ensure() -> Result<Qemu, String> {
+/// The QEMU for the job and its `--version` line, fetching it the first time; `Err` says why
+/// there is none here.
+pub fn ensure() -> Result<(Qemu, String), String> {
     if let Some(path) = std::env::var_os("XTASK_IR_QEMU") {
         let qemu = Qemu { binary: PathBuf::from(path), module_dir: None, firmware_dirs: Vec::new() };
-        qemu.version()?;
-        return Ok(qemu);
+        let version = qemu.version()?;
+        return Ok((qemu, version));
     }
     let root = crate::build::target_dir().join("recording-qemu");
     let qemu = unpacked(&root.join("root"));
-    if qemu.version().is_ok() && qemu.module_dir.as_ref().is_some_and(|d| d.join("ui-opengl.so").exists()) {
-        return Ok(qemu);
+    if qemu.module_dir.as_ref().is_some_and(|d| d.join("ui-opengl.so").exists())
+        && let Ok(version) = qemu.version()
+    {
+        return Ok((qemu, version));
     }
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     if !is_bookworm(&os_release) {
@@ -111,7 +114,7 @@ pub fn ensure() -> Result<Qemu, String> {
     let mut last = String::new();
     for attempt in 1..=3 {
         match fetch(&root) {
-            Ok(()) => return qemu.version().map(|_| qemu),
+            Ok(()) => return qemu.version().map(|version| (qemu, version)),
             Err(why) => {
                 println!("xtask: fetching QEMU from {SUITE} failed (try {attempt} of 3): {why}");
                 last = why;
@@ -135,12 +138,7 @@ fn unpacked(root: &Path) -> Qemu {
 
 /// Whether an os-release file names Debian 12.
 fn is_bookworm(os_release: &str) -> bool {
-    let value = |key: &str| {
-        os_release
-            .lines()
-            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            .map(|v| v.trim_matches('"'))
-    };
+    let value = |key| crate::setup::os_release_value(os_release, key);
     value("ID") == Some("debian") && value("VERSION_CODENAME") == Some("bookworm")
 }
 

@@ -121,8 +121,8 @@ pub fn run(args: &[String]) -> Result<std::process::ExitCode, String> {
         return Err(format!("`setup` takes no options (got `{arg}`)"));
     }
     ensure(&[Need::Qemu, Need::Ovmf, Need::Gdb, Need::Python])?;
-    let qemu = crate::recording_qemu::ensure()?;
-    println!("xtask: job vtd-ir-records will run {} ({})", qemu.version()?, qemu.binary.display());
+    let (qemu, version) = crate::recording_qemu::ensure()?;
+    println!("xtask: job vtd-ir-records will run {version} ({})", qemu.binary.display());
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -151,10 +151,17 @@ fn is_debian_like() -> bool {
 /// Whether an os-release file (`man 5 os-release`) names Debian or Ubuntu as the system or one
 /// it is like.
 fn os_release_is_debian_like(text: &str) -> bool {
-    text.lines().any(|line| {
-        let Some((key, value)) = line.split_once('=') else { return false };
-        (key == "ID" || key == "ID_LIKE")
-            && value.trim_matches('"').split_whitespace().any(|id| id == "debian" || id == "ubuntu")
+    ["ID", "ID_LIKE"]
+        .into_iter()
+        .filter_map(|key| os_release_value(text, key))
+        .any(|value| value.split_whitespace().any(|id| id == "debian" || id == "ubuntu"))
+}
+
+/// The value of `key` in an os-release file (`man 5 os-release`), without its quotes.
+pub fn os_release_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let (k, value) = line.split_once('=')?;
+        (k == key).then(|| value.trim_matches('"'))
     })
 }
 
