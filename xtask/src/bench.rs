@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 /// boot (`iommu`: Direct vs strict vs deferred VT-d; `net`: e1000 frames per second and
 /// `disk`: AHCI throughput and IOPS, each without an IOMMU and with VT-d (caching mode off and
 /// on) in the same run, printing the IOMMU cost ratio per row; `boot`: QEMU start to the
-/// prompt, beside the unstripped image). `BENCH_ITERS` sets the iterations of `net` and `disk`; `BENCH_ROWS` picks `disk` rows.
+/// prompt, beside the unstripped image). `BENCH_ITERS` sets the iterations of `net` and `disk`;
+/// `BENCH_ROWS` picks `disk` rows.
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     const ALL: [&str; 7] = ["pool", "vtd", "iommu", "net", "disk", "boot", "ir"];
     let chosen: Vec<&str> = if args.is_empty() { ALL.to_vec() } else { args.iter().map(String::as_str).collect() };

@@ -340,17 +340,17 @@ fn bench(name: &str, mib: Option<&str>, only: Option<&str>) -> Result<(), String
     // with as little data as a command can carry. Beside `rand_read_4k_qd32` it tells a cost
     // per command (what the controller and the IOMMU pay to fetch each command) from a cost per
     // byte or per mapping.
-    let depth = qd_max.min(32);
-    if run(&format!("floor_read_1_sector_qd{depth}")) {
+    let full_depth = qd_max.min(32);
+    if run(&format!("floor_read_1_sector_qd{full_depth}")) {
         let n = 20000;
         let s = pipeline(
             &disk,
             (0..n).map(|i| ((i % 64) * 8, 1)),
-            depth,
+            full_depth,
             |l, c| BlockOp::Read { lba: l, sectors: c },
             |_, _, _| Ok(()),
         )?;
-        report(&format!("floor_read_1_sector_qd{depth}"), n, n * sector, s.elapsed_us);
+        report(&format!("floor_read_1_sector_qd{full_depth}"), n, n * sector, s.elapsed_us);
     }
 
     // Sequential, 1 MiB requests, queue depth 1.
@@ -380,7 +380,7 @@ fn bench(name: &str, mib: Option<&str>, only: Option<&str>) -> Result<(), String
 
     // Random 4 KiB reads over the region just written, at queue depth 1 and 32.
     let span = mib * per_mib / 8;
-    for (depth, count) in [(1usize, 5000u64), (qd_max.min(32), 20000)] {
+    for (depth, count) in [(1usize, 5000u64), (full_depth, 20000)] {
         if !run(&format!("rand_read_4k_qd{depth}")) {
             continue;
         }
